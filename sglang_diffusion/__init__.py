@@ -1,0 +1,3 @@
+"""sglang-diffusion: a fast inference engine for image and video diffusion models."""
+
+__version__ = "0.1.0"
