@@ -1,0 +1,39 @@
+"""`sglang generate`: build the engine, run one request, write the output, print where it went."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from sglang_diffusion.cli.args import build_parser, parse
+from sglang_diffusion.errors import ConfigError
+from sglang_diffusion.log import configure_logging
+from sglang_diffusion.runtime.result import GenerationResult
+
+logger = logging.getLogger("sglang_diffusion.cli")
+
+
+def format_result(result: GenerationResult) -> str:
+    kind = f"video, {result.num_frames} frames at {result.fps} fps" if result.is_video else "image"
+    lines = [f"saved {path} ({result.width}x{result.height} {kind}, seed {result.seed})" for path in result.files]
+    if not result.files:
+        lines.append(f"generated {result.width}x{result.height} {kind}, seed {result.seed} (not saved)")
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items() if k != "total")
+    lines.append(f"time: {result.timings.get('total', 0.0):.2f} s ({stages}); "
+                 f"peak memory {result.peak_memory_bytes / 2**30:.2f} GiB")
+    return "\n".join(lines)
+
+
+def run(argv: Sequence[str]) -> int:
+    parser = build_parser("sglang generate", "Generate an image or a video from a diffusers-format model.",
+                          sampling=True)
+    server_args, sampling = parse(parser, argv)
+    configure_logging(server_args.log_level)
+    if not sampling.prompt:
+        raise ConfigError("prompt is required (--prompt or the config key prompt)")
+    from sglang_diffusion.runtime.engine import Engine
+
+    with Engine(server_args) as engine:
+        result = engine.generate(sampling)
+    print(format_result(result))
+    return 0

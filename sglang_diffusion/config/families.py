@@ -1,0 +1,61 @@
+"""Model families: which family a model_index.json describes, and that family's sampling defaults.
+
+Defaults sit between the global defaults and the user's config file / flags (see
+`config.loading`). A family is told apart by its pipeline class and, where one class serves
+several families (Wan2.1 vs Wan2.2), by the extra keys of model_index.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    task: str  # "t2v", "i2v", "ti2v", "t2i"
+    defaults: dict = field(default_factory=dict)
+
+    @property
+    def is_video(self) -> bool:
+        return self.task != "t2i"
+
+
+FAMILIES = {
+    f.name: f for f in [
+        Family("wan2.1-t2v", "t2v", dict(height=480, width=832, num_frames=81, fps=16,
+                                         num_inference_steps=50, guidance_scale=5.0)),
+        Family("wan2.1-i2v", "i2v", dict(height=480, width=832, num_frames=81, fps=16,
+                                         num_inference_steps=50, guidance_scale=5.0)),
+        Family("wan2.2-t2v-a14b", "t2v", dict(height=720, width=1280, num_frames=81, fps=16,
+                                              num_inference_steps=40, guidance_scale=4.0,
+                                              guidance_scale_2=3.0)),
+        Family("wan2.2-ti2v-5b", "ti2v", dict(height=704, width=1280, num_frames=121, fps=24,
+                                              num_inference_steps=50, guidance_scale=5.0)),
+        Family("hunyuanvideo", "t2v", dict(height=720, width=1280, num_frames=129, fps=24,
+                                           num_inference_steps=50, guidance_scale=6.0)),
+        Family("flux.1", "t2i", dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5)),
+        Family("flux.2", "t2i", dict(height=1024, width=1024, num_inference_steps=50, guidance_scale=4.0)),
+        Family("qwen-image", "t2i", dict(height=1024, width=1024, num_inference_steps=50)),
+    ]
+}
+
+GENERIC_VIDEO_FPS = 24
+
+
+def detect_family(class_name: str, extras: dict) -> Family | None:
+    """The family of a model_index.json (`_class_name` and its non-component keys); None if unknown."""
+    if class_name == "WanPipeline":
+        if extras.get("expand_timesteps"):
+            return FAMILIES["wan2.2-ti2v-5b"]
+        if extras.get("boundary_ratio") is not None:
+            return FAMILIES["wan2.2-t2v-a14b"]
+        return FAMILIES["wan2.1-t2v"]
+    name = {
+        "WanImageToVideoPipeline": "wan2.1-i2v",
+        "HunyuanVideoPipeline": "hunyuanvideo",
+        "FluxPipeline": "flux.1",
+        "Flux2Pipeline": "flux.2",
+        "QwenImagePipeline": "qwen-image",
+    }.get(class_name)
+    return FAMILIES[name] if name else None

@@ -1,0 +1,31 @@
+"""`option()`: a dataclass field that is also a CLI flag and a config-file key.
+
+The field's name is the config key; the flag is the name with dashes (`dit_precision` ->
+`--dit-precision`). Help text, choices and config-file aliases live in the field's
+metadata, so `--help`, the parser and the config loader are all generated from one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[str] | None = None,
+    aliases: Sequence[str] = (),
+    metavar: str | None = None,
+    default_factory: Any = None,
+):
+    metadata = {"help": help, "choices": tuple(choices) if choices else None,
+                "aliases": tuple(aliases), "metavar": metavar}
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")

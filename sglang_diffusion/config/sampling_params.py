@@ -1,0 +1,72 @@
+"""`SamplingParams`: what one generation asks for.
+
+`None` means "not given": the model family's default applies, then the pipeline's own.
+`resolve()` fills those in without touching what the user set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from sglang_diffusion.config.fields import option
+from sglang_diffusion.errors import ConfigError
+
+
+@dataclass
+class SamplingParams:
+    prompt: str | None = option(None, "Text description of the image or video to generate.")
+    negative_prompt: str | None = option(None, "What to steer the generation away from.")
+    image_path: str | None = option(None, "Input image for image-to-video and image edits.", metavar="PATH")
+    num_inference_steps: int | None = option(None, "Number of denoising steps (default: the model's).")
+    guidance_scale: float | None = option(None, "Classifier-free guidance scale (default: the model's).")
+    guidance_scale_2: float | None = option(None, "Guidance scale of the low-noise expert (Wan2.2 A14B).")
+    seed: int = option(1024, "Random seed; the same seed gives the same output.")
+    height: int | None = option(None, "Height of the output in pixels (default: the model's).")
+    width: int | None = option(None, "Width of the output in pixels (default: the model's).")
+    num_frames: int | None = option(None, "Number of frames of a video (default: the model's).")
+    fps: int | None = option(None, "Frames per second of a saved video (default: the model's, else 24).")
+    num_outputs_per_prompt: int = option(1, "Images or videos per prompt.")
+    output_path: str = option("outputs/", "Directory the outputs are saved in.", metavar="DIR")
+    output_file_name: str | None = option(
+        None, "File name of the output (extension picks the format: .png/.jpg/.webp, .mp4); "
+        "default: made from the prompt and seed.", metavar="NAME")
+    save_output: bool = option(True, "Save the image or video to disk.")
+    return_frames: bool = option(False, "Return the frames (uint8 [F, H, W, 3]) from the Python API.")
+    diffusers_kwargs: dict = option(None, "Extra keyword arguments for a diffusers pipeline call "
+                                    "(diffusers backend).", default_factory=dict, metavar="JSON")
+
+    def __post_init__(self):
+        validate_sampling_params(self)
+
+    def explicit(self) -> dict:
+        """The fields that differ from their defaults: what the user actually set."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != _default(f)}
+
+    def resolve(self, family_defaults: dict) -> "SamplingParams":
+        """A copy with every unset field taken from the family's defaults."""
+        unset = {k: v for k, v in family_defaults.items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **unset)
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def validate_sampling_params(p: SamplingParams) -> None:
+    for name in ("num_inference_steps", "height", "width", "num_frames", "fps", "num_outputs_per_prompt"):
+        value = getattr(p, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    if p.guidance_scale is not None and p.guidance_scale < 0:
+        raise ConfigError(f"guidance_scale must not be negative, got {p.guidance_scale}")
+    if p.output_file_name is not None:
+        name = p.output_file_name
+        if not name.strip() or "/" in name or "\\" in name or ".." in name or name == ".":
+            raise ConfigError(f"output_file_name must be a plain file name (no path separators or '..'), "
+                              f"got {name!r}")
+
+
+def sampling_param_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(SamplingParams)]

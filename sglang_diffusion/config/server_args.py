@@ -1,0 +1,149 @@
+"""`ServerArgs`: how the engine is built (model, parallel layout, backends, precision, offload).
+
+Every field is a flag of `sglang generate` / `sglang serve` and a config-file key.
+Values here are what the user asked for; what the engine derives from them (the parallel
+layout, the device, dtypes) is computed by methods and logged, never written back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from sglang_diffusion.config.fields import option
+from sglang_diffusion.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+BACKENDS = ("auto", "sglang", "diffusers")
+DIFFUSERS_ATTENTION_BACKENDS = ("flash", "_flash_3_hub", "sage", "xformers", "native")
+DEFAULT_PORT = 30010
+
+
+@dataclass
+class VaeConfig:
+    load_encoder: bool = option(True, "Load the VAE encoder (needed for image inputs).")
+    load_decoder: bool = option(True, "Load the VAE decoder (needed to produce pixels).")
+    tile_sample_min_height: int | None = option(None, "Tile height in pixels for VAE tiling.")
+    tile_sample_min_width: int | None = option(None, "Tile width in pixels for VAE tiling.")
+    tile_sample_min_num_frames: int | None = option(None, "Tile length in frames for video VAE tiling.")
+
+
+@dataclass
+class ServerArgs:
+    # Model
+    model_path: str | None = option(None, "Local diffusers folder or Hugging Face model id.", metavar="PATH")
+    backend: str = option("auto", "auto: native pipeline when there is one, else diffusers; "
+                          "sglang: native only; diffusers: always diffusers.", choices=BACKENDS)
+    trust_remote_code: bool = option(False, "Allow custom pipeline code from the model repository.")
+    revision: str | None = option(None, "Hugging Face revision (branch, tag or commit) of model_path.")
+    component_paths: dict = option(None, "Component overrides {component: path}; also given as "
+                                   "--<component>-path for any key of model_index.json.",
+                                   default_factory=dict, metavar="JSON")
+    # LoRA
+    lora_path: str | None = option(None, "LoRA adapter: a .safetensors file, a folder or a Hugging Face id.",
+                                   metavar="PATH")
+    lora_nickname: str = option("default", "Nickname of the LoRA adapter.")
+    # Parallelism
+    num_gpus: int = option(1, "Number of GPUs (rank processes; on a CPU, processes) to use.")
+    tp_size: int = option(1, "Tensor parallel size, for the text encoder only.")
+    sp_degree: int | None = option(None, "Sequence parallel size: ulysses_degree x ring_degree "
+                                   "(default: their product).", aliases=("sp_size",))
+    ulysses_degree: int | None = option(None, "Degree of DeepSpeed-Ulysses-style SP in USP.")
+    ring_degree: int | None = option(None, "Degree of ring-attention-style SP in USP.")
+    enable_cfg_parallel: bool = option(False, "Run the conditional and unconditional branches of "
+                                       "classifier-free guidance on different ranks.")
+    dist_init_addr: str | None = option(None, "host:port of rank 0 for torch.distributed "
+                                        "(default: a free port on this machine).")
+    # Attention and kernels
+    attention_backend: str = option("auto", "Attention backend: for native pipelines fa, torch_sdpa, "
+                                    "sage_attn, ...; for diffusers pipelines a diffusers backend name.")
+    attention_backend_config: str | None = option(
+        None, "Attention backend options: a JSON string, a JSON/YAML file, or k=v,k2=v2 pairs.",
+        metavar="CONFIG")
+    diffusers_attention_backend: str | None = option(
+        None, "Attention backend of diffusers pipelines (diffusers' own names, e.g. "
+        + ", ".join(DIFFUSERS_ATTENTION_BACKENDS) + ").")
+    cache_dit_config: str | None = option(None, "Cache-DiT YAML/JSON config file (diffusers backend only).",
+                                          metavar="PATH")
+    mask_strategy_file_path: str | None = option(None, "Sliding-tile attention mask strategy file.",
+                                                 metavar="PATH")
+    enable_torch_compile: bool = option(False, "torch.compile the diffusion transformer.")
+    # Precision
+    dit_precision: str = option("bf16", "Precision of the DiT (on a CPU reduced precision runs as fp32).",
+                                choices=PRECISIONS, aliases=("precision",))
+    vae_precision: str = option("fp32", "Precision of the VAE.", choices=PRECISIONS)
+    text_encoder_precisions: list = option(
+        None, "Precision of each text encoder, in model_index order (default: fp32 for every encoder "
+        "on a CPU, bf16 on a GPU).", default_factory=list, choices=PRECISIONS)
+    # VAE
+    vae_tiling: bool = option(False, "Decode the VAE tile by tile (large outputs, less memory).")
+    vae_slicing: bool = option(False, "Decode the VAE one batch element at a time.")
+    vae_sp: bool = option(False, "Split VAE decoding across the sequence-parallel ranks.")
+    vae_config: VaeConfig = option(None, "VAE options: load_encoder, load_decoder, "
+                                   "tile_sample_min_height, tile_sample_min_width.",
+                                   default_factory=VaeConfig, metavar="JSON")
+    # Offload
+    text_encoder_cpu_offload: bool = option(False, "Keep the text encoders in host memory; they run "
+                                            "there or move to the GPU for their stage only.")
+    pin_cpu_memory: bool = option(False, "Pin host memory of offloaded weights (faster transfers).")
+    # Server
+    host: str = option("127.0.0.1", "Address the HTTP server listens on (serve only).")
+    port: int = option(DEFAULT_PORT, "Port the HTTP server listens on (serve only).")
+    # Logging
+    log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
+
+    def __post_init__(self):
+        validate_server_args(self)
+
+    @property
+    def sp_layout(self) -> tuple[int, int, int]:
+        """(sp, ulysses, ring) as the engine will run them, derived from what was given."""
+        sp, ulysses, ring = self.sp_degree, self.ulysses_degree, self.ring_degree
+        if ulysses is None and ring is None:
+            sp = sp or 1
+            return sp, sp, 1
+        ulysses, ring = ulysses or 1, ring or 1
+        return ulysses * ring, ulysses, ring
+
+    @property
+    def cfg_degree(self) -> int:
+        return 2 if self.enable_cfg_parallel else 1
+
+
+def validate_server_args(args: ServerArgs) -> None:
+    """Cross-field checks; each failure names the keys involved."""
+    for name in ("num_gpus", "tp_size", "sp_degree", "ulysses_degree", "ring_degree"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"port must be between 1 and 65535, got {args.port}")
+    u, r = args.ulysses_degree, args.ring_degree
+    if args.sp_degree is not None and (u is not None or r is not None):
+        if (u or 1) * (r or 1) != args.sp_degree:
+            raise ConfigError(
+                f"ulysses_degree ({u or 1}) x ring_degree ({r or 1}) = {(u or 1) * (r or 1)} "
+                f"must equal sp_degree ({args.sp_degree})")
+    sp, _, _ = args.sp_layout
+    group = sp * args.cfg_degree
+    if args.num_gpus % group:
+        raise ConfigError(
+            f"sp_degree ({sp}) x cfg parallel degree ({args.cfg_degree}) = {group} does not divide "
+            f"num_gpus ({args.num_gpus})")
+    if args.num_gpus % args.tp_size:
+        raise ConfigError(f"tp_size ({args.tp_size}) does not divide num_gpus ({args.num_gpus})")
+    if args.tp_size > 1 and args.text_encoder_cpu_offload:
+        raise ConfigError("tp_size > 1 cannot be combined with text_encoder_cpu_offload "
+                          "(layer-wise offload with prefetch is faster; use one or the other)")
+    if args.pin_cpu_memory and not args.text_encoder_cpu_offload:
+        raise ConfigError("pin_cpu_memory needs text_encoder_cpu_offload")
+    for i, p in enumerate(args.text_encoder_precisions):
+        if p not in PRECISIONS:
+            raise ConfigError(f"text_encoder_precisions[{i}]: {p!r} is not one of {', '.join(PRECISIONS)}")
+    for key, path in args.component_paths.items():
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"{key}_path must be a path or a Hugging Face id, got {path!r}")
+
+
+def server_arg_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(ServerArgs)]

@@ -1,0 +1,91 @@
+"""Loading single components: dtypes per component and `--<component>-path` overrides."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.errors import ConfigError, ModelLoadError
+from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
+from sglang_diffusion.platform import Platform
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def component_dtypes(args: ServerArgs, index: ModelIndex, platform: Platform) -> dict[str, torch.dtype]:
+    """The dtype of every torch-module component, from the precision options.
+
+    transformer* follow dit_precision, vae vae_precision, text_encoder* text_encoder_precisions
+    in model_index order (default: fp32 on a CPU, bf16 on a GPU), anything else fp32.
+    """
+    encoders = index.text_encoders
+    if len(args.text_encoder_precisions) > max(len(encoders), 1):
+        raise ConfigError(f"text_encoder_precisions has {len(args.text_encoder_precisions)} entries but the "
+                          f"model has {len(encoders)} text encoder(s): {', '.join(encoders) or 'none'}")
+    out = {}
+    for name, (library, cls) in index.components.items():
+        if cls is None or library not in ("diffusers", "transformers"):
+            continue
+        if name.startswith("transformer"):
+            precision = args.dit_precision
+        elif name == "vae":
+            precision = args.vae_precision
+        elif name in encoders:
+            i = encoders.index(name)
+            precision = (args.text_encoder_precisions[i] if i < len(args.text_encoder_precisions)
+                         else platform.default_precision)
+        else:
+            precision = "fp32"
+        out[name] = platform.usable_dtype(DTYPES[precision], what=name)
+    return out
+
+
+def load_component_override(name: str, path: str, index: ModelIndex, dtype: torch.dtype | None):
+    """Load `name` from `path` with the class its own config names, else model_index's class."""
+    if name not in index.components:
+        valid = ", ".join(n for n, (_, c) in index.components.items() if c)
+        raise ConfigError(f"--{name.replace('_', '-')}-path: the model has no component {name!r} in "
+                          f"model_index.json (valid: {valid})")
+    folder = resolve_component_path(name, path)
+    library, cls_name = index.components[name]
+    config_file = next((folder / f for f in ("config.json", "scheduler_config.json") if (folder / f).is_file()),
+                       None)
+    if config_file is not None:
+        config = json.loads(config_file.read_text())
+        if "_class_name" in config:
+            library, cls_name = "diffusers", config["_class_name"]
+    elif library in ("diffusers", "transformers") and cls_name and not _is_tokenizer_like(cls_name):
+        raise ModelLoadError(f"component folder {folder} for {name!r} has no config.json; "
+                             "it must be a complete component folder (config.json + safetensors)")
+    module = _import_library(library)
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise ModelLoadError(f"component {name!r}: {library} has no class {cls_name!r}")
+    kwargs = {"dtype": dtype} if dtype is not None and isinstance(cls, type) and issubclass(
+        cls, torch.nn.Module) else {}
+    try:
+        component = cls.from_pretrained(folder, **kwargs)
+    except Exception as e:  # library loaders raise many classes for a bad folder
+        raise ModelLoadError(f"cannot load component {name!r} ({cls_name}) from {folder}: {e}") from None
+    logger.info("component %s replaced from %s (%s)", name, path, cls_name)
+    return component
+
+
+def _is_tokenizer_like(cls_name: str) -> bool:
+    return any(s in cls_name for s in ("Tokenizer", "Processor", "FeatureExtractor"))
+
+
+def _import_library(library: str | None):
+    if library == "diffusers":
+        import diffusers
+        return diffusers
+    if library == "transformers":
+        import transformers
+        return transformers
+    raise ModelLoadError(f"cannot load components of library {library!r}")

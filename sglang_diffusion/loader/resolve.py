@@ -1,0 +1,104 @@
+"""Finding a model on disk: a local folder, or a Hugging Face id through huggingface_hub
+(its cache and HF_HUB_OFFLINE honoured). When nothing works, one error says what was tried."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sglang_diffusion.errors import ModelLoadError
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class ModelIndex:
+    """model_index.json: the pipeline class, its components and any extra keys (boundary_ratio, ...)."""
+
+    path: Path
+    class_name: str
+    components: dict[str, tuple[str | None, str | None]]  # name -> (library, class); (None, None) if absent
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def text_encoders(self) -> list[str]:
+        """Text-encoder component names in model_index order: text_encoder, text_encoder_2, ..."""
+        return [n for n in self.components if n.startswith("text_encoder") and self.components[n][1]]
+
+
+def read_model_index(folder: Path) -> ModelIndex:
+    index_file = folder / "model_index.json"
+    try:
+        data = json.loads(index_file.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{folder} is not a diffusers model folder: model_index.json is missing") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"cannot read {index_file}: {e}") from None
+    if not isinstance(data, dict) or "_class_name" not in data:
+        raise ModelLoadError(f"{index_file} has no _class_name: not a diffusers model_index.json")
+    class_name = data["_class_name"]
+    if isinstance(class_name, list):  # [module, class] of a custom (remote-code) pipeline
+        class_name = class_name[-1]
+    components, extras = {}, {}
+    for key, value in data.items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, list) and len(value) == 2 and all(v is None or isinstance(v, str) for v in value):
+            components[key] = (value[0], value[1])
+        else:
+            extras[key] = value
+    return ModelIndex(folder, class_name, components, extras)
+
+
+def _is_repo_id(name: str) -> bool:
+    return bool(_REPO_ID.match(name)) and not name.startswith((".", "~"))
+
+
+def resolve_model_path(model_path: str, revision: str | None = None) -> Path:
+    """A local diffusers folder for `model_path`, downloading (or reading the HF cache) if it is an id."""
+    local = Path(model_path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelLoadError(f"model path {model_path!r} is a file, not a diffusers model folder")
+        read_model_index(local)  # fails clearly if it is not a diffusers folder
+        return local
+    tried = [f"a local folder ({local} does not exist)"]
+    if _is_repo_id(model_path):
+        from diffusers import DiffusionPipeline
+
+        try:
+            folder = Path(DiffusionPipeline.download(model_path, revision=revision))
+        except Exception as e:  # hub errors come in many classes (offline, 404, auth, network)
+            tried.append(f"the Hugging Face id {model_path!r} ({type(e).__name__}: {_first_line(e)})")
+        else:
+            read_model_index(folder)
+            return folder
+    else:
+        tried.append("not a Hugging Face id either")
+    raise ModelLoadError(f"cannot find model {model_path!r}: tried " + "; ".join(tried))
+
+
+def resolve_component_path(component: str, path: str) -> Path:
+    """A complete component folder (config.json + weights) or a Hugging Face id for `--<component>-path`."""
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelLoadError(f"--{component.replace('_', '-')}-path {path!r} is a file; "
+                                 "give a complete component folder (config.json + safetensors)")
+        return local
+    tried = [f"a local folder ({local} does not exist)"]
+    if _is_repo_id(path):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(path))
+        except Exception as e:  # as above: many hub error classes
+            tried.append(f"the Hugging Face id {path!r} ({type(e).__name__}: {_first_line(e)})")
+    raise ModelLoadError(f"cannot find component {component!r} at {path!r}: tried " + "; ".join(tried))
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no message"

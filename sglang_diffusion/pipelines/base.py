@@ -1,0 +1,27 @@
+"""What every pipeline, native or diffusers, gives the runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from sglang_diffusion.config.families import Family
+from sglang_diffusion.config.sampling_params import SamplingParams
+
+
+@dataclass
+class PipelineOutput:
+    frames: np.ndarray  # uint8 [N, F, H, W, 3]: N outputs of F frames (F == 1 for an image)
+    is_video: bool
+    params: SamplingParams  # the resolved parameters the outputs were made with
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+
+
+class Pipeline(Protocol):
+    family: Family | None
+
+    def generate(self, params: SamplingParams) -> PipelineOutput: ...
+
+    def describe(self) -> dict: ...

@@ -1,0 +1,245 @@
+"""The diffusers backend: any diffusers pipeline, run through our engine.
+
+The engine's options map onto diffusers' own switches: per-component dtypes, component
+overrides, attention backend, VAE tiling/slicing, torch.compile, text-encoder offload.
+Sampling parameters map onto the pipeline's `__call__` arguments; one the pipeline does not
+take is an error when the user set it, and is left out when it only came from defaults.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sglang_diffusion.config.families import Family, detect_family
+from sglang_diffusion.config.sampling_params import SamplingParams
+from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.errors import ConfigError, InvalidRequestError, ModelLoadError
+from sglang_diffusion.loader.components import component_dtypes, load_component_override
+from sglang_diffusion.loader.resolve import ModelIndex
+from sglang_diffusion.pipelines.base import PipelineOutput
+from sglang_diffusion.pipelines.timing import StageTimer
+from sglang_diffusion.platform import Platform
+
+logger = logging.getLogger(__name__)
+
+# SamplingParams field -> the __call__ argument names it may go by
+_CALL_ARGS = {
+    "prompt": ("prompt",),
+    "negative_prompt": ("negative_prompt",),
+    "num_inference_steps": ("num_inference_steps",),
+    "guidance_scale": ("guidance_scale", "true_cfg_scale"),
+    "guidance_scale_2": ("guidance_scale_2",),
+    "height": ("height",),
+    "width": ("width",),
+    "num_frames": ("num_frames",),
+    "num_outputs_per_prompt": ("num_videos_per_prompt", "num_images_per_prompt"),
+}
+
+
+def _stage_of(component: str) -> str | None:
+    if component.startswith("transformer") or component == "unet":
+        return "denoising"
+    if component.startswith("text_encoder"):
+        return "text_encoding"
+    if component == "image_encoder":
+        return "image_encoding"
+    return None
+
+
+class DiffusersBackendPipeline:
+    backend = "diffusers"
+
+    def __init__(self, args: ServerArgs, index: ModelIndex, platform: Platform):
+        self.args, self.index, self.platform = args, index, platform
+        self.family: Family | None = detect_family(index.class_name, index.extras)
+        self._check_options()
+        dtypes = component_dtypes(args, index, platform)
+        overrides = {name: load_component_override(name, path, index, dtypes.get(name))
+                     for name, path in args.component_paths.items()}
+        self.pipe = self._load(dtypes, overrides)
+        self.timer = StageTimer()
+        self._configure()
+        self._call_params = inspect.signature(self.pipe.__call__).parameters
+
+    # -- loading ---------------------------------------------------------------------------
+    def _check_options(self) -> None:
+        if self.args.vae_config.load_decoder is False:
+            raise ConfigError("vae_config.load_decoder=false: generate and serve need the VAE decoder "
+                              "to produce images and videos")
+
+    def _load(self, dtypes: dict, overrides: dict):
+        from diffusers import DiffusionPipeline
+
+        try:
+            pipe = DiffusionPipeline.from_pretrained(
+                self.index.path, dtype={**dtypes, "default": torch.float32},
+                trust_remote_code=self.args.trust_remote_code, **overrides)
+        except ValueError as e:
+            if "trust_remote_code" in str(e):
+                raise ConfigError(f"{self.index.class_name} needs custom code from the model repository: "
+                                  "pass --trust-remote-code to allow it") from None
+            raise ModelLoadError(f"diffusers cannot load {self.index.path}: {e}") from None
+        except (OSError, EnvironmentError) as e:
+            raise ModelLoadError(f"diffusers cannot load {self.index.path}: {e}") from None
+        pipe.to(self.platform.device)
+        pipe.set_progress_bar_config(disable=None)  # tqdm: shown on a terminal, quiet elsewhere
+        return pipe
+
+    def _modules(self):
+        return {name: getattr(self.pipe, name) for name in self.index.components
+                if isinstance(getattr(self.pipe, name, None), torch.nn.Module)}
+
+    def _configure(self) -> None:
+        args, modules = self.args, self._modules()
+        for name, module in modules.items():
+            stage = _stage_of(name)
+            if stage:
+                self.timer.watch_forward(stage, module)
+        vae = modules.get("vae")
+        if vae is not None:
+            self.timer.watch_method("decoding", vae, "decode")
+            self._configure_vae(vae)
+        backend = args.diffusers_attention_backend or (
+            args.attention_backend if args.attention_backend != "auto" else None)
+        if backend:
+            self._set_attention_backend(backend, modules)
+        if args.enable_torch_compile:
+            for name, module in modules.items():
+                if _stage_of(name) == "denoising":
+                    module.compile()
+                    logger.info("torch.compile enabled for %s", name)
+        if args.text_encoder_cpu_offload:
+            self._offload_text_encoders(modules)
+
+    def _configure_vae(self, vae) -> None:
+        cfg = self.args.vae_config
+        if self.args.vae_tiling:
+            if not hasattr(vae, "enable_tiling"):
+                raise ConfigError(f"vae_tiling: {type(vae).__name__} does not support tiling")
+            accepted = inspect.signature(vae.enable_tiling).parameters
+            sizes = {k: getattr(cfg, k) for k in ("tile_sample_min_height", "tile_sample_min_width",
+                                                  "tile_sample_min_num_frames")
+                     if getattr(cfg, k) is not None}
+            refused = [k for k in sizes if k not in accepted]
+            if refused:
+                raise ConfigError(f"vae_config.{refused[0]}: {type(vae).__name__} tiling does not take it")
+            vae.enable_tiling(**sizes)
+        if self.args.vae_slicing:
+            if not hasattr(vae, "enable_slicing"):
+                raise ConfigError(f"vae_slicing: {type(vae).__name__} does not support slicing")
+            vae.enable_slicing()
+        if not cfg.load_encoder and getattr(vae, "encoder", None) is not None:
+            vae.encoder = None  # frees its weights; requests that need it are refused in generate()
+            logger.info("vae_config.load_encoder=false: VAE encoder dropped")
+
+    def _set_attention_backend(self, backend: str, modules: dict) -> None:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        valid = [b.value for b in AttentionBackendName]
+        if backend not in valid:
+            raise ConfigError(f"diffusers_attention_backend: unknown diffusers attention backend {backend!r} "
+                              f"(valid: {', '.join(valid)})")
+        for name, module in modules.items():
+            if _stage_of(name) == "denoising" and hasattr(module, "set_attention_backend"):
+                try:
+                    module.set_attention_backend(backend)
+                except (ImportError, RuntimeError, ValueError) as e:
+                    raise ConfigError(f"diffusers attention backend {backend!r} cannot run here: {e}") from None
+        logger.info("diffusers attention backend: %s", backend)
+
+    def _offload_text_encoders(self, modules: dict) -> None:
+        encoders = {n: m for n, m in modules.items() if n.startswith("text_encoder")}
+        if self.platform.is_cpu:
+            logger.info("text_encoder_cpu_offload: the device is the CPU, so %s already run from host memory",
+                        ", ".join(encoders) or "the text encoders")
+            return
+        from accelerate import cpu_offload
+
+        for name, module in encoders.items():
+            module.to("cpu")
+            if self.args.pin_cpu_memory:
+                for p in module.parameters():
+                    p.data = p.data.pin_memory()
+            cpu_offload(module, execution_device=self.platform.device)
+            logger.info("%s offloaded to host memory; moved to %s for its stage only", name,
+                        self.platform.device)
+
+    # -- generation ------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {"pipeline": type(self.pipe).__name__, "backend": self.backend,
+                "family": self.family.name if self.family else None,
+                "attention_backend": self.args.diffusers_attention_backend or "diffusers default"}
+
+    def _call_kwargs(self, params: SamplingParams, explicit: set[str]) -> dict:
+        kwargs = {}
+        for field_name, names in _CALL_ARGS.items():
+            value = getattr(params, field_name)
+            if value is None:
+                continue
+            target = next((n for n in names if n in self._call_params), None)
+            if target is None:
+                if field_name in explicit and not (field_name == "num_outputs_per_prompt" and value == 1):
+                    raise InvalidRequestError(f"{field_name}: {type(self.pipe).__name__} does not take it")
+                continue
+            kwargs[target] = value
+        if params.image_path is not None:
+            if "image" not in self._call_params:
+                raise InvalidRequestError(f"image_path: {type(self.pipe).__name__} takes no input image")
+            if self.pipe.vae is not None and getattr(self.pipe.vae, "encoder", True) is None:
+                raise InvalidRequestError("image_path: the VAE encoder was not loaded (vae_config.load_encoder)")
+            kwargs["image"] = _load_image(params.image_path)
+        elif "image" in self._call_params and self._call_params["image"].default is inspect.Parameter.empty:
+            raise InvalidRequestError(f"{type(self.pipe).__name__} needs an input image: pass image_path")
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in self._call_params.values())
+        for key in params.diffusers_kwargs:
+            if key not in self._call_params and not accepts_any:
+                raise InvalidRequestError(f"diffusers_kwargs: {type(self.pipe).__name__} takes no argument {key!r}")
+        kwargs.update(params.diffusers_kwargs)
+        return kwargs
+
+    def generate(self, params: SamplingParams) -> PipelineOutput:
+        explicit = set(params.explicit())
+        if self.family:
+            params = params.resolve(self.family.defaults)
+        kwargs = self._call_kwargs(params, explicit)
+        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        self.timer.take()
+        with torch.inference_mode():
+            result = self.pipe(**kwargs, generator=generator, output_type="np")
+        timings = self.timer.take()
+        is_video = hasattr(result, "frames")
+        frames = _to_uint8(result.frames if is_video else result.images, is_video)
+        return PipelineOutput(frames=frames, is_video=is_video, params=params, timings=timings)
+
+
+def _load_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(Path(path).expanduser()) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise InvalidRequestError(f"image_path: {path!r} does not exist") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise InvalidRequestError(f"image_path: {path!r} is not a readable image ({e})") from None
+
+
+def _to_uint8(x, is_video: bool) -> np.ndarray:
+    """diffusers' np output (floats in [0, 1], or PIL lists) -> uint8 [N, F, H, W, 3]."""
+    if isinstance(x, torch.Tensor):
+        x = x.float().cpu().numpy()
+    if isinstance(x, list):
+        x = np.stack([np.asarray(i) for i in x])
+    x = np.asarray(x)
+    if x.dtype != np.uint8:
+        x = (np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if not is_video:
+        x = x[:, None]  # [N, H, W, C] -> [N, 1, H, W, C]
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return x

@@ -1,0 +1,37 @@
+"""Which pipeline runs a model: model_index.json's `_class_name` -> a native pipeline, else
+(with backend auto or diffusers) the diffusers backend."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.errors import ConfigError
+from sglang_diffusion.loader.resolve import ModelIndex, read_model_index, resolve_model_path
+from sglang_diffusion.pipelines.base import Pipeline
+from sglang_diffusion.platform import Platform
+
+logger = logging.getLogger(__name__)
+
+# model_index.json `_class_name` -> factory(args, index, platform) of our native pipeline.
+# Native families register here as they land.
+NATIVE_PIPELINES: dict[str, Callable[[ServerArgs, ModelIndex, Platform], Pipeline]] = {}
+
+
+def build_pipeline(args: ServerArgs, platform: Platform) -> Pipeline:
+    if not args.model_path:
+        raise ConfigError("model_path is required (--model-path or the config key model_path)")
+    index = read_model_index(resolve_model_path(args.model_path, args.revision))
+    native = NATIVE_PIPELINES.get(index.class_name)
+    if args.backend == "sglang" and native is None:
+        raise ConfigError(f"backend sglang: there is no native pipeline for {index.class_name} "
+                          f"(native: {', '.join(sorted(NATIVE_PIPELINES)) or 'none yet'}); "
+                          "use --backend auto or --backend diffusers")
+    if args.backend == "diffusers" or native is None:
+        from sglang_diffusion.pipelines.diffusers_backend import DiffusersBackendPipeline
+
+        if args.backend == "auto":
+            logger.info("no native pipeline for %s: running it on the diffusers backend", index.class_name)
+        return DiffusersBackendPipeline(args, index, platform)
+    return native(args, index, platform)

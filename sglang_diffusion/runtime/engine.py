@@ -1,0 +1,136 @@
+"""The Engine: one construction path for the CLI, the server and the Python API.
+
+With one rank the pipeline lives in this process. With several, one process per rank is
+spawned; rank 0 takes each request from the engine and broadcasts it, and every rank
+builds the same pipeline. A rank that dies or fails surfaces as an error here, never a
+hang: while waiting, the engine watches its rank processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+import uuid
+
+import torch
+
+from sglang_diffusion import errors
+from sglang_diffusion.config.sampling_params import SamplingParams
+from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.config.support import check_supported
+from sglang_diffusion.distributed.launch import free_port, spawn_ranks
+from sglang_diffusion.errors import ConfigError, RankFailedError
+from sglang_diffusion.runtime.result import GenerationResult
+from sglang_diffusion.runtime.worker import RankWorker, rank_main
+
+logger = logging.getLogger(__name__)
+
+_POLL_S = 0.5
+
+
+def _rebuild_error(rank: int, name: str, message: str, is_user_error: bool, tb: str) -> Exception:
+    cls = getattr(errors, name, None)
+    if is_user_error and isinstance(cls, type) and issubclass(cls, errors.SGLangDiffusionError):
+        return cls(message)
+    return RankFailedError(f"rank {rank} failed: {name}: {message}\n{tb}")
+
+
+class Engine:
+    def __init__(self, args: ServerArgs):
+        self.args = args
+        self._local: RankWorker | None = None
+        self._procs: list[mp.Process] = []
+        self._requests = self._responses = None
+        self.info: dict = {}
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        check_supported(self.args)
+        n = self.args.num_gpus
+        if torch.cuda.is_available() and n > torch.cuda.device_count():
+            raise ConfigError(f"num_gpus={n} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        sp, ulysses, ring = self.args.sp_layout
+        logger.info("layout: %d rank(s); tp=%d, sp=%d (ulysses=%d x ring=%d), cfg=%d%s", n, self.args.tp_size,
+                    sp, ulysses, ring, self.args.cfg_degree,
+                    "; every rank runs the whole request" if n > 1 and sp * self.args.cfg_degree == 1 else "")
+        if n == 1:
+            self._local = RankWorker(self.args)
+            self.info = self._local.describe()
+            return self
+        ctx = mp.get_context("spawn")
+        self._requests, self._responses = ctx.Queue(), ctx.Queue()
+        init_addr = self.args.dist_init_addr or f"127.0.0.1:{free_port()}"
+        self._procs = spawn_ranks(
+            rank_main, n, lambda r: (r, n, self.args, init_addr, self._requests, self._responses), ctx)
+        ready = 0
+        try:
+            while ready < n:
+                kind, rank, *payload = self._wait()
+                if kind == "ready":
+                    ready += 1
+                    if rank == 0:
+                        self.info = payload[0]
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def _wait(self):
+        """The next message from the ranks, watching that every rank process is still alive."""
+        while True:
+            try:
+                msg = self._responses.get(timeout=_POLL_S)
+            except queue.Empty:
+                dead = [(r, p.exitcode) for r, p in enumerate(self._procs) if not p.is_alive()]
+                if dead:
+                    self.shutdown()
+                    rank, code = dead[0]
+                    raise RankFailedError(f"rank {rank} exited unexpectedly (exit code {code}); "
+                                          f"all ranks have been stopped")
+                continue
+            if msg[0] == "fatal":
+                _, rank, name, message, is_user_error, tb = msg
+                self.shutdown()
+                raise _rebuild_error(rank, name, message, is_user_error, tb)
+            return msg
+
+    def shutdown(self) -> None:
+        self._local = None
+        if not self._procs:
+            return
+        if any(p.is_alive() for p in self._procs):
+            try:
+                self._requests.put(None)
+            except (OSError, ValueError):
+                pass
+        for p in self._procs:
+            p.join(timeout=10)
+        for p in self._procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        self._procs = []
+
+    def __enter__(self) -> "Engine":
+        return self.start() if self._local is None and not self._procs else self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # -- requests --------------------------------------------------------------------------
+    def generate(self, params: SamplingParams) -> GenerationResult:
+        if self._local is not None:
+            return self._local.run(params)
+        if not self._procs:
+            raise RuntimeError("Engine.generate() before start() or after shutdown()")
+        request_id = uuid.uuid4().hex
+        self._requests.put((request_id, params))
+        while True:
+            kind, rid, *payload = self._wait()
+            if rid != request_id:
+                continue
+            if kind == "result":
+                return payload[0]
+            rank, (name, message, is_user_error, tb) = payload
+            raise _rebuild_error(rank, name, message, is_user_error, tb)

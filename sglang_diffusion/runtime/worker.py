@@ -1,0 +1,111 @@
+"""A rank: builds the pipeline, runs requests, and (rank 0) writes the outputs.
+
+`rank_main` is the body of a rank process when the engine runs several; with one rank the
+engine holds a `RankWorker` in its own process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+import traceback
+
+import torch
+
+from sglang_diffusion.config.families import GENERIC_VIDEO_FPS
+from sglang_diffusion.config.sampling_params import SamplingParams
+from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.errors import SGLangDiffusionError
+from sglang_diffusion.pipelines.registry import build_pipeline
+from sglang_diffusion.platform import Platform
+from sglang_diffusion.runtime.result import GenerationResult
+from sglang_diffusion.storage.local import save_outputs
+
+logger = logging.getLogger(__name__)
+
+
+def _peak_memory_bytes(platform: Platform) -> int:
+    if platform.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(platform.device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class RankWorker:
+    def __init__(self, args: ServerArgs, rank: int = 0, world_size: int = 1):
+        self.args, self.rank, self.world_size = args, rank, world_size
+        self.platform = Platform.current(local_rank=rank)
+        start = time.perf_counter()
+        self.pipeline = build_pipeline(args, self.platform)
+        self.load_seconds = time.perf_counter() - start
+        if rank == 0:
+            info = self.pipeline.describe()
+            logger.info("pipeline %s on %s backend (family %s), attention: %s; loaded in %.1f s on %s",
+                        info["pipeline"], info["backend"], info["family"], info["attention_backend"],
+                        self.load_seconds, self.platform.device)
+
+    def describe(self) -> dict:
+        return {**self.pipeline.describe(), "device": str(self.platform.device), "world_size": self.world_size}
+
+    def run(self, params: SamplingParams) -> GenerationResult | None:
+        """Generate; rank 0 saves and returns the result, other ranks return None."""
+        start = time.perf_counter()
+        out = self.pipeline.generate(params)
+        if self.rank != 0:
+            return None
+        p = out.params
+        fps = (p.fps or GENERIC_VIDEO_FPS) if out.is_video else None
+        files = []
+        if p.save_output:
+            save_start = time.perf_counter()
+            files = save_outputs(out.frames, out.is_video, p.output_path, p.output_file_name, p.prompt,
+                                 p.seed, fps or 1)
+            out.timings["saving"] = time.perf_counter() - save_start
+        out.timings["total"] = time.perf_counter() - start
+        n, f, h, w, _ = out.frames.shape
+        return GenerationResult(files=files, prompt=p.prompt, seed=p.seed, height=h, width=w, num_frames=f,
+                                is_video=out.is_video, fps=fps, timings=out.timings,
+                                peak_memory_bytes=_peak_memory_bytes(self.platform),
+                                frames=out.frames if p.return_frames else None)
+
+
+def _error_report(e: BaseException) -> tuple[str, str, bool, str]:
+    return (type(e).__name__, str(e), isinstance(e, SGLangDiffusionError), traceback.format_exc())
+
+
+def rank_main(rank: int, world_size: int, args: ServerArgs, init_addr: str, requests, responses) -> None:
+    """Body of a rank process: load, report ready, then serve broadcast requests until None."""
+    import torch.distributed as dist
+
+    from sglang_diffusion.distributed.parallel_state import destroy_world, init_world
+    from sglang_diffusion.log import configure_logging
+
+    configure_logging(args.log_level if rank == 0 else "warning", prefix=f"[rank {rank}] ")
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    try:
+        init_world(rank, world_size, init_addr, Platform.current(rank).dist_backend)
+        worker = RankWorker(args, rank, world_size)
+        dist.barrier()
+        responses.put(("ready", rank, worker.describe()))
+        while True:
+            box = [requests.get() if rank == 0 else None]
+            dist.broadcast_object_list(box, src=0)
+            if box[0] is None:
+                break
+            request_id, params = box[0]
+            result, status = None, None
+            try:
+                result = worker.run(params)
+            except Exception as e:  # reported to the caller; the rank stays up for the next request
+                status = _error_report(e)
+            statuses = [None] * world_size
+            dist.all_gather_object(statuses, status)
+            if rank == 0:
+                failed = next(((r, s) for r, s in enumerate(statuses) if s is not None), None)
+                responses.put(("error", request_id, *failed) if failed else ("result", request_id, result))
+    except BaseException as e:  # the engine turns this into RankFailedError and stops the others
+        responses.put(("fatal", rank, *_error_report(e)))
+        raise SystemExit(1)
+    finally:
+        destroy_world()
