@@ -11,12 +11,11 @@
 
 #include <cstdint>
 
+#include "isa.h"
+
 namespace sglang_diffusion::cpu {
 
 enum class DType : int8_t { kFloat32, kBFloat16, kFloat16 };
-
-// Which build of the kernel runs; bindings.cpp picks it from torch's own CPU capability.
-enum class Isa : int8_t { kDefault, kAvx2 };
 
 // A modulation tensor broadcast to [B, S, D]: row (b, s) starts at
 // ptr + b * stride_b + s * stride_s (in elements); its last dimension is contiguous.
@@ -46,10 +45,7 @@ struct NormModulateParams {
   DType mod_dtype = DType::kFloat32;  // gate, scale, shift: `dtype` or kFloat32
 };
 
-// Runs the build for `isa` if this binary has it, else the portable one.
+// Runs the `isa` build (see isa.h), OpenMP-parallel over the B * S rows.
 void norm_modulate(const NormModulateParams& params, Isa isa);
-
-// Whether this binary holds a build for `isa`.
-bool has_isa(Isa isa);
 
 }  // namespace sglang_diffusion::cpu

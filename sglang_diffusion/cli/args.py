@@ -49,7 +49,8 @@ def _add_fields(group, cls) -> None:
             kwargs["nargs"] = "+"
             kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}" if meta["choices"] else "VALUE"
         else:
-            kwargs["metavar"] = meta["metavar"] or name.upper()
+            choices = meta["choices"]
+            kwargs["metavar"] = meta["metavar"] or ("{" + ",".join(choices) + "}" if choices else name.upper())
         group.add_argument(*flags, **kwargs)
 
 

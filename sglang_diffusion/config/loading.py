@@ -130,7 +130,8 @@ def coerce(key: str, value: Any, annotation, *, from_cli: bool, where: str) -> A
             if k not in VAE_FIELDS:
                 raise ConfigError(f"{where}: unknown VAE option '{k}'{did_you_mean(k, VAE_FIELDS)} "
                                   f"(valid: {', '.join(VAE_FIELDS)})")
-            kwargs[k] = coerce(k, v, VAE_FIELDS[k][1], from_cli=False, where=f"{where}.{k}")
+            nested = f"{where[:-1]}.{k}'" if where.endswith("'") else f"{where}.{k}"
+            kwargs[k] = coerce(k, v, VAE_FIELDS[k][1], from_cli=False, where=nested)
         return VaeConfig(**kwargs)
     raise AssertionError(f"unhandled field type {annotation!r} for {key}")
 
@@ -141,11 +142,15 @@ def normalize(values: dict[str, Any], *, from_cli: bool, source: str) -> dict[st
     components: dict[str, str] = {}
     for raw_key, value in values.items():
         key = ALIASES.get(raw_key, raw_key)
-        where = f"--{key.replace('_', '-')}" if from_cli else f"config key '{raw_key}' in {source}"
+        where = f"--{key.replace('_', '-')}" if from_cli else f"config key '{raw_key}'"
         if key in ALL_FIELDS:
-            if key in out and raw_key != key:
-                raise ConfigError(f"{source}: '{raw_key}' and '{key}' both given; use one")
-            out[key] = coerce(key, value, ALL_FIELDS[key][1], from_cli=from_cli, where=where)
+            if key in out:
+                raise ConfigError(f"{source}: {key} is given twice (as '{raw_key}' and under another name); "
+                                  "use one")
+            try:
+                out[key] = coerce(key, value, ALL_FIELDS[key][1], from_cli=from_cli, where=where)
+            except ConfigError as e:
+                raise ConfigError(str(e) if from_cli else f"{e} (in {source})") from None
         elif key.endswith(COMPONENT_PATH_SUFFIX) and len(key) > len(COMPONENT_PATH_SUFFIX):
             components[key[: -len(COMPONENT_PATH_SUFFIX)]] = coerce(key, value, str, from_cli=from_cli,
                                                                     where=where)

@@ -17,6 +17,9 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 BACKENDS = ("auto", "sglang", "diffusers")
 DIFFUSERS_ATTENTION_BACKENDS = ("flash", "_flash_3_hub", "sage", "xformers", "native")
 DEFAULT_PORT = 30010
+# Native attention backends (issue: kernels) and diffusers' names for the same kernels, so that
+# `--attention-backend fa` also means something on a model served by the diffusers backend.
+NATIVE_ATTENTION_BACKENDS = {"fa": "flash", "torch_sdpa": "native", "sage_attn": "sage"}
 
 
 @dataclass
@@ -118,6 +121,16 @@ def validate_server_args(args: ServerArgs) -> None:
             raise ConfigError(f"{name} must be at least 1, got {value}")
     if not 0 < args.port < 65536:
         raise ConfigError(f"port must be between 1 and 65535, got {args.port}")
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    diffusers_names = [b.value for b in AttentionBackendName]
+    valid = ["auto", *NATIVE_ATTENTION_BACKENDS, *diffusers_names]
+    if args.attention_backend not in valid:
+        raise ConfigError(f"attention_backend: unknown backend {args.attention_backend!r} "
+                          f"(valid: {', '.join(valid)})")
+    if args.diffusers_attention_backend is not None and args.diffusers_attention_backend not in diffusers_names:
+        raise ConfigError(f"diffusers_attention_backend: unknown diffusers backend "
+                          f"{args.diffusers_attention_backend!r} (valid: {', '.join(diffusers_names)})")
     u, r = args.ulysses_degree, args.ring_degree
     if args.sp_degree is not None and (u is not None or r is not None):
         if (u or 1) * (r or 1) != args.sp_degree:

@@ -17,7 +17,7 @@ import torch
 
 from sglang_diffusion.config.families import Family, detect_family
 from sglang_diffusion.config.sampling_params import SamplingParams
-from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.config.server_args import NATIVE_ATTENTION_BACKENDS, ServerArgs
 from sglang_diffusion.errors import ConfigError, InvalidRequestError, ModelLoadError
 from sglang_diffusion.loader.components import component_dtypes, load_component_override
 from sglang_diffusion.loader.resolve import ModelIndex
@@ -104,8 +104,10 @@ class DiffusersBackendPipeline:
         if vae is not None:
             self.timer.watch_method("decoding", vae, "decode")
             self._configure_vae(vae)
-        backend = args.diffusers_attention_backend or (
-            args.attention_backend if args.attention_backend != "auto" else None)
+        backend = args.diffusers_attention_backend
+        if backend is None and args.attention_backend != "auto":
+            backend = NATIVE_ATTENTION_BACKENDS.get(args.attention_backend, args.attention_backend)
+        self._attention_backend = backend
         if backend:
             self._set_attention_backend(backend, modules)
         if args.enable_torch_compile:
@@ -138,12 +140,6 @@ class DiffusersBackendPipeline:
             logger.info("vae_config.load_encoder=false: VAE encoder dropped")
 
     def _set_attention_backend(self, backend: str, modules: dict) -> None:
-        from diffusers.models.attention_dispatch import AttentionBackendName
-
-        valid = [b.value for b in AttentionBackendName]
-        if backend not in valid:
-            raise ConfigError(f"diffusers_attention_backend: unknown diffusers attention backend {backend!r} "
-                              f"(valid: {', '.join(valid)})")
         for name, module in modules.items():
             if _stage_of(name) == "denoising" and hasattr(module, "set_attention_backend"):
                 try:
@@ -173,7 +169,7 @@ class DiffusersBackendPipeline:
     def describe(self) -> dict:
         return {"pipeline": type(self.pipe).__name__, "backend": self.backend,
                 "family": self.family.name if self.family else None,
-                "attention_backend": self.args.diffusers_attention_backend or "diffusers default"}
+                "attention_backend": self._attention_backend or "diffusers default"}
 
     def _call_kwargs(self, params: SamplingParams, explicit: set[str]) -> dict:
         kwargs = {}
