@@ -2,7 +2,7 @@
 
     with DiffGenerator.from_pretrained("path/or/hf-id", dit_precision="fp32") as gen:
         result = gen.generate(prompt="a cat", num_inference_steps=4, return_frames=True)
-        result.frames  # uint8 [N, F, H, W, 3]
+        result.frames[0]  # uint8 [F, H, W, 3], one array per output
 """
 
 from __future__ import annotations

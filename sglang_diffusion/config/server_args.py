@@ -72,8 +72,9 @@ class ServerArgs:
                                                  metavar="PATH")
     enable_torch_compile: bool = option(False, "torch.compile the diffusion transformer.")
     # Precision
-    dit_precision: str = option("bf16", "Precision of the DiT (on a CPU reduced precision runs as fp32).",
-                                choices=PRECISIONS, aliases=("precision",))
+    dit_precision: str | None = option(None, "Precision of the DiT (default: bf16 on a GPU, fp32 on a CPU; "
+                                       "on a CPU reduced precision runs as fp32).",
+                                       choices=PRECISIONS, aliases=("precision",))
     vae_precision: str = option("fp32", "Precision of the VAE.", choices=PRECISIONS)
     text_encoder_precisions: list = option(
         None, "Precision of each text encoder, in model_index order (default: fp32 for every encoder "

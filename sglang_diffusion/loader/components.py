@@ -33,7 +33,7 @@ def component_dtypes(args: ServerArgs, index: ModelIndex, platform: Platform) ->
         if cls is None or library not in ("diffusers", "transformers"):
             continue
         if name.startswith("transformer"):
-            precision = args.dit_precision
+            precision = args.dit_precision or platform.default_precision
         elif name == "vae":
             precision = args.vae_precision
         elif name in encoders:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,13 @@ class DiffusersBackendPipeline:
                               "to produce images and videos")
 
     def _load(self, dtypes: dict, overrides: dict):
+        import diffusers
+        import transformers
         from diffusers import DiffusionPipeline
+
+        if not sys.stderr.isatty():  # loading bars are noise in logs; the denoising bar follows tqdm's rule
+            diffusers.utils.logging.disable_progress_bar()
+            transformers.utils.logging.disable_progress_bar()
 
         try:
             pipe = DiffusionPipeline.from_pretrained(

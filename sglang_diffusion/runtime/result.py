@@ -20,4 +20,5 @@ class GenerationResult:
     fps: int | None
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds, with "total"
     peak_memory_bytes: int = 0
-    frames: np.ndarray | None = None  # uint8 [N, F, H, W, 3] when return_frames was asked for
+    # when return_frames was asked for: one uint8 [F, H, W, 3] array per output (F == 1 for an image)
+    frames: list[np.ndarray] | None = None

@@ -67,7 +67,7 @@ class RankWorker:
         return GenerationResult(files=files, prompt=p.prompt, seed=p.seed, height=h, width=w, num_frames=f,
                                 is_video=out.is_video, fps=fps, timings=out.timings,
                                 peak_memory_bytes=_peak_memory_bytes(self.platform),
-                                frames=out.frames if p.return_frames else None)
+                                frames=list(out.frames) if p.return_frames else None)
 
 
 def _error_report(e: BaseException) -> tuple[str, str, bool, str]:
