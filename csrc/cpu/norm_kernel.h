@@ -52,6 +52,10 @@ inline void store2(T* p, const fVec& a, const fVec& b) {
   }
 }
 
+inline float sum_lanes(const fVec& v) {
+  return at::vec::vec_reduce_all<float>([](const fVec& a, const fVec& b) { return a + b; }, v);
+}
+
 template <typename T>
 inline const T* mod_row(const ModParam& m, int64_t b, int64_t s) {
   return static_cast<const T*>(m.ptr) + b * m.stride_b + s * m.stride_s;
@@ -97,7 +101,7 @@ inline float row_sum(const scalar_t* v, int64_t dim) {
     acc0 = acc0 + v0;
     acc1 = acc1 + v1;
   }
-  float sum = (acc0 + acc1).reduce_add();
+  float sum = sum_lanes(acc0 + acc1);
   for (; d < dim; ++d) {
     sum += static_cast<float>(v[d]);
   }
@@ -119,7 +123,7 @@ inline float row_sum_sq_dev(const scalar_t* v, float mean, int64_t dim) {
     acc0 = at::vec::fmadd(v0, v0, acc0);
     acc1 = at::vec::fmadd(v1, v1, acc1);
   }
-  float sum = (acc0 + acc1).reduce_add();
+  float sum = sum_lanes(acc0 + acc1);
   for (; d < dim; ++d) {
     const float c = static_cast<float>(v[d]) - mean;
     sum += c * c;

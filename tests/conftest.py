@@ -1,0 +1,28 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_cache):
+    """tiny_model(family) -> the folder of a tiny random-weight diffusers model, built once per session."""
+    from sglang_diffusion.testing import cached_model
+
+    return lambda family: cached_model(family, "tiny", cache_dir=model_cache)
+
+
+def run_cli(*args, env=None, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """`sglang ...` in a subprocess, as a user would run it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "sglang_diffusion", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=timeout)

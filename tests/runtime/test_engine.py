@@ -1,0 +1,92 @@
+"""The Engine through the Python API: determinism, overrides, bad requests, and rank processes."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from sglang_diffusion.api import DiffGenerator
+from sglang_diffusion.errors import InvalidRequestError, RankFailedError
+
+FLUX_REQUEST = dict(prompt="a red cube", height=32, width=32, num_inference_steps=2, save_output=False,
+                    return_frames=True)
+
+
+@pytest.fixture(scope="module")
+def flux(tiny_model):
+    with DiffGenerator.from_pretrained(str(tiny_model("flux.1"))) as gen:
+        yield gen
+
+
+def test_same_seed_same_image_other_seed_different(flux):
+    a = flux.generate(**FLUX_REQUEST, seed=1).frames[0]
+    b = flux.generate(**FLUX_REQUEST, seed=1).frames[0]
+    c = flux.generate(**FLUX_REQUEST, seed=2).frames[0]
+    assert a.dtype == np.uint8 and a.shape == (1, 32, 32, 3)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_several_outputs_per_prompt_each_frames_array(flux, tmp_path):
+    result = flux.generate(**{**FLUX_REQUEST, "save_output": True}, num_outputs_per_prompt=2,
+                           output_path=str(tmp_path))
+    assert len(result.frames) == 2 and len(result.files) == 2
+    assert all(p.exists() for p in result.files)
+
+
+def test_bad_request_is_refused_and_engine_keeps_serving(flux, tmp_path):
+    with pytest.raises(InvalidRequestError, match="num_frames"):
+        flux.generate(**FLUX_REQUEST, num_frames=9)
+    with pytest.raises(InvalidRequestError, match="takes no input image"):
+        flux.generate(**FLUX_REQUEST, image_path=str(tmp_path / "x.png"))
+    with pytest.raises(InvalidRequestError, match="a video is written as|an image is written as"):
+        flux.generate(**{**FLUX_REQUEST, "save_output": True}, output_file_name="x.mp4",
+                      output_path=str(tmp_path))
+    assert flux.generate(**FLUX_REQUEST).frames[0].shape == (1, 32, 32, 3)
+
+
+def test_component_override_takes_effect(tiny_model, tmp_path, flux):
+    from sglang_diffusion.testing import build_model
+
+    baseline = flux.generate(**FLUX_REQUEST).frames[0]
+    same = build_model("flux.1", tmp_path / "same", seed=0)
+    other = build_model("flux.1", tmp_path / "other", seed=1)
+    with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), vae_path=str(same / "vae")) as gen:
+        assert np.array_equal(gen.generate(**FLUX_REQUEST).frames[0], baseline)
+    with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), vae_path=str(other / "vae")) as gen:
+        assert not np.array_equal(gen.generate(**FLUX_REQUEST).frames[0], baseline)
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_with_one_and_survive_a_bad_request(tiny_model, flux):
+    expected = flux.generate(**FLUX_REQUEST).frames[0]
+    with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), num_gpus=2) as gen:
+        assert np.array_equal(gen.generate(**FLUX_REQUEST).frames[0], expected)
+        with pytest.raises(InvalidRequestError, match="num_frames"):
+            gen.generate(**FLUX_REQUEST, num_frames=9)
+        assert np.array_equal(gen.generate(**FLUX_REQUEST).frames[0], expected)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_dead_rank_is_a_clear_error_not_a_hang(tiny_model):
+    gen = DiffGenerator.from_pretrained(str(tiny_model("flux.1")), num_gpus=2)
+    try:
+        victim = gen.engine._procs[1]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=10)
+        with pytest.raises(RankFailedError, match="rank"):
+            gen.generate(**FLUX_REQUEST)
+        assert all(not p.is_alive() for p in gen.engine._procs)  # the rest were shut down
+    finally:
+        gen.shutdown()
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_to_load_stops_the_engine_cleanly(tmp_path):
+    (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline", "vae": ["diffusers", "AutoencoderKL"]}')
+    from sglang_diffusion.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="diffusers cannot load"):
+        DiffGenerator.from_pretrained(str(tmp_path), num_gpus=2)
