@@ -4,8 +4,8 @@
 // torch.library custom ops with fake implementations.
 #include <Python.h>
 
+#include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/native/DispatchStub.h>
 #include <c10/util/string_view.h>
 #include <torch/library.h>
 
@@ -20,12 +20,12 @@ namespace {
 
 namespace cpu = sglang_diffusion::cpu;
 
-// Follows torch's own choice, so ATEN_CPU_CAPABILITY=default selects our portable build too.
+// Follows torch's own choice ("NO AVX", "AVX2", "AVX512", ...), so ATEN_CPU_CAPABILITY=default
+// selects our portable build too.
 cpu::Isa cpu_isa() {
-  if (at::native::get_cpu_capability() == at::native::CPUCapability::DEFAULT) {
-    return cpu::Isa::kDefault;
-  }
-  return SGLD_CPU_HAVE_AVX2_BUILD ? cpu::Isa::kAvx2 : cpu::Isa::kDefault;
+  const std::string torch_isa = at::get_cpu_capability();
+  const bool avx2 = torch_isa == "AVX2" || torch_isa == "AVX512";
+  return avx2 && SGLD_CPU_HAVE_AVX2_BUILD ? cpu::Isa::kAvx2 : cpu::Isa::kDefault;
 }
 
 std::string cpu_isa_name() {

@@ -24,3 +24,7 @@ class NotSupportedYetError(ConfigError):
 
 class RankFailedError(SGLangDiffusionError):
     """A rank process died or raised while serving a request."""
+
+
+class RequestCancelled(SGLangDiffusionError):
+    """The request was cancelled while it ran."""

@@ -9,6 +9,7 @@ import numpy as np
 
 from sglang_diffusion.config.families import Family
 from sglang_diffusion.config.sampling_params import SamplingParams
+from sglang_diffusion.pipelines.hooks import StepHooks
 
 
 @dataclass
@@ -22,6 +23,6 @@ class PipelineOutput:
 class Pipeline(Protocol):
     family: Family | None
 
-    def generate(self, params: SamplingParams) -> PipelineOutput: ...
+    def generate(self, params: SamplingParams, hooks: StepHooks | None = None) -> PipelineOutput: ...
 
     def describe(self) -> dict: ...

@@ -23,6 +23,7 @@ from sglang_diffusion.errors import ConfigError, InvalidRequestError, ModelLoadE
 from sglang_diffusion.loader.components import component_dtypes, load_component_override
 from sglang_diffusion.loader.resolve import ModelIndex
 from sglang_diffusion.pipelines.base import PipelineOutput
+from sglang_diffusion.pipelines.hooks import StepHooks
 from sglang_diffusion.pipelines.timing import StageTimer
 from sglang_diffusion.platform import Platform
 
@@ -205,11 +206,23 @@ class DiffusersBackendPipeline:
         kwargs.update(params.diffusers_kwargs)
         return kwargs
 
-    def generate(self, params: SamplingParams) -> PipelineOutput:
+    def _step_callback(self, hooks: StepHooks) -> dict:
+        if "callback_on_step_end" not in self._call_params:
+            return {}
+
+        def on_step_end(pipe, step, timestep, callback_kwargs):
+            hooks.after_step(step + 1, getattr(pipe, "num_timesteps", None) or step + 1)
+            return callback_kwargs
+
+        return {"callback_on_step_end": on_step_end}
+
+    def generate(self, params: SamplingParams, hooks: StepHooks | None = None) -> PipelineOutput:
         explicit = set(params.explicit())
         if self.family:
             params = params.resolve(self.family.defaults)
         kwargs = self._call_kwargs(params, explicit)
+        if hooks is not None:
+            kwargs.update(self._step_callback(hooks))
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         self.timer.take()
         with torch.inference_mode():

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
+import threading
 import uuid
+from typing import Callable
 
 import torch
 
@@ -21,6 +23,7 @@ from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.config.support import check_supported
 from sglang_diffusion.distributed.launch import free_port, spawn_ranks
 from sglang_diffusion.errors import ConfigError, RankFailedError
+from sglang_diffusion.pipelines.hooks import StepHooks
 from sglang_diffusion.runtime.result import GenerationResult
 from sglang_diffusion.runtime.worker import RankWorker, rank_main
 
@@ -41,7 +44,8 @@ class Engine:
         self.args = args
         self._local: RankWorker | None = None
         self._procs: list[mp.Process] = []
-        self._requests = self._responses = None
+        self._requests = self._responses = self._cancel = None
+        self._lock = threading.Lock()  # one request at a time through the ranks
         self.info: dict = {}
 
     # -- life cycle ------------------------------------------------------------------------
@@ -59,10 +63,11 @@ class Engine:
             self.info = self._local.describe()
             return self
         ctx = mp.get_context("spawn")
-        self._requests, self._responses = ctx.Queue(), ctx.Queue()
+        self._requests, self._responses, self._cancel = ctx.Queue(), ctx.Queue(), ctx.Event()
         init_addr = self.args.dist_init_addr or f"127.0.0.1:{free_port()}"
         self._procs = spawn_ranks(
-            rank_main, n, lambda r: (r, n, self.args, init_addr, self._requests, self._responses), ctx)
+            rank_main, n,
+            lambda r: (r, n, self.args, init_addr, self._requests, self._responses, self._cancel), ctx)
         ready = 0
         try:
             while ready < n:
@@ -76,9 +81,12 @@ class Engine:
             raise
         return self
 
-    def _wait(self):
-        """The next message from the ranks, watching that every rank process is still alive."""
+    def _wait(self, cancel: threading.Event | None = None):
+        """The next message from the ranks, watching that every rank process is still alive
+        (and passing a caller's cancellation on to the ranks)."""
         while True:
+            if cancel is not None and cancel.is_set():
+                self._cancel.set()
             try:
                 msg = self._responses.get(timeout=_POLL_S)
             except queue.Empty:
@@ -119,18 +127,28 @@ class Engine:
         self.shutdown()
 
     # -- requests --------------------------------------------------------------------------
-    def generate(self, params: SamplingParams) -> GenerationResult:
-        if self._local is not None:
-            return self._local.run(params)
-        if not self._procs:
-            raise RuntimeError("Engine.generate() before start() or after shutdown()")
-        request_id = uuid.uuid4().hex
-        self._requests.put((request_id, params))
-        while True:
-            kind, rid, *payload = self._wait()
-            if rid != request_id:
-                continue
-            if kind == "result":
-                return payload[0]
-            rank, (name, message, is_user_error, tb) = payload
-            raise _rebuild_error(rank, name, message, is_user_error, tb)
+    def generate(self, params: SamplingParams, on_progress: Callable[[int, int], None] | None = None,
+                 cancel: threading.Event | None = None) -> GenerationResult:
+        """Run one request. `on_progress(done, total)` is called after each denoising step;
+        setting `cancel` stops the request at the next step with `RequestCancelled`."""
+        with self._lock:
+            if self._local is not None:
+                hooks = StepHooks(on_progress, cancel.is_set if cancel is not None else None)
+                return self._local.run(params, hooks)
+            if not self._procs:
+                raise RuntimeError("Engine.generate() before start() or after shutdown()")
+            request_id = uuid.uuid4().hex
+            self._cancel.clear()
+            self._requests.put((request_id, params))
+            while True:
+                kind, rid, *payload = self._wait(cancel)
+                if rid != request_id:
+                    continue
+                if kind == "progress":
+                    if on_progress is not None:
+                        on_progress(*payload)
+                    continue
+                if kind == "result":
+                    return payload[0]
+                rank, (name, message, is_user_error, tb) = payload
+                raise _rebuild_error(rank, name, message, is_user_error, tb)

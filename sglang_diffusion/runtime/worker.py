@@ -18,6 +18,7 @@ from sglang_diffusion.config.families import GENERIC_VIDEO_FPS
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import SGLangDiffusionError
+from sglang_diffusion.pipelines.hooks import StepHooks
 from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.platform import Platform
 from sglang_diffusion.runtime.result import GenerationResult
@@ -48,10 +49,10 @@ class RankWorker:
     def describe(self) -> dict:
         return {**self.pipeline.describe(), "device": str(self.platform.device), "world_size": self.world_size}
 
-    def run(self, params: SamplingParams) -> GenerationResult | None:
+    def run(self, params: SamplingParams, hooks: StepHooks | None = None) -> GenerationResult | None:
         """Generate; rank 0 saves and returns the result, other ranks return None."""
         start = time.perf_counter()
-        out = self.pipeline.generate(params)
+        out = self.pipeline.generate(params, hooks)
         if self.rank != 0:
             return None
         p = out.params
@@ -74,8 +75,11 @@ def _error_report(e: BaseException) -> tuple[str, str, bool, str]:
     return (type(e).__name__, str(e), isinstance(e, SGLangDiffusionError), traceback.format_exc())
 
 
-def rank_main(rank: int, world_size: int, args: ServerArgs, init_addr: str, requests, responses) -> None:
-    """Body of a rank process: load, report ready, then serve broadcast requests until None."""
+def rank_main(rank: int, world_size: int, args: ServerArgs, init_addr: str, requests, responses,
+              cancel_event) -> None:
+    """Body of a rank process: load, report ready, then serve broadcast requests until None.
+
+    Rank 0 reports per-step progress; every rank watches the engine's shared cancel event."""
     import torch.distributed as dist
 
     from sglang_diffusion.distributed.parallel_state import destroy_world, init_world
@@ -95,8 +99,12 @@ def rank_main(rank: int, world_size: int, args: ServerArgs, init_addr: str, requ
                 break
             request_id, params = box[0]
             result, status = None, None
+            hooks = StepHooks(
+                on_progress=(lambda done, total, rid=request_id: responses.put(("progress", rid, done, total)))
+                if rank == 0 else None,
+                is_cancelled=cancel_event.is_set)
             try:
-                result = worker.run(params)
+                result = worker.run(params, hooks)
             except Exception as e:  # reported to the caller; the rank stays up for the next request
                 status = _error_report(e)
             statuses = [None] * world_size

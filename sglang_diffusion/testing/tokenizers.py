@@ -263,6 +263,7 @@ def llama_tokenizer():
         bos_token="<|begin_of_text|>",
         eos_token="<|end_of_text|>",
         pad_token="<pad>",
+        add_bos_token=True,
         padding_side="right",
         model_max_length=8192,
     )

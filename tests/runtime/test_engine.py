@@ -90,3 +90,19 @@ def test_a_rank_that_fails_to_load_stops_the_engine_cleanly(tmp_path):
 
     with pytest.raises(ModelLoadError, match="diffusers cannot load"):
         DiffGenerator.from_pretrained(str(tmp_path), num_gpus=2)
+
+
+def test_progress_is_reported_after_each_step_and_cancel_stops_the_request(flux):
+    import threading
+
+    from sglang_diffusion.config.loading import sampling_params_from_kwargs
+    from sglang_diffusion.errors import RequestCancelled
+
+    params = sampling_params_from_kwargs({**FLUX_REQUEST, "num_inference_steps": 4})
+    seen = []
+    flux.engine.generate(params, on_progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    cancel = threading.Event()
+    with pytest.raises(RequestCancelled, match="after 2 of 4"):
+        flux.engine.generate(params, on_progress=lambda done, total: cancel.set(), cancel=cancel)
+    assert flux.generate(**FLUX_REQUEST).frames[0].shape == (1, 32, 32, 3)

@@ -1,0 +1,44 @@
+"""sglang_diffusion._C, the compiled kernels, loaded on first use.
+
+The extension registers its ops as ``torch.ops.sglang_diffusion_C.*`` when imported. It may be
+missing (a build without torch in the build environment) or unloadable (built against another
+torch); the ops then run on their pure-PyTorch paths, and that is logged once, with the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NativeLibrary:
+    """The loaded extension's ops (``torch.ops.sglang_diffusion_C``), or why there are none."""
+
+    ops: Any | None
+    missing_reason: str | None = None
+    cpu_isa: str | None = None  # "avx2" or "default": which CPU build of the kernels runs
+
+    @property
+    def available(self) -> bool:
+        return self.ops is not None
+
+
+@functools.cache
+def native_library() -> NativeLibrary:
+    """Imports sglang_diffusion._C once (torch is imported first: _C links against it)."""
+    try:
+        importlib.import_module("sglang_diffusion._C")
+    except (ImportError, OSError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        logger.warning("sglang_diffusion._C not built: running on pure-PyTorch paths (%s)", reason)
+        return NativeLibrary(ops=None, missing_reason=reason)
+    ops = torch.ops.sglang_diffusion_C
+    return NativeLibrary(ops=ops, cpu_isa=ops.cpu_isa())
