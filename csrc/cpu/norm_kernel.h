@@ -90,18 +90,30 @@ inline void gated_add_row(
   }
 }
 
+// The statistics passes keep four independent accumulators (two steps per iteration), so
+// the adds are not serialised on one register's latency.
 template <typename scalar_t>
 inline float row_sum(const scalar_t* v, int64_t dim) {
+  const int64_t dim_vec2 = dim - dim % (2 * kStep);
   const int64_t dim_vec = dim - dim % kStep;
-  fVec acc0(0.0f), acc1(0.0f);
+  fVec acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
   int64_t d = 0;
+  for (; d < dim_vec2; d += 2 * kStep) {
+    fVec v0, v1, v2, v3;
+    load2(v + d, v0, v1);
+    load2(v + d + kStep, v2, v3);
+    acc0 = acc0 + v0;
+    acc1 = acc1 + v1;
+    acc2 = acc2 + v2;
+    acc3 = acc3 + v3;
+  }
   for (; d < dim_vec; d += kStep) {
     fVec v0, v1;
     load2(v + d, v0, v1);
     acc0 = acc0 + v0;
     acc1 = acc1 + v1;
   }
-  float sum = sum_lanes(acc0 + acc1);
+  float sum = sum_lanes((acc0 + acc1) + (acc2 + acc3));
   for (; d < dim; ++d) {
     sum += static_cast<float>(v[d]);
   }
@@ -111,10 +123,24 @@ inline float row_sum(const scalar_t* v, int64_t dim) {
 // sum((v - mean)^2)
 template <typename scalar_t>
 inline float row_sum_sq_dev(const scalar_t* v, float mean, int64_t dim) {
+  const int64_t dim_vec2 = dim - dim % (2 * kStep);
   const int64_t dim_vec = dim - dim % kStep;
   const fVec vmean(mean);
-  fVec acc0(0.0f), acc1(0.0f);
+  fVec acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
   int64_t d = 0;
+  for (; d < dim_vec2; d += 2 * kStep) {
+    fVec v0, v1, v2, v3;
+    load2(v + d, v0, v1);
+    load2(v + d + kStep, v2, v3);
+    v0 = v0 - vmean;
+    v1 = v1 - vmean;
+    v2 = v2 - vmean;
+    v3 = v3 - vmean;
+    acc0 = at::vec::fmadd(v0, v0, acc0);
+    acc1 = at::vec::fmadd(v1, v1, acc1);
+    acc2 = at::vec::fmadd(v2, v2, acc2);
+    acc3 = at::vec::fmadd(v3, v3, acc3);
+  }
   for (; d < dim_vec; d += kStep) {
     fVec v0, v1;
     load2(v + d, v0, v1);
@@ -123,7 +149,7 @@ inline float row_sum_sq_dev(const scalar_t* v, float mean, int64_t dim) {
     acc0 = at::vec::fmadd(v0, v0, acc0);
     acc1 = at::vec::fmadd(v1, v1, acc1);
   }
-  float sum = sum_lanes(acc0 + acc1);
+  float sum = sum_lanes((acc0 + acc1) + (acc2 + acc3));
   for (; d < dim; ++d) {
     const float c = static_cast<float>(v[d]) - mean;
     sum += c * c;

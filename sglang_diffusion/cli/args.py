@@ -23,6 +23,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _default_text(f: dataclasses.Field) -> str:
+    if f.metadata["secret"]:
+        return ""
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     if default is None or default == [] or default == {}:
         return ""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Sequence
 
 from sglang_diffusion.cli.args import build_parser, parse
+from sglang_diffusion.config.sampling_params import SamplingParams
+from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.log import configure_logging
 from sglang_diffusion.runtime.result import GenerationResult
@@ -24,6 +27,20 @@ def format_result(result: GenerationResult) -> str:
     return "\n".join(lines)
 
 
+DEMO_FAMILY = "wan2.1-t2v"
+
+
+def use_demo_model(server_args: ServerArgs, sampling: SamplingParams) -> tuple[ServerArgs, SamplingParams]:
+    """Without --model-path: the tiny random-weight demo model, built on first use and cached,
+    with the small sizes it is made for (where the user gave none)."""
+    from sglang_diffusion.testing import TINY_SAMPLING, cached_model
+
+    path = cached_model(DEMO_FAMILY, "tiny")
+    logger.warning("no --model-path given: using the built-in tiny %s demo model at %s "
+                   "(random weights: the output is noise, but every stage runs)", DEMO_FAMILY, path)
+    return dataclasses.replace(server_args, model_path=str(path)), sampling.resolve(TINY_SAMPLING[DEMO_FAMILY])
+
+
 def run(argv: Sequence[str]) -> int:
     parser = build_parser("sglang generate", "Generate an image or a video from a diffusers-format model.",
                           sampling=True)
@@ -31,6 +48,8 @@ def run(argv: Sequence[str]) -> int:
     configure_logging(server_args.log_level)
     if not sampling.prompt:
         raise ConfigError("prompt is required (--prompt or the config key prompt)")
+    if server_args.model_path is None:
+        server_args, sampling = use_demo_model(server_args, sampling)
     from sglang_diffusion.runtime.engine import Engine
 
     with Engine(server_args) as engine:

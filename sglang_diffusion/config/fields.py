@@ -19,12 +19,14 @@ def option(
     aliases: Sequence[str] = (),
     metavar: str | None = None,
     default_factory: Any = None,
+    secret: bool = False,
 ):
+    """`secret`: a credential, kept out of the dataclass repr and of `--help`'s defaults."""
     metadata = {"help": help, "choices": tuple(choices) if choices else None,
-                "aliases": tuple(aliases), "metavar": metavar}
+                "aliases": tuple(aliases), "metavar": metavar, "secret": secret}
     if default_factory is not None:
-        return dataclasses.field(default_factory=default_factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+        return dataclasses.field(default_factory=default_factory, metadata=metadata, repr=not secret)
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 
 
 def flag_name(field_name: str) -> str:

@@ -8,6 +8,7 @@ layout, the device, dtypes) is computed by methods and logged, never written bac
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 from sglang_diffusion.config.fields import option
@@ -20,6 +21,26 @@ DEFAULT_PORT = 30010
 # Native attention backends (issue: kernels) and diffusers' names for the same kernels, so that
 # `--attention-backend fa` also means something on a model served by the diffusers backend.
 NATIVE_ATTENTION_BACKENDS = {"fa": "flash", "torch_sdpa": "native", "sage_attn": "sage"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+CLOUD_STORAGE_TYPES = ("local", "s3")
+
+
+def _env(name: str, default: str | None = None):
+    """A default_factory: the environment variable `name` (unset or empty: `default`)."""
+    return lambda: os.environ.get(name) or default
+
+
+def _env_flag(name: str):
+    """A default_factory: the boolean environment variable `name`, read when the args are built."""
+
+    def read() -> bool:
+        value = os.environ.get(name, "").strip().lower()
+        if value not in _TRUE + _FALSE:
+            raise ConfigError(f"{name}: expected one of {', '.join(v for v in _TRUE + _FALSE if v)}, "
+                              f"got {os.environ[name]!r}")
+        return value in _TRUE
+
+    return read
 
 
 @dataclass
@@ -66,7 +87,12 @@ class ServerArgs:
     diffusers_attention_backend: str | None = option(
         None, "Attention backend of diffusers pipelines (diffusers' own names, e.g. "
         + ", ".join(DIFFUSERS_ATTENTION_BACKENDS) + ").")
-    cache_dit_config: str | None = option(None, "Cache-DiT YAML/JSON config file (diffusers backend only).",
+    enable_cache_dit: bool = option(
+        False, "Cache-DiT acceleration of the diffusion transformer: blocks whose result barely changes "
+        "between steps are skipped (diffusers backend only; default from SGLANG_CACHE_DIT_ENABLED).",
+        default_factory=_env_flag("SGLANG_CACHE_DIT_ENABLED"))
+    cache_dit_config: str | None = option(None, "Cache-DiT YAML/JSON config file (diffusers backend only); "
+                                          "implies enable_cache_dit. Default: Cache-DiT's own defaults.",
                                           metavar="PATH")
     mask_strategy_file_path: str | None = option(None, "Sliding-tile attention mask strategy file.",
                                                  metavar="PATH")
@@ -93,6 +119,38 @@ class ServerArgs:
     # Server
     host: str = option("127.0.0.1", "Address the HTTP server listens on (serve only).")
     port: int = option(DEFAULT_PORT, "Port the HTTP server listens on (serve only).")
+    api_key: str | None = option(None, "Require `Authorization: Bearer API_KEY` on every /v1 route (serve only).",
+                                 secret=True)
+    max_queue_size: int = option(16, "Requests waiting for the engine past which the server answers 429 "
+                                 "with Retry-After (serve only).")
+    max_upload_mb: int = option(20, "Largest request body (uploaded images included), in MiB (serve only).")
+    max_resolution: int = option(4096, "Largest width or height a request may ask for, in pixels (serve only).")
+    max_num_frames: int = option(1024, "Most video frames a request may ask for (serve only).")
+    max_inference_steps: int = option(1000, "Most denoising steps a request may ask for (serve only).")
+    lora_dirs: list = option(None, "Directories the LoRA routes may load adapters from; any other path, and "
+                             "any Hugging Face id, is refused. Empty: any path or id (serve only).",
+                             default_factory=list, metavar="DIR")
+    # Output storage (serve only); defaults from the SGLANG_CLOUD_STORAGE_TYPE / SGLANG_S3_* variables
+    cloud_storage_type: str = option("local", "Where served outputs go: local (the output path) or s3 "
+                                     "(uploaded, then deleted locally). Default from SGLANG_CLOUD_STORAGE_TYPE.",
+                                     choices=CLOUD_STORAGE_TYPES,
+                                     default_factory=_env("SGLANG_CLOUD_STORAGE_TYPE", "local"))
+    s3_bucket_name: str | None = option(None, "S3 bucket of the outputs. Default from SGLANG_S3_BUCKET_NAME.",
+                                        default_factory=_env("SGLANG_S3_BUCKET_NAME"))
+    s3_endpoint_url: str | None = option(None, "S3-compatible endpoint (MinIO, OSS, COS, ...). Default from "
+                                         "SGLANG_S3_ENDPOINT_URL, else AWS.", metavar="URL",
+                                         default_factory=_env("SGLANG_S3_ENDPOINT_URL"))
+    s3_region_name: str = option("us-east-1", "S3 region. Default from SGLANG_S3_REGION_NAME, else us-east-1.",
+                                 default_factory=_env("SGLANG_S3_REGION_NAME", "us-east-1"))
+    s3_access_key_id: str | None = option(None, "S3 access key id. Default from SGLANG_S3_ACCESS_KEY_ID, else "
+                                          "boto3's own credential chain.", secret=True,
+                                          default_factory=_env("SGLANG_S3_ACCESS_KEY_ID"))
+    s3_secret_access_key: str | None = option(None, "S3 secret access key. Default from "
+                                              "SGLANG_S3_SECRET_ACCESS_KEY.", secret=True,
+                                              default_factory=_env("SGLANG_S3_SECRET_ACCESS_KEY"))
+    s3_presigned_urls: bool = option(False, "Answer with presigned URLs (for a private bucket) instead of "
+                                     "the objects' public URLs.")
+    s3_url_expiry_s: int = option(3600, "Lifetime of a presigned URL, in seconds.")
     # Logging
     log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
 
@@ -113,6 +171,11 @@ class ServerArgs:
     def cfg_degree(self) -> int:
         return 2 if self.enable_cfg_parallel else 1
 
+    @property
+    def cache_dit_enabled(self) -> bool:
+        """Cache-DiT runs when asked for, or when given a config."""
+        return self.enable_cache_dit or self.cache_dit_config is not None
+
 
 def validate_server_args(args: ServerArgs) -> None:
     """Cross-field checks; each failure names the keys involved."""
@@ -122,6 +185,13 @@ def validate_server_args(args: ServerArgs) -> None:
             raise ConfigError(f"{name} must be at least 1, got {value}")
     if not 0 < args.port < 65536:
         raise ConfigError(f"port must be between 1 and 65535, got {args.port}")
+    for name in ("max_queue_size", "max_upload_mb", "max_resolution", "max_num_frames", "max_inference_steps",
+                 "s3_url_expiry_s"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(args, name)}")
+    if args.cloud_storage_type not in CLOUD_STORAGE_TYPES:
+        raise ConfigError(f"cloud_storage_type (or SGLANG_CLOUD_STORAGE_TYPE): {args.cloud_storage_type!r} is "
+                          f"not one of {', '.join(CLOUD_STORAGE_TYPES)}")
     from diffusers.models.attention_dispatch import AttentionBackendName
 
     diffusers_names = [b.value for b in AttentionBackendName]

@@ -25,10 +25,8 @@ def unsupported_options(args: ServerArgs) -> list[str]:
         found.append("mask_strategy_file_path (sliding-tile attention masks)")
     if args.attention_backend_config:
         found.append("attention_backend_config (options of native attention backends)")
-    if args.lora_path:
-        found.append("lora_path (LoRA adapters)")
-    if args.cache_dit_config:
-        found.append("cache_dit_config (Cache-DiT)")
+    if args.lora_path and args.backend == "sglang":
+        found.append("lora_path on native pipelines (LoRA adapters run on the diffusers backend)")
     return found
 
 
@@ -36,3 +34,10 @@ def check_supported(args: ServerArgs) -> None:
     found = unsupported_options(args)
     if found:
         raise NotSupportedYetError("not supported yet: " + "; ".join(found))
+
+
+def check_pipeline_supported(args: ServerArgs, pipeline) -> None:
+    """What only the built pipeline can tell (backend auto picks it): options its backend lacks."""
+    if args.lora_path and getattr(pipeline, "lora", None) is None:
+        raise NotSupportedYetError(f"not supported yet: lora_path on the {pipeline.describe()['backend']} backend "
+                                   "(LoRA adapters run on the diffusers backend: --backend diffusers)")

@@ -1,7 +1,7 @@
 """The diffusers backend: any diffusers pipeline, run through our engine.
 
 The engine's options map onto diffusers' own switches: per-component dtypes, component
-overrides, attention backend, VAE tiling/slicing, torch.compile, text-encoder offload.
+overrides, attention backend, VAE tiling/slicing, Cache-DiT, torch.compile, text-encoder offload.
 Sampling parameters map onto the pipeline's `__call__` arguments; one the pipeline does not
 take is an error when the user set it, and is left out when it only came from defaults.
 """
@@ -21,6 +21,7 @@ from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import NATIVE_ATTENTION_BACKENDS, ServerArgs
 from sglang_diffusion.errors import ConfigError, InvalidRequestError, ModelLoadError
 from sglang_diffusion.loader.components import component_dtypes, load_component_override
+from sglang_diffusion.loader.lora import LoraManager, LoraSpec
 from sglang_diffusion.loader.resolve import ModelIndex
 from sglang_diffusion.pipelines.base import PipelineOutput
 from sglang_diffusion.pipelines.hooks import StepHooks
@@ -64,6 +65,7 @@ class DiffusersBackendPipeline:
         overrides = {name: load_component_override(name, path, index, dtypes.get(name))
                      for name, path in args.component_paths.items()}
         self.pipe = self._load(dtypes, overrides)
+        self.lora = self._setup_lora()
         self.timer = StageTimer()
         self._configure()
         self._call_params = inspect.signature(self.pipe.__call__).parameters
@@ -98,6 +100,15 @@ class DiffusersBackendPipeline:
         pipe.set_progress_bar_config(disable=None)  # tqdm: shown on a terminal, quiet elsewhere
         return pipe
 
+    def _setup_lora(self) -> LoraManager | None:
+        """LoRA support where the pipeline has diffusers' LoRA loader; --lora-path is merged now."""
+        manager = LoraManager(self.pipe, self._modules()) if hasattr(self.pipe, "load_lora_weights") else None
+        if self.args.lora_path:
+            if manager is None:
+                raise ConfigError(f"lora_path: {type(self.pipe).__name__} does not support LoRA adapters")
+            manager.set([LoraSpec(self.args.lora_nickname, self.args.lora_path)])
+        return manager
+
     def _modules(self):
         return {name: getattr(self.pipe, name) for name in self.index.components
                 if isinstance(getattr(self.pipe, name, None), torch.nn.Module)}
@@ -116,8 +127,13 @@ class DiffusersBackendPipeline:
         if backend is None and args.attention_backend != "auto":
             backend = NATIVE_ATTENTION_BACKENDS.get(args.attention_backend, args.attention_backend)
         self._attention_backend = backend
+        self._cache_dit = None
         if backend:
             self._set_attention_backend(backend, modules)
+        if args.cache_dit_enabled:  # before torch.compile, so that it traces the cached forward
+            from sglang_diffusion.pipelines.cache_dit import enable_cache_dit
+
+            self._cache_dit = enable_cache_dit(self.pipe, args.cache_dit_config)
         if args.enable_torch_compile:
             for name, module in modules.items():
                 if _stage_of(name) == "denoising":
@@ -177,7 +193,8 @@ class DiffusersBackendPipeline:
     def describe(self) -> dict:
         return {"pipeline": type(self.pipe).__name__, "backend": self.backend,
                 "family": self.family.name if self.family else None,
-                "attention_backend": self._attention_backend or "diffusers default"}
+                "attention_backend": self._attention_backend or "diffusers default",
+                "cache_dit": self._cache_dit.describe() if self._cache_dit else None}
 
     def _call_kwargs(self, params: SamplingParams, explicit: set[str]) -> dict:
         kwargs = {}

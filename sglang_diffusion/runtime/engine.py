@@ -13,7 +13,7 @@ import multiprocessing as mp
 import queue
 import threading
 import uuid
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
@@ -25,9 +25,10 @@ from sglang_diffusion.distributed.launch import free_port, spawn_ranks
 from sglang_diffusion.errors import ConfigError, RankFailedError
 from sglang_diffusion.pipelines.hooks import StepHooks
 from sglang_diffusion.runtime.result import GenerationResult
-from sglang_diffusion.runtime.worker import RankWorker, rank_main
+from sglang_diffusion.runtime.worker import RankCall, RankWorker, rank_main
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _POLL_S = 0.5
 
@@ -135,20 +136,33 @@ class Engine:
             if self._local is not None:
                 hooks = StepHooks(on_progress, cancel.is_set if cancel is not None else None)
                 return self._local.run(params, hooks)
-            if not self._procs:
-                raise RuntimeError("Engine.generate() before start() or after shutdown()")
-            request_id = uuid.uuid4().hex
-            self._cancel.clear()
-            self._requests.put((request_id, params))
-            while True:
-                kind, rid, *payload = self._wait(cancel)
-                if rid != request_id:
-                    continue
-                if kind == "progress":
-                    if on_progress is not None:
-                        on_progress(*payload)
-                    continue
-                if kind == "result":
-                    return payload[0]
-                rank, (name, message, is_user_error, tb) = payload
-                raise _rebuild_error(rank, name, message, is_user_error, tb)
+            return self._on_ranks(params, on_progress, cancel)
+
+    def call(self, fn: Callable[..., T], *args) -> T:
+        """Run `fn(pipeline, *args)` on every rank, between two requests, and return rank 0's
+        result: for control operations (loading a LoRA, ...) that every rank must apply alike.
+        `fn` must be a module-level function, since it is pickled by name for rank processes."""
+        with self._lock:
+            if self._local is not None:
+                return fn(self._local.pipeline, *args)
+            return self._on_ranks(RankCall(fn, args))
+
+    def _on_ranks(self, work: SamplingParams | RankCall, on_progress=None, cancel=None):
+        """Broadcast one piece of work to the rank processes and wait for rank 0's answer."""
+        if not self._procs:
+            raise RuntimeError("Engine used before start() or after shutdown()")
+        request_id = uuid.uuid4().hex
+        self._cancel.clear()
+        self._requests.put((request_id, work))
+        while True:
+            kind, rid, *payload = self._wait(cancel)
+            if rid != request_id:
+                continue
+            if kind == "progress":
+                if on_progress is not None:
+                    on_progress(*payload)
+                continue
+            if kind == "result":
+                return payload[0]
+            rank, (name, message, is_user_error, tb) = payload
+            raise _rebuild_error(rank, name, message, is_user_error, tb)

@@ -9,14 +9,18 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import signal
 import time
 import traceback
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from sglang_diffusion.config.families import GENERIC_VIDEO_FPS
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.config.support import check_pipeline_supported
 from sglang_diffusion.errors import SGLangDiffusionError
 from sglang_diffusion.pipelines.hooks import StepHooks
 from sglang_diffusion.pipelines.registry import build_pipeline
@@ -39,6 +43,7 @@ class RankWorker:
         self.platform = Platform.current(local_rank=rank)
         start = time.perf_counter()
         self.pipeline = build_pipeline(args, self.platform)
+        check_pipeline_supported(args, self.pipeline)
         self.load_seconds = time.perf_counter() - start
         if rank == 0:
             info = self.pipeline.describe()
@@ -71,6 +76,16 @@ class RankWorker:
                                 frames=list(out.frames) if p.return_frames else None)
 
 
+@dataclass
+class RankCall:
+    """A control operation for every rank: `fn(pipeline, *args)` (see `Engine.call`)."""
+    fn: Callable
+    args: tuple
+
+    def run(self, worker: RankWorker):
+        return self.fn(worker.pipeline, *self.args)
+
+
 def _error_report(e: BaseException) -> tuple[str, str, bool, str]:
     return (type(e).__name__, str(e), isinstance(e, SGLangDiffusionError), traceback.format_exc())
 
@@ -85,6 +100,9 @@ def rank_main(rank: int, world_size: int, args: ServerArgs, init_addr: str, requ
     from sglang_diffusion.distributed.parallel_state import destroy_world, init_world
     from sglang_diffusion.log import configure_logging
 
+    # Ctrl-C reaches the whole process group; the engine, not the signal, decides when ranks stop,
+    # so that a server can finish (drain) the request in flight.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(args.log_level if rank == 0 else "warning", prefix=f"[rank {rank}] ")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
@@ -97,14 +115,14 @@ def rank_main(rank: int, world_size: int, args: ServerArgs, init_addr: str, requ
             dist.broadcast_object_list(box, src=0)
             if box[0] is None:
                 break
-            request_id, params = box[0]
+            request_id, work = box[0]
             result, status = None, None
             hooks = StepHooks(
                 on_progress=(lambda done, total, rid=request_id: responses.put(("progress", rid, done, total)))
                 if rank == 0 else None,
                 is_cancelled=cancel_event.is_set)
             try:
-                result = worker.run(params, hooks)
+                result = work.run(worker) if isinstance(work, RankCall) else worker.run(work, hooks)
             except Exception as e:  # reported to the caller; the rank stays up for the next request
                 status = _error_report(e)
             statuses = [None] * world_size

@@ -47,6 +47,31 @@ class Asset:
     make: Callable[[], Any]
 
 
+class JsonFiles:
+    """A component that is only JSON files, written as given (an image processor's
+    preprocessor_config.json): the same bytes whichever processor backends are installed."""
+
+    def __init__(self, files: dict[str, dict]):
+        self.files = files
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        folder = pathlib.Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in self.files.items():
+            (folder / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def scheduler(class_name: str, **config) -> Asset:
+    """A diffusers scheduler; the saved scheduler_config.json carries every default too."""
+
+    def make():
+        import diffusers
+
+        return getattr(diffusers, class_name).from_config(config)
+
+    return Asset("diffusers", class_name, make)
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     """A whole folder. A component given as None is written as `[null, null]`, the way

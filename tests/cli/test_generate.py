@@ -122,3 +122,12 @@ def test_help_lists_every_guide_flag():
 def test_serve_help_lists_server_options():
     proc = run_cli("serve", "--help")
     assert proc.returncode == 0 and "--port" in proc.stdout and "30010" in proc.stdout
+
+
+def test_generate_without_model_path_uses_the_cached_demo_model(tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = run_cli("generate", "--prompt", "A curious raccoon", "--output-path", tmp_path / "out", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "demo model" in proc.stderr
+    (video,) = (tmp_path / "out").glob("*.mp4")
+    assert iio.imread(video, plugin="pyav").shape[0] == 9

@@ -1,0 +1,260 @@
+"""Norm fused with adaLN modulation, as DiT blocks (Wan, FLUX, HunyuanVideo, ...) use it.
+
+    norm_modulate:                 out = norm(x) * (1 + scale) + shift
+    gated_residual_norm_modulate:  residual = residual + gate * x
+                                   out = norm(residual) * (1 + scale) + shift
+
+norm is LayerNorm (biased variance) or RMSNorm over the last dim, times ``weight`` plus
+``bias`` when given. Math is fp32; outputs have the activation's dtype. The new residual is
+rounded to its dtype before it is normalised, as the unfused
+``residual = (residual.float() + gate * x).type_as(residual)`` of diffusers' Wan block does.
+
+Shapes: x, residual [B, S, D]; scale, shift, gate [D], [B, 1, D] or [B, S, D] (anything that
+broadcasts to x); weight, bias [D].
+
+- ``*_reference``: plain torch, the spec; tests and benchmarks import these.
+- ``norm_modulate`` / ``gated_residual_norm_modulate``: what models call. They run the ``_C``
+  kernel (csrc/cpu/norm.cpp) for CPU tensors in fp32/bf16/fp16, else the reference, and log
+  the choice and its reason once. The fused kernel is inference-only: when autograd needs the
+  graph, the reference runs.
+- ``torch.ops.sglang_diffusion.norm_modulate`` / ``.gated_residual_norm_modulate``: the
+  ``torch.library`` custom ops behind them, with fake implementations, so ``torch.compile``
+  traces through.
+"""
+
+import functools
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from sglang_diffusion.ops import _native
+
+logger = logging.getLogger(__name__)
+
+NORM_TYPES = ("layer", "rms")
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_norm_type(norm_type: str) -> None:
+    if norm_type not in NORM_TYPES:
+        raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {norm_type!r}")
+
+
+def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.float()
+
+
+def norm_modulate_reference(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+    norm_type: str = "layer",
+) -> torch.Tensor:
+    """``norm(x) * (1 + scale) + shift`` in fp32, returned in x's dtype."""
+    _check_norm_type(norm_type)
+    x32 = x.float()
+    dim = (x.shape[-1],)
+    if norm_type == "layer":
+        y = F.layer_norm(x32, dim, _f32(weight), _f32(bias), eps)  # [B, S, D]
+    else:
+        y = F.rms_norm(x32, dim, _f32(weight), eps)
+        if bias is not None:
+            y = y + bias.float()
+    return (y * (1 + scale.float()) + shift.float()).to(x.dtype)
+
+
+def gated_residual_norm_modulate_reference(
+    residual: torch.Tensor,
+    x: torch.Tensor,
+    gate: Optional[torch.Tensor],
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+    norm_type: str = "layer",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(residual + gate * x, norm_modulate(that))``; gate None means 1."""
+    branch = x.float() if gate is None else gate.float() * x.float()
+    new_residual = (residual.float() + branch).to(residual.dtype)  # [B, S, D], as stored
+    out = norm_modulate_reference(new_residual, scale, shift, weight, bias, eps, norm_type)
+    return new_residual, out
+
+
+# ---- dispatch ------------------------------------------------------------------------------
+
+
+@functools.cache
+def _log_choice(op: str, impl: str, reason: str) -> None:
+    logger.info("%s: %s (%s)", op, impl, reason)
+
+
+def _needs_autograd(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _check_shapes(target: torch.Tensor, **others: Optional[torch.Tensor]) -> None:
+    """The ops' outputs have the activation's shape: every other input must broadcast to it."""
+    for name, t in others.items():
+        if t is None:
+            continue
+        try:
+            broadcasts = torch.broadcast_shapes(t.shape, target.shape) == target.shape
+        except RuntimeError:
+            broadcasts = False
+        if not broadcasts:
+            raise ValueError(
+                f"{name} of shape {tuple(t.shape)} does not broadcast to shape {tuple(target.shape)}"
+            )
+
+
+def _why_not_native(
+    native: _native.NativeLibrary,
+    x: torch.Tensor,
+    modulation: tuple[Optional[torch.Tensor], ...],
+    affine: tuple[Optional[torch.Tensor], ...],
+) -> Optional[str]:
+    """None when the _C kernel can run these inputs, else the reason it cannot."""
+    if not native.available:
+        return f"sglang_diffusion._C is not available: {native.missing_reason}"
+    tensors = [t for t in (x, *modulation, *affine) if t is not None]
+    if any(t.device.type != "cpu" for t in tensors):
+        return f"inputs on {x.device.type}; the _C kernel is CPU-only"
+    if x.dtype not in _KERNEL_DTYPES:
+        return f"x is {x.dtype}; the _C kernel takes float32, bfloat16 or float16"
+    if x.dim() != 3 or x.shape[-1] == 0:
+        return f"x has shape {tuple(x.shape)}; the _C kernel takes [B, S, D] with D > 0"
+    mods = [t for t in modulation if t is not None]
+    mod_dtypes = {t.dtype for t in mods}
+    if len(mod_dtypes) != 1 or not mod_dtypes <= {x.dtype, torch.float32}:
+        names = sorted(str(d) for d in mod_dtypes)
+        return f"modulation dtypes {names}; the _C kernel takes one, x's ({x.dtype}) or float32"
+    if any(t.shape[-1] != x.shape[-1] or (t.shape[-1] > 1 and t.stride(-1) != 1) for t in mods):
+        return "a modulation tensor is not [..., D] with a contiguous last dim"
+    if any(t is not None and (t.dim() != 1 or not t.is_floating_point()) for t in affine):
+        return "weight or bias is not a 1-D float tensor"
+    return None
+
+
+def _use_native(op: str, why_not: Optional[str], native: _native.NativeLibrary, x: torch.Tensor) -> bool:
+    if why_not is None:
+        _log_choice(op, f"_C kernel ({native.cpu_isa} build)", f"CPU {x.dtype} input")
+        return True
+    _log_choice(op, "torch reference", why_not)
+    return False
+
+
+@torch.library.custom_op("sglang_diffusion::norm_modulate", mutates_args=())
+def _norm_modulate_op(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    norm_type: str,
+) -> torch.Tensor:
+    _check_shapes(x, scale=scale, shift=shift)
+    native = _native.native_library()
+    why_not = _why_not_native(native, x, (scale, shift), (weight, bias))
+    if not _use_native("norm_modulate", why_not, native, x):
+        out = norm_modulate_reference(x, scale, shift, weight, bias, eps, norm_type)
+        return out.contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    native.ops.norm_modulate_out(out, x.contiguous(), scale, shift, weight, bias, eps, norm_type)
+    return out
+
+
+@_norm_modulate_op.register_fake
+def _(x, scale, shift, weight, bias, eps, norm_type):
+    _check_shapes(x, scale=scale, shift=shift)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("sglang_diffusion::gated_residual_norm_modulate", mutates_args=())
+def _gated_residual_norm_modulate_op(
+    residual: torch.Tensor,
+    x: torch.Tensor,
+    gate: Optional[torch.Tensor],
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    norm_type: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_shapes(residual, x=x, gate=gate, scale=scale, shift=shift)
+    native = _native.native_library()
+    why_not = _why_not_native(native, residual, (gate, scale, shift), (weight, bias))
+    if why_not is None and (x.shape != residual.shape or x.dtype != residual.dtype):
+        why_not = "x differs from residual in shape or dtype"
+    if not _use_native("gated_residual_norm_modulate", why_not, native, residual):
+        new_residual, out = gated_residual_norm_modulate_reference(
+            residual, x, gate, scale, shift, weight, bias, eps, norm_type
+        )
+        return new_residual.contiguous(), out.contiguous()
+    new_residual = torch.empty_like(residual, memory_format=torch.contiguous_format)
+    out = torch.empty_like(residual, memory_format=torch.contiguous_format)
+    native.ops.gated_residual_norm_modulate_out(
+        new_residual, out, residual.contiguous(), x.contiguous(), gate, scale, shift, weight, bias,
+        eps, norm_type,
+    )
+    return new_residual, out
+
+
+@_gated_residual_norm_modulate_op.register_fake
+def _(residual, x, gate, scale, shift, weight, bias, eps, norm_type):
+    _check_shapes(residual, x=x, gate=gate, scale=scale, shift=shift)
+    new_residual = torch.empty_like(residual, memory_format=torch.contiguous_format)
+    return new_residual, torch.empty_like(new_residual)
+
+
+# ---- what models call ----------------------------------------------------------------------
+
+
+def norm_modulate(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+    norm_type: str = "layer",
+) -> torch.Tensor:
+    """``norm(x) * (1 + scale) + shift``: x [B, S, D] -> [B, S, D] in x's dtype."""
+    _check_norm_type(norm_type)
+    if _needs_autograd(x, scale, shift, weight, bias):
+        if not torch.compiler.is_compiling():
+            _log_choice("norm_modulate", "torch reference", "autograd: an input requires grad")
+        return norm_modulate_reference(x, scale, shift, weight, bias, eps, norm_type)
+    return _norm_modulate_op(x, scale, shift, weight, bias, float(eps), norm_type)
+
+
+def gated_residual_norm_modulate(
+    residual: torch.Tensor,
+    x: torch.Tensor,
+    gate: Optional[torch.Tensor],
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+    norm_type: str = "layer",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``residual + gate * x`` and its ``norm(.) * (1 + scale) + shift``, both [B, S, D] in
+    residual's dtype; gate None means 1."""
+    _check_norm_type(norm_type)
+    if _needs_autograd(residual, x, gate, scale, shift, weight, bias):
+        if not torch.compiler.is_compiling():
+            _log_choice("gated_residual_norm_modulate", "torch reference", "autograd: an input requires grad")
+        return gated_residual_norm_modulate_reference(
+            residual, x, gate, scale, shift, weight, bias, eps, norm_type
+        )
+    return _gated_residual_norm_modulate_op(
+        residual, x, gate, scale, shift, weight, bias, float(eps), norm_type
+    )

@@ -1,0 +1,83 @@
+"""OpenAI-style error bodies, `{"error": {"message", "type", "param", "code"}}`, for every failure.
+
+Status codes: 400 a malformed request (missing or mistyped field, value out of range, size not
+"WxH"); 401 a missing or wrong API key; 404 an unknown route, job or model; 413 a body or upload
+over the limit; 422 a well-formed request this model cannot serve (an image for a text-only
+model, a size it does not allow); 429 the queue is full (with Retry-After); 503 shutting down.
+A bug answers 500 with no internals in the body; the traceback goes to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sglang_diffusion.errors import ConfigError, InvalidRequestError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+INVALID_REQUEST = "invalid_request_error"
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = INVALID_REQUEST, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+
+def error_response(status: int, message: str, *, type: str = INVALID_REQUEST, param: str | None = None,
+                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form")]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    if first.get("type") == "missing":
+        return f"{param} is required", param
+    return (f"{param}: {first.get('msg')}" if param else str(first.get("msg"))), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return error_response(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code,
+                              headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return error_response(400, message, param=param, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(exc.status_code, str(exc.detail), code=code, headers=exc.headers)
+
+    @app.exception_handler(ConfigError)
+    async def _config(request: Request, exc: ConfigError):
+        return error_response(400, str(exc), code="invalid_value")
+
+    @app.exception_handler(ModelLoadError)
+    async def _load(request: Request, exc: ModelLoadError):
+        return error_response(400, str(exc), code="cannot_load")
+
+    @app.exception_handler(InvalidRequestError)
+    async def _unservable(request: Request, exc: InvalidRequestError):
+        return error_response(422, str(exc), code="unsupported_by_model")
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        logger.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error (details are in the server log)", type="server_error",
+                              code="internal_error")

@@ -1,0 +1,54 @@
+"""Images in and out of the HTTP API: encoding outputs, and checking uploads (size, that they
+are images at all) before they reach the engine."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from sglang_diffusion.server.errors import APIError
+
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def encode_image(frame: np.ndarray, output_format: str) -> bytes:  # frame: uint8 [H, W, 3]
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format=_PIL_FORMATS[output_format])
+    return buffer.getvalue()
+
+
+def _too_large(param: str, limit_bytes: int) -> APIError:
+    return APIError(413, f"{param}: the upload is over the limit of {limit_bytes // 2**20} MiB (max_upload_mb)",
+                    param=param, code="upload_too_large")
+
+
+def decode_image(data: bytes, param: str, limit_bytes: int) -> Image.Image:
+    """Bytes a client sent -> an RGB image, or a 400/413 naming the field."""
+    if len(data) > limit_bytes:
+        raise _too_large(param, limit_bytes)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError):
+        raise APIError(400, f"{param}: not a readable image (PNG, JPEG, WebP, ...)", param=param,
+                       code="invalid_image") from None
+
+
+def decode_data_url(url: str, param: str, limit_bytes: int) -> Image.Image:
+    """`data:image/...;base64,...` -> an image. Remote URLs are refused: the server fetches nothing."""
+    head, sep, payload = url.partition(",")
+    if not (head.startswith("data:") and head.endswith(";base64") and sep):
+        raise APIError(400, f"{param}: only data: URLs (data:image/png;base64,...) are accepted; upload the file "
+                       "instead of a link", param=param, code="invalid_image")
+    if len(payload) * 3 // 4 > limit_bytes:
+        raise _too_large(param, limit_bytes)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, f"{param}: the data: URL is not valid base64", param=param, code="invalid_image") from None
+    return decode_image(data, param, limit_bytes)

@@ -1,0 +1,42 @@
+"""`GET /health`, `GET /v1/models`, `GET /model_info`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from sglang_diffusion.server.state import ServerState
+
+router = APIRouter(tags=["info"])
+v1_router = APIRouter(prefix="/v1", tags=["info"])
+
+
+@router.get("/health", summary="200 while serving; 503 once shutting down")
+async def health(request: Request) -> JSONResponse:
+    state: ServerState = request.app.state.server
+    if state.queue.draining.is_set():
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
+    return JSONResponse({"status": "ok", "queue_depth": state.queue.depth})
+
+
+@v1_router.get("/models", summary="The served model")
+async def models(request: Request) -> dict:
+    state: ServerState = request.app.state.server
+    return {"object": "list", "data": [{"id": state.model_id, "object": "model", "created": state.started_at,
+                                        "owned_by": "sglang-diffusion"}]}
+
+
+@router.get("/model_info", summary="Model, task, pipeline, backends and parallel layout")
+async def model_info(request: Request) -> dict:
+    state: ServerState = request.app.state.server
+    args, info = state.args, state.engine.info
+    sp, ulysses, ring = args.sp_layout
+    return {
+        "model": state.model_id, "task": state.family.task if state.family else None,
+        "family": info.get("family"), "pipeline": info.get("pipeline"), "backend": info.get("backend"),
+        "attention_backend": info.get("attention_backend"), "device": info.get("device"),
+        "dit_precision": args.dit_precision, "vae_precision": args.vae_precision,
+        "parallel": {"num_gpus": args.num_gpus, "tp_size": args.tp_size, "sp_degree": sp, "ulysses_degree": ulysses,
+                     "ring_degree": ring, "cfg_degree": args.cfg_degree},
+        "cloud_storage": args.cloud_storage_type, "max_queue_size": args.max_queue_size,
+    }

@@ -1,0 +1,82 @@
+"""LoRA management: `POST /v1/set_lora`, `POST /v1/merge_lora_weights`,
+`POST /v1/unmerge_lora_weights`, `GET /v1/list_loras`.
+
+The work runs on every rank through `Engine.call`, queued behind the generations already
+waiting (so a generation never sees half-merged weights). A path outside the allowed LoRA
+directories is refused here, before any rank touches it; one that cannot be loaded is refused
+by the loader, which leaves the weights as they were.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+
+from sglang_diffusion.loader.lora import LoraSpec, list_loras, merge_loras, set_loras, unmerge_loras
+from sglang_diffusion.server.errors import APIError
+from sglang_diffusion.server.schemas import LoraMergeRequest, LoraSetRequest
+from sglang_diffusion.server.state import ServerState
+
+router = APIRouter(prefix="/v1", tags=["lora"])
+
+
+def _per_adapter(value, count: int, name: str) -> list:
+    if not isinstance(value, list):
+        return [value] * count
+    if len(value) != count:
+        raise APIError(400, f"{name}: give one value per lora_nickname ({count}), got {len(value)}", param=name,
+                       code="invalid_value")
+    return value
+
+
+def allowed_lora_path(path: str, lora_dirs: list[str]) -> str:
+    """`path` if the server may load it: with lora_dirs set, an existing file or folder inside one."""
+    if not lora_dirs:
+        return path
+    try:
+        real = Path(path).expanduser().resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise APIError(400, f"lora_path {path!r}: no such file or folder", param="lora_path",
+                       code="not_found") from None
+    if not any(real.is_relative_to(Path(d).expanduser().resolve()) for d in lora_dirs):
+        raise APIError(403, f"lora_path {path!r} is outside the allowed LoRA directories (lora_dirs)",
+                       param="lora_path", code="path_not_allowed")
+    return str(real)
+
+
+async def _on_engine(request: Request, fn, *args) -> dict:
+    state: ServerState = request.app.state.server
+    return await state.call(lambda: state.engine.call(fn, *args), bounded=False)
+
+
+@router.post("/set_lora", summary="Load LoRA adapter(s) by nickname and merge them into the weights")
+async def set_lora(body: LoraSetRequest, request: Request) -> dict:
+    state: ServerState = request.app.state.server
+    nicknames = body.lora_nickname if isinstance(body.lora_nickname, list) else [body.lora_nickname]
+    if not nicknames or not all(n.strip() for n in nicknames):
+        raise APIError(400, "lora_nickname: give one or more non-empty names", param="lora_nickname",
+                       code="invalid_value")
+    count = len(nicknames)
+    paths = _per_adapter(body.lora_path, count, "lora_path")
+    specs = [LoraSpec(nickname, None if path is None else allowed_lora_path(path, state.args.lora_dirs),
+                      target, strength)
+             for nickname, path, target, strength in zip(nicknames, paths, _per_adapter(body.target, count, "target"),
+                                                          _per_adapter(body.strength, count, "strength"))]
+    return {"status": "ok", **await _on_engine(request, set_loras, specs)}
+
+
+@router.post("/merge_lora_weights", summary="Merge the last set LoRA adapter(s) again")
+async def merge_lora_weights(request: Request, body: LoraMergeRequest | None = None) -> dict:
+    body = body or LoraMergeRequest()
+    return {"status": "ok", **await _on_engine(request, merge_loras, body.target, body.strength)}
+
+
+@router.post("/unmerge_lora_weights", summary="Restore the original weights, bit for bit")
+async def unmerge_lora_weights(request: Request) -> dict:
+    return {"status": "ok", **await _on_engine(request, unmerge_loras)}
+
+
+@router.get("/list_loras", summary="Loaded adapters and what is merged where")
+async def get_loras(request: Request) -> dict:
+    return await _on_engine(request, list_loras)

@@ -1,0 +1,207 @@
+"""Video jobs: `POST /v1/videos` creates one (JSON, or multipart with an `input_reference` image),
+`GET /v1/videos/{id}` polls it, `GET /v1/videos/{id}/content` fetches the MP4, `GET /v1/videos`
+lists, `DELETE /v1/videos/{id}` cancels a queued or running job (the engine stops at its next
+denoising step) or deletes a finished one.
+
+A job runs on the engine's feeder thread; its state lives in the job store, so that polling,
+restarts and cancellation all read one record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse
+
+from sglang_diffusion.config.sampling_params import SamplingParams
+from sglang_diffusion.errors import RequestCancelled, SGLangDiffusionError
+from sglang_diffusion.server.errors import APIError
+from sglang_diffusion.server.forms import openapi_body, read_body
+from sglang_diffusion.server.jobs import CANCELLED, COMPLETED, FAILED, IN_PROGRESS, INTERRUPTED, VideoJob
+from sglang_diffusion.server.media import decode_data_url, decode_image
+from sglang_diffusion.server.outputs import new_id, valid_id
+from sglang_diffusion.server.schemas import VideoCreateRequest
+from sglang_diffusion.server.state import ServerState
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/videos", tags=["videos"])
+
+
+def _seconds(num_frames: int | None, fps: int) -> str:
+    return f"{num_frames / fps:g}" if num_frames else "auto"
+
+
+def video_object(state: ServerState, request: Request, job: VideoJob) -> dict:
+    url = None
+    if job.status == COMPLETED:
+        url = (state.outputs.object_url(job.s3_key) if job.s3_key
+               else str(request.url_for("video_content", video_id=job.id)))
+    return {"id": job.id, "object": "video", "model": job.model, "status": job.status, "progress": job.progress,
+            "created_at": job.created_at, "completed_at": job.completed_at, "expires_at": None,
+            "prompt": job.prompt, "seconds": job.seconds, "size": job.size, "remixed_from_video_id": None,
+            "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+            "url": url}
+
+
+def _get(state: ServerState, video_id: str) -> VideoJob:
+    job = state.jobs.get(video_id) if valid_id(video_id, "video") else None
+    if job is None:
+        raise APIError(404, f"no video job {video_id!r}", param="video_id", code="not_found")
+    return job
+
+
+def _fail(state: ServerState, job_id: str, code: str, message: str) -> None:
+    state.jobs.update(job_id, status=FAILED, error_code=code, error_message=message, completed_at=int(time.time()))
+    state.metrics.jobs.labels(CANCELLED if code == CANCELLED else FAILED).inc()
+
+
+def _run_job(state: ServerState, job_id: str, params: SamplingParams, cancel: threading.Event) -> None:
+    """The body of a job, on the feeder thread; the upload (if any) finishes it in the background."""
+    if state.queue.draining.is_set():
+        return _fail(state, job_id, INTERRUPTED, "the server shut down before the job started; submit it again")
+    if cancel.is_set():
+        return _fail(state, job_id, CANCELLED, "cancelled before it started")
+    state.jobs.update(job_id, status=IN_PROGRESS)
+
+    def on_progress(done: int, total: int) -> None:
+        state.jobs.update(job_id, progress=min(99, done * 100 // max(total, 1)))
+
+    try:
+        result = state.engine.generate(params, on_progress=on_progress, cancel=cancel)
+    except RequestCancelled as e:
+        return _fail(state, job_id, CANCELLED, str(e))
+    except SGLangDiffusionError as e:
+        state.metrics.observe_error(e)
+        return _fail(state, job_id, "invalid_request", str(e))
+    except Exception as e:  # a bug or a dead rank: the job says so, the server keeps serving
+        logger.exception("video job %s failed", job_id)
+        state.metrics.observe_error(e)
+        return _fail(state, job_id, "internal_error", f"{type(e).__name__}: the server log has the details")
+    finally:
+        if params.image_path:
+            Path(params.image_path).unlink(missing_ok=True)
+    state.metrics.observe_result(result)
+    if not result.is_video:
+        return _fail(state, job_id, "unsupported_by_model", "this model makes images: use /v1/images/generations")
+    path = result.files[0]
+    state.jobs.update(job_id, file_name=path.name, size=f"{result.width}x{result.height}",
+                      seconds=_seconds(result.num_frames, result.fps))
+
+    def finish(upload: Future) -> None:
+        key = upload.result()
+        state.jobs.update(job_id, status=COMPLETED, progress=100, completed_at=int(time.time()), s3_key=key,
+                          file_name=None if key else path.name)
+        state.metrics.jobs.labels(COMPLETED).inc()
+
+    state.outputs.publish(path, f"videos/{path.name}").add_done_callback(finish)
+
+
+async def _input_image(state: ServerState, body: VideoCreateRequest, files: dict) -> str | None:
+    """The image-to-video input, saved under uploads/ for the engine; its path."""
+    limit = state.args.max_upload_mb * 2**20
+    if files.get("input_reference"):
+        image = decode_image(await files["input_reference"][0].read(), "input_reference", limit)
+    elif body.input_reference is not None:
+        if body.input_reference.file_id is not None or body.input_reference.image_url is None:
+            raise APIError(400, "input_reference: upload the image (multipart) or give image_url as a data: URL; "
+                           "file ids are not supported", param="input_reference", code="invalid_value")
+        image = decode_data_url(body.input_reference.image_url, "input_reference", limit)
+    else:
+        return None
+    path = state.outputs.upload_path()
+    image.save(path, format="PNG")
+    return str(path)
+
+
+@router.post("", summary="Create a video job",
+             openapi_extra=openapi_body(VideoCreateRequest, {"input_reference": "The first frame (image-to-video)."},
+                                        allow_json=True))
+async def create_video(request: Request) -> dict:
+    state: ServerState = request.app.state.server
+    body, files = await read_body(request, VideoCreateRequest, allow_json=True)
+    if state.family is not None and not state.family.is_video:
+        raise APIError(422, f"{state.model_id} makes images: use POST /v1/images/generations", param="model",
+                       code="unsupported_by_model")
+    num_frames, fps = state.params.video_frames(body)
+    job_id = new_id("video")
+    image_path = await _input_image(state, body, files)
+    try:
+        params = state.params.sampling(body, num_frames=num_frames, fps=fps, image_path=image_path,
+                                       save_output=True, return_frames=False,
+                                       output_path=str(state.outputs.videos), output_file_name=f"{job_id}.mp4")
+        width, height = params.width or state.params.default("width"), params.height or state.params.default("height")
+        frames = num_frames or state.params.default("num_frames")
+        job = VideoJob(id=job_id, model=state.model_id, prompt=body.prompt,
+                       size=f"{width}x{height}" if width and height else "auto", seconds=_seconds(frames, fps),
+                       params={k: v for k, v in params.explicit().items() if k not in ("output_path", "image_path")})
+        state.jobs.add(job)
+        cancel = threading.Event()
+        try:
+            future = state.submit(lambda: _run_job(state, job_id, params, cancel))
+        except APIError:
+            state.jobs.delete(job_id)
+            raise
+    except BaseException:
+        if image_path:
+            Path(image_path).unlink(missing_ok=True)
+        raise
+    state.running[job_id] = (future, cancel)
+    future.add_done_callback(lambda _: state.running.pop(job_id, None))
+    logger.info("video job %s queued (%s)", job_id, body.user or "anonymous")
+    return video_object(state, request, job)
+
+
+@router.get("", summary="List video jobs")
+async def list_videos(request: Request, limit: int = Query(20, ge=1, le=100), after: str | None = None,
+                      order: Literal["asc", "desc"] = "desc") -> dict:
+    state: ServerState = request.app.state.server
+    if after is not None:
+        _get(state, after)
+    jobs = state.jobs.list(limit + 1, order, after)
+    data = [video_object(state, request, j) for j in jobs[:limit]]
+    return {"object": "list", "data": data, "has_more": len(jobs) > limit,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+
+@router.get("/{video_id}", summary="A video job's status and progress")
+async def retrieve_video(video_id: str, request: Request) -> dict:
+    state: ServerState = request.app.state.server
+    return video_object(state, request, _get(state, video_id))
+
+
+@router.get("/{video_id}/content", name="video_content", summary="The MP4 of a completed job",
+            response_class=FileResponse)
+async def video_content(video_id: str, request: Request, variant: Literal["video"] = "video"):
+    state: ServerState = request.app.state.server
+    job = _get(state, video_id)
+    if job.status != COMPLETED:
+        raise APIError(409, f"video {video_id} is {job.status}, not completed", param="video_id",
+                       code="video_not_ready")
+    if job.s3_key:
+        return RedirectResponse(state.outputs.object_url(job.s3_key), status_code=307)
+    return FileResponse(state.outputs.videos / job.file_name, media_type="video/mp4", filename=f"{video_id}.mp4")
+
+
+@router.delete("/{video_id}", summary="Cancel a queued or running job, or delete a finished one")
+async def delete_video(video_id: str, request: Request) -> dict:
+    state: ServerState = request.app.state.server
+    job = _get(state, video_id)
+    if not job.finished:
+        future, cancel = state.running.get(video_id, (None, threading.Event()))
+        cancel.set()
+        if future is None or future.cancel():  # still queued: it will never run
+            _fail(state, video_id, CANCELLED, "cancelled before it started")
+        logger.info("video job %s cancelled", video_id)
+        return {"id": video_id, "object": "video.deleted", "deleted": False, "cancelled": True}
+    if job.file_name:
+        (state.outputs.videos / job.file_name).unlink(missing_ok=True)
+    if job.s3_key:
+        state.outputs.delete_object(job.s3_key)
+    state.jobs.delete(video_id)
+    return {"id": video_id, "object": "video.deleted", "deleted": True}

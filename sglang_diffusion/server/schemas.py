@@ -1,0 +1,85 @@
+"""Request bodies of the OpenAI-compatible routes (OpenAI's field names, plus our extensions).
+
+Fields OpenAI defines that mean nothing here (quality, style, background, moderation, ...) are
+accepted and ignored, so that clients written for OpenAI work unchanged. Range checks that
+depend on server options (largest size, most steps) happen in `params.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_IMAGES_PER_REQUEST = 10  # OpenAI's own bound on n
+MAX_SEED = 2**63 - 1
+
+
+class GenerationOptions(BaseModel):
+    """What every generation route takes besides the prompt."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, description="The served model's id (see /v1/models); default: that model.")
+    user: str | None = Field(None, description="An end-user id, logged with the request.")
+    size: str | None = Field(None, description='"WIDTHxHEIGHT" in pixels, e.g. "1024x1024", or "auto" '
+                             "(the model's default).", max_length=32)
+    width: int | None = Field(None, ge=1, description="Width in pixels (instead of size).")
+    height: int | None = Field(None, ge=1, description="Height in pixels (instead of size).")
+    negative_prompt: str | None = Field(None, description="What to steer the generation away from.")
+    num_inference_steps: int | None = Field(None, ge=1, description="Denoising steps (default: the model's).")
+    guidance_scale: float | None = Field(None, ge=0, description="Classifier-free guidance scale.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed (default: the server's).")
+
+
+class ImageOptions(GenerationOptions):
+    n: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST, description="How many images.")
+    response_format: Literal["b64_json", "url"] = Field(
+        "b64_json", description="b64_json: the image in the response; url: a link to the stored file.")
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    stream: bool = Field(False, description="Streaming is not supported; must be false.")
+
+
+class ImageGenerationRequest(ImageOptions):
+    prompt: str = Field(min_length=1, description="What to draw.")
+
+
+class ImageEditRequest(ImageOptions):
+    """The form fields of /v1/images/edits (the image and mask files come beside them)."""
+
+    prompt: str = Field(min_length=1, description="How to change the image.")
+
+
+class InputReference(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_url: str | None = Field(None, description="A data: URL (data:image/png;base64,...); remote URLs are "
+                                  "not fetched.")
+    file_id: str | None = Field(None, description="Not supported: upload the file instead.")
+
+
+class VideoCreateRequest(GenerationOptions):
+    prompt: str = Field(min_length=1, description="What the video shows.")
+    seconds: float | None = Field(None, gt=0, le=3600, description="Length in seconds (num_frames wins).")
+    fps: int | None = Field(None, ge=1, le=240, description="Frames per second of the MP4.")
+    num_frames: int | None = Field(None, ge=1, description="Number of frames.")
+    input_reference: InputReference | None = Field(
+        None, description="Image-to-video: the first frame, as an uploaded file (multipart) or a data: URL.")
+
+
+class LoraSetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lora_nickname: str | list[str] = Field(description="Name(s) of the adapter(s) to merge.")
+    lora_path: str | None | list[str | None] = Field(
+        None, description="Where to load each adapter from (a .safetensors file, a folder or a Hugging Face id); "
+        "may be left out for an adapter already loaded under its nickname.")
+    target: str | list[str] = Field("all", description='Component(s) to merge into: "all", "transformer", ...')
+    strength: float | list[float] = Field(1.0, description="Scale of each adapter's delta.")
+
+
+class LoraMergeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str | None = Field(None, description="Component to merge into (default: as last set).")
+    strength: float | None = Field(None, description="Scale of the delta (default: as last set).")

@@ -1,0 +1,169 @@
+"""FLUX.2: Flux2Pipeline folders, `full` as black-forest-labs/FLUX.2-dev (8 double- and 48
+single-stream blocks, 4-axis RoPE, text from Mistral Small 3.1 hidden states 10, 20 and 30
+stacked into 3 x 5120 = 15360 channels, 32-channel VAE packed 2x2 into 128).
+
+The text encoder keeps 30 layers in every preset, so the pipeline's default
+`text_encoder_out_layers=(10, 20, 30)` works. Its `tokenizer` is a PixtralProcessor folder,
+as in the real checkpoint; transformers can only instantiate that class with torchvision
+installed. Without it, pass `tokenizer=AutoTokenizer.from_pretrained(path / "tokenizer")`
+to from_pretrained: Flux2Pipeline only calls `apply_chat_template` on it."""
+
+from __future__ import annotations
+
+from sglang_diffusion.testing import tokenizers
+from sglang_diffusion.testing.flux import FLUX_SCHEDULER
+from sglang_diffusion.testing.presets import by_preset
+from sglang_diffusion.testing.text_encoders import text_dims
+from sglang_diffusion.testing.wan import CLIP_MEAN, CLIP_STD
+from sglang_diffusion.testing.writer import Asset, JsonFiles, PipelineSpec, Weights, scheduler
+
+TEXT_ENCODER_LAYERS = 30
+HIDDEN_STATES_STACKED = 3  # Flux2Pipeline's text_encoder_out_layers=(10, 20, 30)
+PATCH_SIZE = 14
+
+
+def transformer_config(preset: str, text_dim: int) -> dict:
+    size = by_preset(
+        preset,
+        tiny=dict(num_layers=1, num_single_layers=2, num_attention_heads=2, attention_head_dim=16,
+                  axes_dims_rope=[4, 4, 4, 4]),
+        small=dict(num_layers=2, num_single_layers=4, num_attention_heads=8, attention_head_dim=64,
+                   axes_dims_rope=[16, 16, 16, 16]),
+        full=dict(num_layers=8, num_single_layers=48, num_attention_heads=48, attention_head_dim=128,
+                  axes_dims_rope=[32, 32, 32, 32]),
+    )  # fmt: skip
+    return dict(
+        patch_size=1,
+        in_channels=128,
+        out_channels=None,
+        **size,
+        joint_attention_dim=HIDDEN_STATES_STACKED * text_dim,
+        timestep_guidance_channels=256,
+        mlp_ratio=3.0,
+        rope_theta=2000,
+        eps=1e-6,
+        guidance_embeds=True,
+    )
+
+
+def vae_config(preset: str) -> dict:
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=by_preset(preset, [8, 16, 32, 32], [32, 64, 128, 128], [128, 256, 512, 512]),
+        layers_per_block=by_preset(preset, 1, 1, 2),
+        act_fn="silu",
+        latent_channels=32,
+        norm_num_groups=by_preset(preset, 4, 32, 32),
+        sample_size=1024,
+        use_quant_conv=True,
+        use_post_quant_conv=True,
+        mid_block_add_attention=True,
+        batch_norm_eps=1e-4,
+        batch_norm_momentum=0.1,
+        patch_size=[2, 2],
+    )
+
+
+class _PixtralProcessorFolder:
+    """The files of a PixtralProcessor: the tokenizer, the image processor and the
+    processor's own config, written without instantiating the class (it needs torchvision)."""
+
+    def __init__(self, longest_edge: int):
+        self.longest_edge = longest_edge
+
+    def save_pretrained(self, folder) -> None:
+        tokenizers.mistral_tokenizer().save_pretrained(folder)
+        processor = dict(
+            image_break_token="[IMG_BREAK]",
+            image_end_token="[IMG_END]",
+            image_token="[IMG]",
+            patch_size=PATCH_SIZE,
+            processor_class="PixtralProcessor",
+            spatial_merge_size=2,
+        )
+        image_processor = dict(
+            do_convert_rgb=True,
+            do_normalize=True,
+            do_rescale=True,
+            do_resize=True,
+            image_mean=CLIP_MEAN,
+            image_std=CLIP_STD,
+            image_processor_type="PixtralImageProcessor",
+            patch_size={"height": PATCH_SIZE, "width": PATCH_SIZE},
+            processor_class="PixtralProcessor",
+            resample=3,
+            rescale_factor=1 / 255,
+            size={"longest_edge": self.longest_edge},
+        )
+        JsonFiles({"processor_config.json": processor, "preprocessor_config.json": image_processor}).save_pretrained(
+            folder
+        )
+
+
+def _text_encoder(preset: str) -> tuple[Weights, Asset]:
+    """Mistral3ForConditionalGeneration; the Pixtral vision tower stays one small block in
+    every preset (text-to-image never runs it)."""
+    tokenizer = tokenizers.mistral_tokenizer()
+    dims = text_dims(preset, full_hidden=5120, full_head_dim=128)
+    text_config = dict(
+        model_type="mistral",
+        vocab_size=len(tokenizer),
+        hidden_size=dims["hidden"],
+        intermediate_size=dims["ffn"],
+        num_hidden_layers=TEXT_ENCODER_LAYERS,
+        num_attention_heads=dims["heads"],
+        num_key_value_heads=dims["heads"] // 2,
+        head_dim=dims["head_dim"],
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000000.0},
+        sliding_window=None,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision_config = dict(
+        model_type="pixtral",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=by_preset(preset, 112, 224, 1540),
+        patch_size=PATCH_SIZE,
+    )
+    config = dict(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        multimodal_projector_bias=False,
+        spatial_merge_size=2,
+        tie_word_embeddings=False,
+    )
+    processor = _PixtralProcessorFolder(longest_edge=vision_config["image_size"])
+    return (
+        Weights("transformers", "Mistral3ForConditionalGeneration", config, "Mistral3Config"),
+        Asset("transformers", "PixtralProcessor", lambda: processor),
+    )
+
+
+def pipeline_spec(preset: str) -> PipelineSpec:
+    text_encoder, tokenizer = _text_encoder(preset)
+    transformer = transformer_config(preset, text_dim=text_encoder.config["text_config"]["hidden_size"])
+    return PipelineSpec(
+        "Flux2Pipeline",
+        dict(
+            scheduler=scheduler("FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER),
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            transformer=Weights("diffusers", "Flux2Transformer2DModel", transformer),
+            vae=Weights("diffusers", "AutoencoderKLFlux2", vae_config(preset)),
+        ),
+    )
+
+
+TINY_SAMPLING = dict(height=64, width=64, num_inference_steps=4)

@@ -1,0 +1,123 @@
+"""Qwen-Image: QwenImagePipeline folders, `full` as Qwen/Qwen-Image (60-layer MMDiT, the
+last hidden state of Qwen2.5-VL-7B as text, the Wan-style 16-channel image VAE)."""
+
+from __future__ import annotations
+
+from sglang_diffusion.testing import tokenizers
+from sglang_diffusion.testing.presets import by_preset
+from sglang_diffusion.testing.text_encoders import text_dims
+from sglang_diffusion.testing.writer import Asset, PipelineSpec, Weights, scheduler
+
+# Qwen/Qwen-Image's scheduler/scheduler_config.json (resolution-dependent shift, exponential).
+QWEN_IMAGE_SCHEDULER = dict(
+    base_image_seq_len=256,
+    base_shift=0.5,
+    invert_sigmas=False,
+    max_image_seq_len=8192,
+    max_shift=0.9,
+    num_train_timesteps=1000,
+    shift=1.0,
+    shift_terminal=0.02,
+    stochastic_sampling=False,
+    time_shift_type="exponential",
+    use_beta_sigmas=False,
+    use_dynamic_shifting=True,
+    use_exponential_sigmas=False,
+    use_karras_sigmas=False,
+)
+
+
+def transformer_config(preset: str, text_dim: int) -> dict:
+    size = by_preset(
+        preset,
+        tiny=dict(num_layers=2, num_attention_heads=2, attention_head_dim=16, axes_dims_rope=[4, 6, 6]),
+        small=dict(num_layers=4, num_attention_heads=8, attention_head_dim=64, axes_dims_rope=[8, 28, 28]),
+        full=dict(num_layers=60, num_attention_heads=24, attention_head_dim=128, axes_dims_rope=[16, 56, 56]),
+    )
+    return dict(
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        **size,
+        joint_attention_dim=text_dim,
+        guidance_embeds=False,
+    )
+
+
+def vae_config(preset: str) -> dict:
+    return dict(
+        base_dim=by_preset(preset, 4, 16, 96),
+        z_dim=16,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=by_preset(preset, 1, 1, 2),
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+        dropout=0.0,
+    )
+
+
+def _text_encoder(preset: str) -> tuple[Weights, Asset]:
+    """Qwen2.5-VL with its vision tower reduced to one block in every preset: text-to-image
+    never runs it, but the class builds it."""
+    tokenizer = tokenizers.qwen2_tokenizer()
+    dims = text_dims(preset, full_hidden=3584, full_head_dim=128, full_heads=28)
+    half = dims["head_dim"] // 2
+    ids = dict(zip(tokenizers.QWEN2_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(list(tokenizers.QWEN2_SPECIAL_TOKENS))))
+    text_config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=dims["hidden"],
+        intermediate_size=dims["ffn"],
+        num_hidden_layers=dims["layers"],
+        num_attention_heads=dims["heads"],
+        num_key_value_heads=by_preset(preset, 2, 2, 4),
+        hidden_act="silu",
+        max_position_embeddings=128000,
+        rms_norm_eps=1e-6,
+        # Multimodal RoPE: the head's frequencies split over (time, height, width) as 1:1.5:1.5.
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [half // 4, 3 * half // 8, 3 * half // 8]},
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+    )  # fmt: skip
+    vision_config = dict(
+        depth=1,
+        hidden_size=32,
+        intermediate_size=32,
+        num_heads=2,
+        out_hidden_size=dims["hidden"],
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[0],
+        tokens_per_second=2,
+    )
+    config = dict(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    return (
+        Weights("transformers", "Qwen2_5_VLForConditionalGeneration", config, "Qwen2_5_VLConfig"),
+        Asset("transformers", "Qwen2Tokenizer", tokenizers.qwen2_tokenizer),
+    )
+
+
+def pipeline_spec(preset: str) -> PipelineSpec:
+    text_encoder, tokenizer = _text_encoder(preset)
+    transformer = transformer_config(preset, text_dim=text_encoder.config["text_config"]["hidden_size"])
+    return PipelineSpec(
+        "QwenImagePipeline",
+        dict(
+            scheduler=scheduler("FlowMatchEulerDiscreteScheduler", **QWEN_IMAGE_SCHEDULER),
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            transformer=Weights("diffusers", "QwenImageTransformer2DModel", transformer),
+            vae=Weights("diffusers", "AutoencoderKLQwenImage", vae_config(preset)),
+        ),
+    )
+
+
+TINY_SAMPLING = dict(height=64, width=64, num_inference_steps=4)

@@ -1,0 +1,70 @@
+"""The wheel, as a user gets it: built with `pip wheel --no-build-isolation`, installed into a
+fresh venv next to the CPU torch, its CLI and native extension working from there.
+
+torch==2.13.0 goes into the venv first: a bare `torch` requirement would pull a CUDA build,
+while this pin finds the CPU wheel through pip's configured find-links. The package's other
+dependencies then come from the wheel's own metadata.
+"""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TORCH_PIN = "torch==2.13.0"
+
+pytestmark = pytest.mark.slow
+
+
+def run(cmd, cwd, timeout=900):
+    # Outside the repo and without PYTHONPATH, so nothing is imported from the source tree.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    result = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    dist = tmp_path_factory.mktemp("dist")
+    run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w", dist, REPO], cwd=dist)
+    (path,) = dist.glob("sglang_diffusion-*.whl")
+    return path
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("venv")
+    run([sys.executable, "-m", "venv", root], cwd=root)
+    python = root / "bin" / "python"
+    run([python, "-m", "pip", "install", "-q", TORCH_PIN], cwd=root)
+    run([python, "-m", "pip", "install", "-q", wheel], cwd=root)
+    return root
+
+
+def test_wheel_contains_the_native_extension(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    native = [n for n in names if n.startswith("sglang_diffusion/_C") and n.endswith(".so")]
+    assert len(native) == 1, names
+
+
+def test_installed_wheel_imports_the_native_extension_without_torch_first(venv):
+    result = run([venv / "bin" / "python", "-c", "import sglang_diffusion._C as c; print(c.__file__)"], cwd=venv)
+    assert str(venv) in result.stdout  # the installed copy, not the source tree's
+
+
+def test_installed_wheel_registers_the_native_ops(venv):
+    script = "import torch, sglang_diffusion._C; print(torch.ops.sglang_diffusion_C.cpu_isa())"
+    result = run([venv / "bin" / "python", "-c", script], cwd=venv)
+    assert result.stdout.strip() in ("avx2", "default")
+
+
+def test_installed_wheel_runs_cli_help(venv):
+    result = run([venv / "bin" / "sglang", "generate", "--help"], cwd=venv)
+    assert "usage" in result.stdout.lower()
