@@ -7,10 +7,12 @@
 - Without torch in the build environment (an isolated build) the package is built without _C
   and runs on its pure-PyTorch paths.
 
-Flags are portable (no -march=native): wider instruction sets come from per-kernel
-translation units under a GCC target pragma, chosen at run time (csrc/cpu/isa.h).
+Flags are portable (no -march=native): on x86-64 each csrc/cpu/*_avx2.cpp is compiled on its
+own with AVX2 flags, and the kernels pick that build at run time (csrc/cpu/isa.h).
 """
 
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -18,8 +20,11 @@ from setuptools import setup
 
 ROOT = Path(__file__).parent.resolve()
 
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # No -ffast-math: the kernels accumulate in fp32 and must keep NaN/Inf semantics.
-CXX_FLAGS = ["-O3", "-fopenmp"]
+CXX_FLAGS = ["-O3", "-fopenmp"] + (["-DSGLD_CPU_HAVE_AVX2_BUILD=1"] if X86_64 else [])
+# What ATen compiles its own AVX2 kernels with.
+AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 # $ORIGIN/../torch/lib: a wheel installed next to torch loads even before `import torch`.
 LINK_FLAGS = ["-fopenmp", "-Wl,-rpath,$ORIGIN/../torch/lib"]
@@ -30,10 +35,11 @@ def _rel(paths):
 
 
 def _cpu_sources():
-    # Portable translation units link first, so an inline function that two units both emit
-    # is taken from the portable one, never from an AVX2 one (csrc/cpu/isa.h).
-    cpu = sorted(ROOT.glob("csrc/cpu/*.cpp"), key=lambda p: (p.stem.endswith("_avx2"), p.name))
-    return _rel([ROOT / "csrc" / "bindings.cpp", *cpu])
+    """(portable sources, AVX2 sources); the AVX2 ones exist only on x86-64."""
+    cpu = sorted(ROOT.glob("csrc/cpu/*.cpp"))
+    portable = [p for p in cpu if not p.stem.endswith("_avx2")]
+    avx2 = [p for p in cpu if p.stem.endswith("_avx2")] if X86_64 else []
+    return _rel([ROOT / "csrc" / "bindings.cpp", *portable]), _rel(avx2)
 
 
 def _cuda_sources(torch, cuda_home):
@@ -65,19 +71,21 @@ def _native_build():
     cuda, no_cuda_reason = _cuda_sources(torch, cpp_extension.CUDA_HOME)
     if no_cuda_reason:
         print(f"sglang-diffusion: building _C without CUDA: {no_cuda_reason}", file=sys.stderr)
+    portable, avx2 = _cpu_sources()
     extension = cpp_extension.CUDAExtension if cuda else cpp_extension.CppExtension
     ext = extension(
         name="sglang_diffusion._C",
-        sources=_cpu_sources() + cuda,
+        sources=portable + cuda,
         include_dirs=[str(ROOT / "csrc")],
-        # Headers too: setuptools skips an up-to-date extension by comparing these times.
-        depends=_rel(sorted({*ROOT.glob("csrc/**/*.h"), *ROOT.glob("csrc/**/*.cuh")})),
+        # Every csrc file: setuptools skips an up-to-date extension by comparing these times.
+        depends=_rel(sorted(p for p in ROOT.glob("csrc/**/*") if p.is_file())),
         extra_compile_args={
             "cxx": CXX_FLAGS + (["-DSGLD_WITH_CUDA"] if cuda else []),
             "nvcc": NVCC_FLAGS,
         },
         extra_link_args=LINK_FLAGS,
     )
+    ext.avx2_sources = avx2
 
     class BuildExt(cpp_extension.BuildExtension):
         """Keeps object files in build/temp.* for editable installs too.
@@ -90,6 +98,23 @@ def _native_build():
             super().finalize_options()
             tag = f"{self.plat_name}-{sys.implementation.cache_tag}"
             self.build_temp = str(ROOT / "build" / f"temp.{tag}")
+
+        def build_extension(self, ext):
+            if ext.avx2_sources:
+                # Their own flags, so their own ninja file and folder; linked after the
+                # portable objects, so an inline function that both builds emit is taken from
+                # the portable one.
+                objects = self.compiler.compile(
+                    ext.avx2_sources,
+                    output_dir=os.path.join(self.build_temp, "avx2"),
+                    macros=ext.define_macros,
+                    include_dirs=ext.include_dirs,
+                    debug=self.debug,
+                    extra_postargs=ext.extra_compile_args["cxx"] + AVX2_FLAGS,
+                    depends=ext.depends,
+                )
+                ext.extra_objects = [*ext.extra_objects, *(o for o in objects if o not in ext.extra_objects)]
+            super().build_extension(ext)
 
         def build_extensions(self):
             if getattr(self, "editable_mode", False) or self.inplace:

@@ -1,20 +1,18 @@
 // CPU instruction-set builds of the kernels.
 //
-// A wheel must run on any x86-64 CPU, so the extension is compiled for the baseline ISA and
-// each kernel that gains from wider vectors has a second translation unit, <op>_avx2.cpp,
-// that includes the same <op>_kernel.h under `#pragma GCC target("avx2,fma,f16c")` with
-// CPU_CAPABILITY=AVX2. ATen's Vectorized<T> then uses its AVX2 implementation there, and the
-// inline namespace CPU_CAPABILITY (as in ATen) keeps the two builds' symbols apart.
-// bindings.cpp picks the build from torch's own CPU capability, so ATEN_CPU_CAPABILITY=default
-// selects the portable build too.
+// A wheel must run on any x86-64 CPU, so the extension is compiled for the baseline ISA, and a
+// kernel that gains from wider vectors has a second translation unit, <op>_avx2.cpp, that
+// includes the same <op>_kernel.h. setup.py compiles each *_avx2.cpp on its own with
+// -mavx2 -mfma -mf16c -DCPU_CAPABILITY=AVX2 -DCPU_CAPABILITY_AVX2 (x86-64 only, where it also
+// defines SGLD_CPU_HAVE_AVX2_BUILD=1 for every unit), as ATen builds its own kernels: ATen's
+// Vectorized<T> then uses its AVX2 implementation, and the inline namespace CPU_CAPABILITY
+// keeps the two builds' symbols apart. bindings.cpp picks the build from torch's own CPU
+// capability, so ATEN_CPU_CAPABILITY=default selects the portable build too.
 #pragma once
 
 #include <cstdint>
 
-// The target pragma is a GCC feature; other compilers get the portable build only.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SGLD_CPU_HAVE_AVX2_BUILD 1
-#else
+#ifndef SGLD_CPU_HAVE_AVX2_BUILD
 #define SGLD_CPU_HAVE_AVX2_BUILD 0
 #endif
 

@@ -1,15 +1,59 @@
-"""`sglang serve`: options are parsed and validated; the HTTP server itself has not landed."""
+"""`sglang serve`: load the model, then serve the OpenAI-compatible HTTP API under uvicorn.
+
+The Engine starts (model loaded) before the port opens, so the first answer of /health is
+already "ok". Sampling parameters given here (--num-inference-steps, --output-path, ...) are
+the defaults of every request. Ctrl-C or SIGTERM drains: no new work is taken, queued image
+requests and the work in flight finish, queued video jobs are marked interrupted, then the
+Engine and its rank processes stop. A second Ctrl-C stops the work in flight at its next step.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from sglang_diffusion.cli.args import build_parser, parse
-from sglang_diffusion.errors import NotSupportedYetError
+from sglang_diffusion.errors import ConfigError
+from sglang_diffusion.log import configure_logging
+
+logger = logging.getLogger("sglang_diffusion.cli")
+
+_PER_REQUEST = ("prompt", "image_path", "output_file_name")
 
 
 def run(argv: Sequence[str]) -> int:
-    parser = build_parser("sglang serve", "Start the OpenAI-compatible HTTP server.", sampling=False)
-    parse(parser, argv)
-    raise NotSupportedYetError("not supported yet: the HTTP server (sglang serve); use sglang generate "
-                               "or the Python API (sglang_diffusion.api.DiffGenerator)")
+    parser = build_parser("sglang serve", "Start the OpenAI-compatible HTTP server. Sampling parameters given "
+                          "here are the defaults of every request.", sampling=True)
+    server_args, defaults = parse(parser, argv)
+    configure_logging(server_args.log_level)
+    given = [name for name in _PER_REQUEST if getattr(defaults, name) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: given per request to the server, not at start-up")
+    if not server_args.model_path:
+        raise ConfigError("model_path is required (--model-path or the config key model_path)")
+
+    import uvicorn
+
+    from sglang_diffusion.runtime.engine import Engine
+    from sglang_diffusion.server.app import create_app
+    from sglang_diffusion.server.state import build_state
+
+    engine = Engine(server_args).start()
+    try:
+        state = build_state(server_args, defaults, engine)
+    except BaseException:
+        engine.shutdown()
+        raise
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if state.queue.draining.is_set():
+                state.cancel_running()
+            state.queue.draining.set()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(create_app(state), host=server_args.host, port=server_args.port,
+                            log_level=server_args.log_level, timeout_graceful_shutdown=None)
+    logger.info("serving %s on http://%s:%d", server_args.model_path, server_args.host, server_args.port)
+    Server(config).run()
+    return 0

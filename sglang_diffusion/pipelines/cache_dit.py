@@ -45,6 +45,7 @@ _REFUSED_SECTIONS = {
     "attention_backend": "the attention backend is set with --attention-backend or --diffusers-attention-backend",
     "quantize_config": "quantization through Cache-DiT is not supported",
 }
+_MAIN_KEYS = ("Fn_compute_blocks", "Bn_compute_blocks", "max_warmup_steps", "residual_diff_threshold")
 # Calibrator keys that cache-dit's loader (load_cache_options_from_dict) reads beside the fields
 # of the cache config dataclass.
 _CALIBRATOR_KEYS = frozenset({
@@ -63,9 +64,14 @@ class CacheDitSettings:
     calibrator_config: Any | None  # a cache_dit CalibratorConfig (TaylorSeer, DMD, FoCa) or None
 
     def describe(self) -> str:
-        text = self.cache_config.strify()
+        """The main knobs, then every other option that differs from cache-dit's default."""
+        config = self.cache_config
+        default = type(config)()
+        keys = [*_MAIN_KEYS, *(f.name for f in dataclasses.fields(config) if f.name not in _MAIN_KEYS
+                               and f.name != "cache_type" and getattr(config, f.name) != getattr(default, f.name))]
+        text = f"{config.cache_type} " + ", ".join(f"{k}={getattr(config, k)}" for k in keys)
         if self.calibrator_config is not None:
-            text += ", calibrator " + self.calibrator_config.strify()
+            text += f", calibrator {self.calibrator_config.strify(details=True)}"
         return f"{text} (from {self.source})"
 
 
@@ -160,6 +166,9 @@ def load_cache_dit_config(path: str | None) -> CacheDitSettings:
         cache_config, calibrator_config = cache_dit.load_cache_config(data)
     except (ValueError, TypeError, AssertionError) as e:  # cache-dit checks its options with these
         raise ConfigError(f"{where}: {e}") from None
+    # cache-dit's loader keeps the file's cache_type string; its adapter accepts only the enum
+    if isinstance(cache_config.cache_type, str):
+        cache_config.cache_type = cache_dit.CacheType(cache_config.cache_type)
     return CacheDitSettings(str(path), cache_config, calibrator_config)
 
 

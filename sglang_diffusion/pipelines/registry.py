@@ -34,4 +34,7 @@ def build_pipeline(args: ServerArgs, platform: Platform) -> Pipeline:
         if args.backend == "auto":
             logger.info("no native pipeline for %s: running it on the diffusers backend", index.class_name)
         return DiffusersBackendPipeline(args, index, platform)
+    if args.cache_dit_enabled:
+        raise ConfigError("Cache-DiT (cache_dit_config / enable_cache_dit) works on the diffusers backend only: "
+                          f"add --backend diffusers to run {index.class_name} with it")
     return native(args, index, platform)

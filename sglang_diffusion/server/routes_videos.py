@@ -128,6 +128,10 @@ async def create_video(request: Request) -> dict:
     if state.family is not None and not state.family.is_video:
         raise APIError(422, f"{state.model_id} makes images: use POST /v1/images/generations", param="model",
                        code="unsupported_by_model")
+    has_image = bool(files.get("input_reference")) or body.input_reference is not None
+    if state.family is not None and has_image != (state.family.task == "i2v") and state.family.task != "ti2v":
+        problem = "takes no input image" if has_image else "needs input_reference (image-to-video)"
+        raise APIError(422, f"{state.model_id} {problem}", param="input_reference", code="unsupported_by_model")
     num_frames, fps = state.params.video_frames(body)
     job_id = new_id("video")
     image_path = await _input_image(state, body, files)

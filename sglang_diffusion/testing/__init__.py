@@ -20,7 +20,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.testing import flux, flux2, hunyuan_video, qwen_image, wan

@@ -166,4 +166,4 @@ def pipeline_spec(preset: str) -> PipelineSpec:
     )
 
 
-TINY_SAMPLING = dict(height=64, width=64, num_inference_steps=4)
+TINY_SAMPLING = dict(height=64, width=64, num_inference_steps=2)

@@ -62,7 +62,8 @@ def _text_encoder(preset: str) -> tuple[Weights, Asset]:
     tokenizer = tokenizers.qwen2_tokenizer()
     dims = text_dims(preset, full_hidden=3584, full_head_dim=128, full_heads=28)
     half = dims["head_dim"] // 2
-    ids = dict(zip(tokenizers.QWEN2_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(list(tokenizers.QWEN2_SPECIAL_TOKENS))))
+    specials = list(tokenizers.QWEN2_SPECIAL_TOKENS)
+    ids = dict(zip(specials, tokenizer.convert_tokens_to_ids(specials), strict=True))
     text_config = dict(
         vocab_size=len(tokenizer),
         hidden_size=dims["hidden"],
@@ -74,7 +75,11 @@ def _text_encoder(preset: str) -> tuple[Weights, Asset]:
         max_position_embeddings=128000,
         rms_norm_eps=1e-6,
         # Multimodal RoPE: the head's frequencies split over (time, height, width) as 1:1.5:1.5.
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [half // 4, 3 * half // 8, 3 * half // 8]},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1000000.0,
+            "mrope_section": [half // 4, 3 * half // 8, 3 * half // 8],
+        },
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
     )  # fmt: skip
@@ -120,4 +125,4 @@ def pipeline_spec(preset: str) -> PipelineSpec:
     )
 
 
-TINY_SAMPLING = dict(height=64, width=64, num_inference_steps=4)
+TINY_SAMPLING = dict(height=64, width=64, num_inference_steps=2)

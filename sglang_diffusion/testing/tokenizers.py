@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import heapq
+import string
 
 from tokenizers import AddedToken
 from tokenizers import pre_tokenizers as _pre_tokenizers
@@ -55,7 +56,8 @@ LLAMA3_SPECIAL_TOKENS = (
     "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<pad>",
 )  # fmt: skip
 LLAMA3_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 # Mistral's tekken layout: the control tokens first, [IMG] at 10 and <pad> at 11 as in Mistral3's config.
 MISTRAL_SPECIAL_TOKENS = (
@@ -108,7 +110,7 @@ def _train_bpe(words: collections.Counter) -> list[tuple[str, str]]:
     pair_counts: collections.Counter = collections.Counter()
     where: dict[tuple[str, str], set[int]] = collections.defaultdict(set)
     for i, symbols in enumerate(entries):
-        for pair in zip(symbols, symbols[1:]):
+        for pair in zip(symbols, symbols[1:], strict=False):
             pair_counts[pair] += counts[i]
             where[pair].add(i)
     heap = [(-count, pair) for pair, count in pair_counts.items()]
@@ -122,7 +124,7 @@ def _train_bpe(words: collections.Counter) -> list[tuple[str, str]]:
         changed = set()
         for i in sorted(where.pop(best)):
             symbols = entries[i]
-            for pair in zip(symbols, symbols[1:]):
+            for pair in zip(symbols, symbols[1:], strict=False):
                 pair_counts[pair] -= counts[i]
                 changed.add(pair)
             merged, j = [], 0
@@ -134,7 +136,7 @@ def _train_bpe(words: collections.Counter) -> list[tuple[str, str]]:
                     merged.append(symbols[j])
                     j += 1
             entries[i] = merged
-            for pair in zip(merged, merged[1:]):
+            for pair in zip(merged, merged[1:], strict=False):
                 pair_counts[pair] += counts[i]
                 where[pair].add(i)
                 changed.add(pair)
@@ -164,7 +166,7 @@ def _add_specials(tokenizer, tokens) -> None:
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in tokens], special_tokens=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _byte_level_bpe(proto_class: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Vocab and merges of a byte-level BPE trained with `proto_class`'s own pre-tokenizer."""
     import transformers
@@ -188,8 +190,8 @@ def mistral_tokenizer():
     """A byte-level BPE (tekken-like) tokenizer with Mistral's control tokens first and a
     reduced Mistral Small 3.1 chat template. Saved as a plain tokenizers backend, as the
     transformers loader would otherwise rebuild it with another pre-tokenizer."""
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
 
     vocab, merges = _byte_level_bpe("Qwen2Tokenizer")
     backend = Tokenizer(models.BPE(vocab=_bpe_vocab(list(vocab), [], MISTRAL_SPECIAL_TOKENS), merges=list(merges)))
@@ -209,7 +211,7 @@ def mistral_tokenizer():
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     from transformers import CLIPTokenizer
 
@@ -232,7 +234,7 @@ def clip_tokenizer():
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _llama_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     from tokenizers import Regex, pre_tokenizers
 
@@ -272,12 +274,14 @@ def llama_tokenizer():
     return tokenizer
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _unigram_pieces() -> tuple[tuple[str, float], ...]:
     """Whole corpus words (with and without the leading "▁") outscore any split into
     characters, so the Unigram model keeps them whole."""
     words = sorted(set(" ".join(CORPUS.split()).replace(",", " ").replace(".", " ").split()))
-    chars = sorted({c for c in CORPUS if c.isprintable() and not c.isspace()} | set("0123456789"))
+    chars = sorted(
+        {c for c in CORPUS if not c.isspace()} | set(string.ascii_letters + string.digits + string.punctuation)
+    )
     pieces = {"▁": -2.0}
     for word in words:
         pieces["▁" + word] = -5.0

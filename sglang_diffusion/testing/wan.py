@@ -8,8 +8,8 @@ VAE with 16x spatial compression, one timestep per latent frame: expand_timestep
 from __future__ import annotations
 
 from sglang_diffusion.testing.presets import by_preset
-from sglang_diffusion.testing.text_encoders import t5_encoder, text_dims
-from sglang_diffusion.testing.writer import JsonFiles, PipelineSpec, Asset, Weights, scheduler
+from sglang_diffusion.testing.text_encoders import t5_encoder
+from sglang_diffusion.testing.writer import Asset, JsonFiles, PipelineSpec, Weights, scheduler
 
 # Per variant: the real transformer's width and depth, and its channels.
 _FULL_TRANSFORMER = {
@@ -99,7 +99,9 @@ def _image_encoder(preset: str) -> tuple[Weights, Asset]:
         preset,
         tiny=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56),
         small=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=112),
-        full=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, image_size=224),
+        full=dict(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, image_size=224
+        ),
     )
     config = dict(**size, projection_dim=by_preset(preset, 32, 64, 1024), patch_size=14, hidden_act="gelu")
     side = size["image_size"]
@@ -125,23 +127,28 @@ def _image_encoder(preset: str) -> tuple[Weights, Asset]:
 
 def pipeline_spec(variant: str, preset: str) -> PipelineSpec:
     text_encoder, tokenizer = t5_encoder(preset, umt5=True)
-    text_dim = text_dims(preset, full_hidden=4096, full_head_dim=64)["hidden"]
-    components: dict = dict(scheduler=None, text_encoder=text_encoder, tokenizer=tokenizer)
+    text_dim = text_encoder.config["d_model"]
+    flow_shift = 5.0 if variant == "wan2.2-ti2v-5b" else 3.0
+    components: dict = dict(
+        scheduler=scheduler(
+            "UniPCMultistepScheduler",
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            num_train_timesteps=1000,
+            flow_shift=flow_shift,
+        ),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+    )
     image_dim = None
     if variant == "wan2.1-i2v":
         components["image_encoder"], components["image_processor"] = _image_encoder(preset)
         image_dim = components["image_encoder"].config["hidden_size"]
-    transformer = Weights("diffusers", "WanTransformer3DModel", transformer_config(variant, preset, text_dim, image_dim))
+    transformer = Weights(
+        "diffusers", "WanTransformer3DModel", transformer_config(variant, preset, text_dim, image_dim)
+    )
     components["transformer"] = transformer
     components["vae"] = Weights("diffusers", "AutoencoderKLWan", vae_config(variant, preset))
-    flow_shift = 5.0 if variant == "wan2.2-ti2v-5b" else 3.0
-    components["scheduler"] = scheduler(
-        "UniPCMultistepScheduler",
-        prediction_type="flow_prediction",
-        use_flow_sigmas=True,
-        num_train_timesteps=1000,
-        flow_shift=flow_shift,
-    )
     if variant.startswith("wan2.1"):
         # Converted before diffusers knew Wan2.2: no transformer_2 or boundary_ratio keys.
         return PipelineSpec("WanImageToVideoPipeline" if variant == "wan2.1-i2v" else "WanPipeline", components)
@@ -153,6 +160,4 @@ def pipeline_spec(variant: str, preset: str) -> PipelineSpec:
     return PipelineSpec("WanPipeline", components, dict(boundary_ratio=None, expand_timesteps=True))
 
 
-TINY_SAMPLING = {
-    variant: dict(height=64, width=64, num_frames=9, num_inference_steps=4) for variant in VARIANTS
-}
+TINY_SAMPLING = {variant: dict(height=64, width=64, num_frames=9, num_inference_steps=2) for variant in VARIANTS}

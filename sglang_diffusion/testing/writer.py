@@ -9,8 +9,9 @@ import json
 import os
 import pathlib
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -119,7 +120,9 @@ def write_pipeline(spec: PipelineSpec, output_dir: str | os.PathLike, preset: st
             component.make().save_pretrained(out / name)
             continue
         with _weights_context(component_seed(seed, name), preset) as dtype:
-            model = component.instantiate().to(dtype).eval()
+            model = component.instantiate().eval()
+        if any(p.dtype != dtype for p in model.parameters()):
+            model = model.to(dtype)
         model.save_pretrained(out / name)
         del model
     (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -111,7 +111,8 @@ def test_cached_result_stays_close_to_uncached(runs):
 def test_config_file_values_reach_cache_dit(runs):
     config = runs["settings"].cache_config
     assert (config.Fn_compute_blocks, config.max_warmup_steps, config.residual_diff_threshold) == (1, 2, 0.3)
-    assert "DBCache_F1B0_W2" in runs["settings"].describe()
+    assert runs["settings"].describe().startswith(
+        "DBCache Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=2, residual_diff_threshold=0.3")
 
 
 @needs_cache_dit
@@ -126,7 +127,26 @@ def test_cache_stays_with_its_pipeline_not_its_class(runs):
 
 
 @needs_cache_dit
-def test_flat_json_and_taylorseer_configs_are_read(tmp_path):
+def test_cached_pipeline_is_freed_when_dropped(flux_path, tmp_path):
+    import gc
+    import weakref
+
+    from sglang_diffusion.pipelines.cache_dit import enable_cache_dit
+
+    config = tmp_path / "cache.yaml"
+    config.write_text(json.dumps(CONFIG))
+    pipe = _load(flux_path)
+    enable_cache_dit(pipe, str(config))
+    transformer = weakref.ref(pipe.transformer)
+    del pipe
+    gc.collect()
+    assert transformer() is None  # cache-dit's own wrapper of FluxPipeline.__call__ would hold it
+
+
+@needs_cache_dit
+def test_flat_json_taylorseer_and_dbprune_configs_are_read(tmp_path):
+    import cache_dit
+
     from sglang_diffusion.pipelines.cache_dit import load_cache_dit_config
 
     flat = tmp_path / "flat.json"
@@ -140,6 +160,12 @@ def test_flat_json_and_taylorseer_configs_are_read(tmp_path):
     settings = load_cache_dit_config(str(nested))
     assert settings.cache_config.max_warmup_steps == 4
     assert settings.calibrator_config.taylorseer_order == 2
+
+    prune = tmp_path / "prune.yaml"
+    prune.write_text("cache_config:\n  cache_type: DBPrune\n  non_prune_block_ids: [0]\n")
+    settings = load_cache_dit_config(str(prune))
+    assert isinstance(settings.cache_config, cache_dit.DBPruneConfig)
+    assert settings.cache_config.cache_type is cache_dit.CacheType.DBPrune  # the enum its adapter needs
 
 
 @needs_cache_dit
@@ -270,7 +296,7 @@ def test_cache_dit_config_runs_in_the_diffusers_backend(monkeypatch, flux_path, 
     config = tmp_path / "cache.yaml"
     config.write_text(json.dumps(CONFIG))
     pipeline = _backend(flux_path, cache_dit_config=str(config))
-    assert pipeline.describe()["cache_dit"].startswith("DBCache_F1B0_W2")
+    assert pipeline.describe()["cache_dit"].startswith("DBCache Fn_compute_blocks=1, ")
     calls = []
     for block in _blocks(pipeline.pipe):
         block.register_forward_hook(lambda *_: calls.append(1))

@@ -4,8 +4,8 @@ configs mirror the real checkpoints."""
 
 import importlib.util
 import json
-import multiprocessing
 import pathlib
+import types
 
 import diffusers
 import numpy as np
@@ -138,9 +138,21 @@ def _generate(pipe, family: str) -> np.ndarray:
     kwargs = dict(TINY_SAMPLING[family])
     if family == "wan2.1-i2v":
         kwargs["image"] = Image.new("RGB", (kwargs["width"], kwargs["height"]), (200, 120, 40))
+        _stub_ftfy_if_missing()
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(prompt="a cat dancing on the beach", generator=torch.Generator().manual_seed(0), output_type="np", **kwargs)
+    out = pipe(
+        prompt="a cat dancing on the beach", generator=torch.Generator().manual_seed(0), output_type="np", **kwargs
+    )
     return np.asarray(out.frames if family in VIDEO_FAMILIES else out.images)
+
+
+def _stub_ftfy_if_missing():
+    """diffusers 0.42's WanImageToVideoPipeline calls ftfy.fix_text without checking that
+    ftfy is installed (WanPipeline checks); stand in the identity where it is not."""
+    from diffusers.pipelines.wan import pipeline_wan_i2v
+
+    if not hasattr(pipeline_wan_i2v, "ftfy"):
+        pipeline_wan_i2v.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
 
 
 def _files(folder: pathlib.Path) -> dict[str, bytes]:
@@ -148,23 +160,20 @@ def _files(folder: pathlib.Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_tiny_model_loads_with_diffusers_and_generates_expected_shape(family, tiny_model):
-    frames = _generate(_load(tiny_model(family)), family)
+def test_tiny_model_loads_with_diffusers_and_generates_with_every_transformer(family, tiny_model):
+    pipe = _load(tiny_model(family))
+    # Wan2.2 A14B's two experts both denoise: the high-noise one above t = 875, the other below.
+    calls = {name: 0 for name in ("transformer", "transformer_2") if getattr(pipe, name, None) is not None}
+    for name in calls:
+        getattr(pipe, name).register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    frames = _generate(pipe, family)
     s = TINY_SAMPLING[family]
     if family in VIDEO_FAMILIES:
         assert frames.shape == (1, s["num_frames"], s["height"], s["width"], 3)
     else:
         assert frames.shape == (1, s["height"], s["width"], 3)
     assert np.isfinite(frames).all()
-
-
-def test_tiny_wan22_a14b_denoises_with_both_experts(tiny_model):
-    pipe = _load(tiny_model("wan2.2-t2v-a14b"))
-    calls = {"transformer": 0, "transformer_2": 0}
-    for name in calls:
-        getattr(pipe, name).register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
-    _generate(pipe, "wan2.2-t2v-a14b")
-    assert calls["transformer"] > 0 and calls["transformer_2"] > 0
+    assert len(calls) == (2 if family == "wan2.2-t2v-a14b" else 1) and all(calls.values())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -264,9 +273,21 @@ def test_cached_model_rebuilds_a_folder_from_another_factory_version(tmp_path):
     assert (folder / "model_index.json").is_file()
 
 
-def test_cached_model_concurrent_builders_share_one_folder(tmp_path):
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        folders = pool.starmap(cached_model, [("wan2.1-t2v", "tiny", tmp_path)] * 2)
-    assert folders[0] == folders[1] == tmp_path / "wan2.1-t2v-tiny"
-    assert [p.name for p in tmp_path.iterdir()] == ["wan2.1-t2v-tiny"]
-    assert (folders[0] / "model_index.json").is_file()
+def test_cached_model_keeps_the_folder_of_a_builder_that_finished_first(tmp_path, monkeypatch):
+    """Two processes build at once: the loser finds the winner's folder at rename time."""
+    import sglang_diffusion.testing as factory
+
+    build = factory.build_model
+    winner = {}
+
+    def build_while_another_process_finishes_first(family, output_dir, preset="tiny", seed=0):
+        monkeypatch.setattr(factory, "build_model", build)
+        winner["folder"] = factory.cached_model(family, preset, cache_dir=tmp_path)
+        winner["mtime"] = (winner["folder"] / "model_index.json").stat().st_mtime_ns
+        return build(family, output_dir, preset, seed)
+
+    monkeypatch.setattr(factory, "build_model", build_while_another_process_finishes_first)
+    folder = factory.cached_model("flux.1", cache_dir=tmp_path)
+    assert folder == winner["folder"] == tmp_path / "flux.1-tiny"
+    assert (folder / "model_index.json").stat().st_mtime_ns == winner["mtime"]
+    assert [p.name for p in tmp_path.iterdir()] == ["flux.1-tiny"]
