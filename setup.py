@@ -22,10 +22,16 @@ ROOT = Path(__file__).parent.resolve()
 
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # No -ffast-math: the kernels accumulate in fp32 and must keep NaN/Inf semantics.
-CXX_FLAGS = ["-O3", "-fopenmp"] + (["-DSGLD_CPU_HAVE_AVX2_BUILD=1"] if X86_64 else [])
+# -Wno-psabi: GCC notes on passing 32-byte vectors by value, as torch's own build silences.
+CXX_FLAGS = ["-O3", "-fopenmp", "-Wno-psabi"] + (["-DSGLD_CPU_HAVE_AVX2_BUILD=1"] if X86_64 else [])
 # What ATen compiles its own AVX2 kernels with.
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-NVCC_FLAGS = ["-O3", "-lineinfo"]
+# The .cu files include no torch headers: undo torch's CUDAExtension defines that hide the
+# __half / __nv_bfloat16 operators, so they build here as they do under plain nvcc.
+NVCC_FLAGS = ["-O3", "-lineinfo"] + [
+    f"-U__CUDA_NO_{name}__"
+    for name in ("HALF_OPERATORS", "HALF_CONVERSIONS", "HALF2_OPERATORS", "BFLOAT16_CONVERSIONS")
+]
 # $ORIGIN/../torch/lib: a wheel installed next to torch loads even before `import torch`.
 LINK_FLAGS = ["-fopenmp", "-Wl,-rpath,$ORIGIN/../torch/lib"]
 

@@ -6,15 +6,22 @@
 
 #include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/string_view.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
+#include <utility>
 #include <optional>
 #include <string>
 
+#include "cpu/all_to_all.h"
+#include "cpu/attention.h"
 #include "cpu/isa.h"
 #include "cpu/norm.h"
+#include "cpu/qk_norm.h"
+#include "cpu/rope.h"
 
 namespace {
 
@@ -187,6 +194,206 @@ void gated_residual_norm_modulate_out(
   }
 }
 
+// ---- attention, rope, qk_norm, permute_rows ---------------------------------------------------
+
+cpu::ActDType act_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16:
+      return cpu::ActDType::kBFloat16;
+    case at::kHalf:
+      return cpu::ActDType::kFloat16;
+    default:
+      return cpu::ActDType::kFloat32;
+  }
+}
+
+// q, k, v, out: [B, S, H, D] with D contiguous.
+void check_bshd(const at::Tensor& t, const char* op, const char* name) {
+  check_cpu(t, op, name);
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D [B, S, H, D], got shape ", t.sizes());
+  TORCH_CHECK(is_kernel_dtype(t.scalar_type()), op, ": ", name,
+              " must be float32, bfloat16 or float16, got ", t.scalar_type());
+  TORCH_CHECK(t.size(3) > 0, op, ": ", name, " must have D > 0, got shape ", t.sizes());
+  TORCH_CHECK(t.stride(3) == 1 || t.size(3) == 1, op, ": ", name,
+              " must be contiguous in its last dim (D), got stride ", t.stride(3));
+}
+
+// out = softmax(scale * q k^T) v and lse = logsumexp(scale * q k^T), per batch and head.
+void attention_out(at::Tensor& out, at::Tensor& lse, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v, double scale) {
+  constexpr const char* op = "attention";
+  check_bshd(q, op, "q");
+  check_bshd(k, op, "k");
+  check_bshd(v, op, "v");
+  check_bshd(out, op, "out");
+  TORCH_CHECK(k.sizes() == v.sizes(), op, ": k and v must have one shape, got ", k.sizes(), " and ",
+              v.sizes());
+  TORCH_CHECK(k.size(0) == q.size(0) && k.size(2) == q.size(2) && k.size(3) == q.size(3), op,
+              ": k's B, H, D must match q's ", q.sizes(), ", got ", k.sizes());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+              ": q, k, v must share one dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+              v.scalar_type());
+  TORCH_CHECK(out.sizes() == q.sizes(), op, ": out must have q's shape ", q.sizes(), ", got ",
+              out.sizes());
+  TORCH_CHECK(out.scalar_type() == q.scalar_type(), op, ": out must have q's dtype ",
+              q.scalar_type(), ", got ", out.scalar_type());
+  check_cpu(lse, op, "lse");
+  TORCH_CHECK(lse.scalar_type() == at::kFloat, op, ": lse must be float32, got ", lse.scalar_type());
+  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(2) &&
+                  lse.size(2) == q.size(1),
+              op, ": lse must be [B, H, Sq] = [", q.size(0), ", ", q.size(2), ", ", q.size(1),
+              "], got ", lse.sizes());
+  TORCH_CHECK(lse.is_contiguous(), op, ": lse must be contiguous");
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  if (q.numel() == 0) {
+    return;
+  }
+  if (k.size(1) == 0) {  // no keys: an empty sum
+    out.zero_();
+    lse.fill_(-std::numeric_limits<float>::infinity());
+    return;
+  }
+  // The kernel is fp32: 16-bit inputs are widened once here (the CPU has no 16-bit FMA).
+  const bool fp32 = q.scalar_type() == at::kFloat;
+  const at::Tensor q32 = fp32 ? q : q.to(at::kFloat);
+  const at::Tensor k32 = fp32 ? k : k.to(at::kFloat);
+  const at::Tensor v32 = fp32 ? v : v.to(at::kFloat);
+  at::Tensor out32 = fp32 ? out : at::empty(q.sizes(), q.options().dtype(at::kFloat));
+
+  cpu::AttentionParams p;
+  p.q = q32.data_ptr<float>();
+  p.k = k32.data_ptr<float>();
+  p.v = v32.data_ptr<float>();
+  p.out = out32.data_ptr<float>();
+  p.lse = lse.data_ptr<float>();
+  p.q_stride_b = q32.stride(0), p.q_stride_s = q32.stride(1), p.q_stride_h = q32.stride(2);
+  p.k_stride_b = k32.stride(0), p.k_stride_s = k32.stride(1), p.k_stride_h = k32.stride(2);
+  p.v_stride_b = v32.stride(0), p.v_stride_s = v32.stride(1), p.v_stride_h = v32.stride(2);
+  p.out_stride_b = out32.stride(0), p.out_stride_s = out32.stride(1), p.out_stride_h = out32.stride(2);
+  p.batch = q.size(0);
+  p.seq_q = q.size(1);
+  p.seq_k = k.size(1);
+  p.heads = q.size(2);
+  p.head_dim = q.size(3);
+  p.scale = static_cast<float>(scale);
+  cpu::attention(p, cpu_isa());
+  if (!fp32) {
+    out.copy_(out32);
+  }
+}
+
+// q_out, k_out = q, k rotated by (cos, sin) [S, D/2] per token.
+void rope_out(at::Tensor& q_out, at::Tensor& k_out, const at::Tensor& q, const at::Tensor& k,
+              const at::Tensor& cos, const at::Tensor& sin, bool interleaved) {
+  constexpr const char* op = "rope";
+  check_bshd(q, op, "q");
+  check_bshd(k, op, "k");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous(), op, ": q and k must be contiguous");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type(), op, ": k must have q's dtype ", q.scalar_type(),
+              ", got ", k.scalar_type());
+  TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3), op,
+              ": k's B, S, D must match q's ", q.sizes(), ", got ", k.sizes());
+  TORCH_CHECK(q.size(3) % 2 == 0, op, ": head dim D must be even, got ", q.size(3));
+  check_like_x(q_out, q, op, "q_out");
+  check_like_x(k_out, k, op, "k_out");
+  for (const auto& [t, name] : {std::pair{&cos, "cos"}, std::pair{&sin, "sin"}}) {
+    check_cpu(*t, op, name);
+    TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
+                t->scalar_type());
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == q.size(1) && t->size(1) == q.size(3) / 2, op, ": ",
+                name, " must be [S, D/2] = [", q.size(1), ", ", q.size(3) / 2, "], got ", t->sizes());
+    TORCH_CHECK(t->is_contiguous(), op, ": ", name, " must be contiguous");
+  }
+  if (q.numel() == 0 && k.numel() == 0) {
+    return;
+  }
+  cpu::RopeParams p;
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.q_out = q_out.data_ptr();
+  p.k_out = k_out.data_ptr();
+  p.cos = cos.data_ptr<float>();
+  p.sin = sin.data_ptr<float>();
+  p.batch = q.size(0);
+  p.seq_len = q.size(1);
+  p.heads_q = q.size(2);
+  p.heads_k = k.size(2);
+  p.head_dim = q.size(3);
+  p.interleaved = interleaved;
+  p.dtype = act_dtype(q.scalar_type());
+  cpu::rope(p, cpu_isa());
+}
+
+// out = x / rms(x) * weight over rows of H*D (across_heads) or of D values.
+void qk_rms_norm_out(at::Tensor& out, const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                     double eps, bool across_heads) {
+  constexpr const char* op = "qk_rms_norm";
+  check_bshd(x, op, "x");
+  TORCH_CHECK(x.is_contiguous(), op, ": x must be contiguous");
+  check_like_x(out, x, op, "out");
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and >= 0, got ", eps);
+  const int64_t width = across_heads ? x.size(2) * x.size(3) : x.size(3);
+  std::optional<at::Tensor> weight32;
+  if (weight.has_value()) {
+    check_cpu(*weight, op, "weight");
+    TORCH_CHECK(weight->dim() == 1 && weight->size(0) == width, op, ": weight must be [",
+                across_heads ? "H*D" : "D", "] = [", width, "], got shape ", weight->sizes());
+    TORCH_CHECK(at::isFloatingType(weight->scalar_type()), op,
+                ": weight must be a floating-point tensor, got ", weight->scalar_type());
+    weight32 = weight->to(at::kFloat).contiguous();
+  }
+  if (x.numel() == 0) {
+    return;
+  }
+  cpu::RmsRowsParams p;
+  p.x = x.data_ptr();
+  p.out = out.data_ptr();
+  p.weight = data_or_null(weight32);
+  p.rows = x.numel() / width;
+  p.width = width;
+  p.eps = static_cast<float>(eps);
+  p.dtype = act_dtype(x.scalar_type());
+  cpu::rms_rows(p, cpu_isa());
+}
+
+// out (contiguous) = src, a strided view of the same shape whose last dim is contiguous.
+void permute_rows_out(at::Tensor& out, const at::Tensor& src) {
+  constexpr const char* op = "permute_rows";
+  check_cpu(src, op, "src");
+  check_cpu(out, op, "out");
+  TORCH_CHECK(out.sizes() == src.sizes(), op, ": out must have src's shape ", src.sizes(), ", got ",
+              out.sizes());
+  TORCH_CHECK(out.scalar_type() == src.scalar_type(), op, ": out must have src's dtype ",
+              src.scalar_type(), ", got ", out.scalar_type());
+  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
+  TORCH_CHECK(src.dim() >= 1 && src.dim() <= cpu::kPermuteMaxDims + 1, op, ": src must have 1 to ",
+              cpu::kPermuteMaxDims + 1, " dims, got ", src.dim());
+  TORCH_CHECK(src.stride(-1) == 1 || src.size(-1) == 1, op,
+              ": src must be contiguous in its last dim, got stride ", src.stride(-1));
+  if (src.numel() == 0) {
+    return;
+  }
+  cpu::PermuteRowsParams p;
+  p.src = src.data_ptr();
+  p.out = out.data_ptr();
+  p.ndim = static_cast<int>(src.dim() - 1);
+  for (int i = 0; i < p.ndim; ++i) {
+    p.sizes[i] = src.size(i);
+    p.src_strides[i] = src.stride(i);
+  }
+  p.row_len = src.size(-1);
+  p.elem_size = static_cast<int64_t>(src.element_size());
+  cpu::permute_rows(p);
+}
+
+bool with_cuda() {
+#ifdef SGLD_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY(sglang_diffusion_C, m) {
@@ -197,13 +404,29 @@ TORCH_LIBRARY(sglang_diffusion_C, m) {
       "gated_residual_norm_modulate_out(Tensor(a!) residual_out, Tensor(b!) out, "
       "Tensor residual, Tensor x, Tensor? gate, Tensor scale, Tensor shift, Tensor? weight, "
       "Tensor? bias, float eps, str norm_type) -> ()");
+  m.def(
+      "attention_out(Tensor(a!) out, Tensor(b!) lse, Tensor q, Tensor k, Tensor v, float scale) "
+      "-> ()");
+  m.def(
+      "rope_out(Tensor(a!) q_out, Tensor(b!) k_out, Tensor q, Tensor k, Tensor cos, Tensor sin, "
+      "bool interleaved) -> ()");
+  m.def(
+      "qk_rms_norm_out(Tensor(a!) out, Tensor x, Tensor? weight, float eps, bool across_heads) "
+      "-> ()");
+  m.def("permute_rows_out(Tensor(a!) out, Tensor src) -> ()");
   // Which CPU build the kernels run ("avx2" or "default"), for the dispatch log.
   m.def("cpu_isa() -> str", &cpu_isa_name);
+  // Whether csrc/cuda was built in (the CUDA kernels are registered for the same ops).
+  m.def("with_cuda() -> bool", &with_cuda);
 }
 
 TORCH_LIBRARY_IMPL(sglang_diffusion_C, CPU, m) {
   m.impl("norm_modulate_out", &norm_modulate_out);
   m.impl("gated_residual_norm_modulate_out", &gated_residual_norm_modulate_out);
+  m.impl("attention_out", &attention_out);
+  m.impl("rope_out", &rope_out);
+  m.impl("qk_rms_norm_out", &qk_rms_norm_out);
+  m.impl("permute_rows_out", &permute_rows_out);
 }
 
 // `import sglang_diffusion._C` loads this library, which registers the ops above with torch;

@@ -1,5 +1,5 @@
 // The row kernel of norm.h, compiled once per CPU build (isa.h): norm.cpp includes it with
-// CPU_CAPABILITY=DEFAULT, norm_avx2.cpp with CPU_CAPABILITY=AVX2 under an AVX2 target.
+// CPU_CAPABILITY=DEFAULT, norm_avx2.cpp with CPU_CAPABILITY=AVX2 and the AVX2 flags.
 // Everything lives in the inline namespace CPU_CAPABILITY so the builds share no symbol, and
 // there is no static data: its initializer would run this build's instructions on any CPU
 // (ATen's Note [Do not compile initializers with AVX]).

@@ -77,6 +77,25 @@ def load_component_override(name: str, path: str, index: ModelIndex, dtype: torc
     return component
 
 
+def load_component(name: str, index: ModelIndex, args: ServerArgs, dtype: torch.dtype | None):
+    """Component `name` of the model: from its `--<name>-path` override when given, else from the
+    model folder with model_index.json's class (diffusers or transformers)."""
+    override = args.component_paths.get(name)
+    if override:
+        return load_component_override(name, override, index, dtype)
+    library, cls_name = index.components.get(name, (None, None))
+    if cls_name is None:
+        raise ModelLoadError(f"{index.path}: model_index.json has no component {name!r}")
+    cls = getattr(_import_library(library), cls_name, None)
+    if cls is None:
+        raise ModelLoadError(f"component {name!r}: {library} has no class {cls_name!r}")
+    kwargs = {"dtype": dtype} if dtype is not None and isinstance(cls, type) and issubclass(cls, torch.nn.Module) else {}
+    try:
+        return cls.from_pretrained(index.path / name, **kwargs)
+    except Exception as e:  # library loaders raise many classes for a bad folder
+        raise ModelLoadError(f"cannot load component {name!r} ({cls_name}) from {index.path / name}: {e}") from None
+
+
 def _is_tokenizer_like(cls_name: str) -> bool:
     return any(s in cls_name for s in ("Tokenizer", "Processor", "FeatureExtractor"))
 

@@ -25,6 +25,7 @@ class NativeLibrary:
     ops: Any | None
     missing_reason: str | None = None
     cpu_isa: str | None = None  # "avx2" or "default": which CPU build of the kernels runs
+    with_cuda: bool = False  # built with the csrc/cuda kernels
 
     @property
     def available(self) -> bool:
@@ -41,4 +42,5 @@ def native_library() -> NativeLibrary:
         logger.warning("sglang_diffusion._C not built: running on pure-PyTorch paths (%s)", reason)
         return NativeLibrary(ops=None, missing_reason=reason)
     ops = torch.ops.sglang_diffusion_C
-    return NativeLibrary(ops=ops, cpu_isa=ops.cpu_isa())
+    with_cuda = ops.with_cuda() if hasattr(ops, "with_cuda") else False
+    return NativeLibrary(ops=ops, cpu_isa=ops.cpu_isa(), with_cuda=with_cuda)

@@ -8,7 +8,9 @@ family, built offline (tokenizers included), in three presets (see `presets.py`)
 
 Each folder mirrors the real checkpoint's model_index.json and component configs (class
 names, scheduler settings, flags such as boundary_ratio and expand_timesteps); only the
-sizes differ, and `full` keeps the real transformer and VAE sizes too.
+sizes differ, and `full` keeps the real transformer and VAE sizes too. So, as with the real
+models, `wan2.1-i2v` wants an `image=`, and `flux.2`'s tokenizer is a PixtralProcessor,
+which transformers only builds with torchvision installed (see flux2.py).
 """
 
 from __future__ import annotations

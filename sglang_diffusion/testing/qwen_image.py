@@ -46,7 +46,7 @@ def transformer_config(preset: str, text_dim: int) -> dict:
 
 def vae_config(preset: str) -> dict:
     return dict(
-        base_dim=by_preset(preset, 4, 16, 96),
+        base_dim=by_preset(preset, 4, 8, 96),
         z_dim=16,
         dim_mult=[1, 2, 4, 4],
         num_res_blocks=by_preset(preset, 1, 1, 2),

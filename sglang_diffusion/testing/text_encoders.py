@@ -37,7 +37,7 @@ def t5_encoder(preset: str, umt5: bool) -> tuple[Weights, Asset]:
         relative_attention_max_distance=128,
         feed_forward_proj="gated-gelu",
         layer_norm_epsilon=1e-6,
-        tie_word_embeddings=False,
+        tie_word_embeddings=False,  # as the real configs; transformers reads it as scale_decoder_outputs
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
@@ -50,8 +50,8 @@ def t5_encoder(preset: str, umt5: bool) -> tuple[Weights, Asset]:
 
 
 def clip_text_encoder(preset: str) -> tuple[Weights, Asset]:
-    """CLIP ViT-L/14's text tower (FLUX.1, HunyuanVideo). Its pooled output feeds the DiT, so
-    `full` keeps the real tower: 123M parameters."""
+    """CLIP ViT-L/14's text tower (FLUX.1, HunyuanVideo). Its pooled output feeds the DiT;
+    `full` keeps the real tower (all but its vocabulary), it is small."""
     tokenizer = tokenizers.clip_tokenizer()
     dims = by_preset(
         preset,

@@ -3,9 +3,9 @@ Mistral (BPE), each wrapped in the transformers class the real model uses.
 
 Every tokenizer learns the same small English corpus below. It holds the words of the
 prompt templates that the diffusers pipelines wrap around a prompt, so that each of those
-words is one token, as with the real tokenizers: Qwen-Image drops the first 34 tokens of
-its template (`prompt_template_encode_start_idx`), and with our Qwen2 tokenizer that
-prefix is 34 tokens long too.
+words is one token, as with the real tokenizers. The pipelines cut the template off by a
+fixed token count, and ours match it: Qwen-Image's prefix is 34 tokens
+(`prompt_template_encode_start_idx`), HunyuanVideo's 95 (`crop_start`).
 
 BPE merges come from a small trainer of our own: the `tokenizers` trainer breaks ties in
 hash order with an end-of-word suffix (CLIP), and a build must be byte-identical for a
@@ -191,12 +191,10 @@ def mistral_tokenizer():
     reduced Mistral Small 3.1 chat template. Saved as a plain tokenizers backend, as the
     transformers loader would otherwise rebuild it with another pre-tokenizer."""
     from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
 
     vocab, merges = _byte_level_bpe("Qwen2Tokenizer")
     backend = Tokenizer(models.BPE(vocab=_bpe_vocab(list(vocab), [], MISTRAL_SPECIAL_TOKENS), merges=list(merges)))
-    from transformers import Qwen2Tokenizer
-
     backend.pre_tokenizer = Qwen2Tokenizer().backend_tokenizer.pre_tokenizer
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in MISTRAL_SPECIAL_TOKENS])

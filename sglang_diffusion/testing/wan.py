@@ -67,7 +67,7 @@ def transformer_config(variant: str, preset: str, text_dim: int, image_dim: int 
 
 def vae_config(variant: str, preset: str) -> dict:
     config = dict(
-        base_dim=by_preset(preset, 4, 16, 96),
+        base_dim=by_preset(preset, 4, 8, 96),
         z_dim=16,
         dim_mult=[1, 2, 4, 4],
         num_res_blocks=by_preset(preset, 1, 1, 2),
@@ -78,8 +78,8 @@ def vae_config(variant: str, preset: str) -> dict:
     if variant == "wan2.2-ti2v-5b":
         # 2x2 pixel patching into 12 channels plus 8x downsampling: 16x spatial compression.
         config.update(
-            base_dim=by_preset(preset, 4, 16, 160),
-            decoder_base_dim=by_preset(preset, 8, 24, 256),
+            base_dim=by_preset(preset, 4, 8, 160),
+            decoder_base_dim=by_preset(preset, 8, 12, 256),
             z_dim=48,
             is_residual=True,
             in_channels=12,

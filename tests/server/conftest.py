@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from sglang_diffusion.distributed.launch import free_port
 
 API_KEY = "sk-test-key"
+FLUX_QUEUE = 2
 START_TIMEOUT_S = 180
 
 
@@ -71,6 +72,22 @@ def start_server(model: Path, output_path: Path, *args, env: dict | None = None)
         time.sleep(0.3)
     server.stop(signal.SIGKILL)
     raise AssertionError(f"the server did not answer /health within {START_TIMEOUT_S} s:\n{server.log()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def flux_server(tiny_model, tmp_path_factory):
+    """The tiny Flux model behind an API key, with tight limits (so that a fuzzer's requests stay
+    cheap) and LoRA loading confined to an empty folder; shared by the image and OpenAPI tests.
+    It must drain and stop cleanly at the end."""
+    root = tmp_path_factory.mktemp("flux-server")
+    (root / "loras").mkdir()
+    server = start_server(tiny_model("flux.1"), root / "out", "--api-key", API_KEY, "--num-inference-steps", 1,
+                          "--max-queue-size", FLUX_QUEUE, "--max-upload-mb", 1, "--max-resolution", 64,
+                          "--max-inference-steps", 8, "--lora-dirs", root / "loras")
+    yield server
+    # uvicorn re-raises the signal once it has shut down: "killed by SIGTERM" after a clean drain
+    assert server.stop() == -signal.SIGTERM, server.log()[-3000:]
+    assert "server stopped" in server.log() and "Traceback" not in server.log()
 
 
 @pytest.fixture

@@ -1,0 +1,438 @@
+"""Wan 2.1 / 2.2 video DiT (T2V, I2V, T2V-A14B experts, TI2V-5B), on our layers and ops.
+
+Reads diffusers' `WanTransformer3DModel` folders: every size from config.json, weights from
+safetensors (sharded or not) through `KEY_MAP`, without building diffusers' class. The math is
+diffusers' `transformer_wan.py`, in the same order, so outputs agree to float rounding:
+
+    x = patchify(latents) + 3D RoPE on q/k
+    per block:  x += gate_msa * SelfAttn(AdaLN(x; shift_msa, scale_msa))        (RMS QK-norm across heads)
+                x += CrossAttn(LayerNorm(x), text [+ image])                     (K/V: once per request)
+                x += c_gate * FFN(AdaLN(x; c_shift, c_scale))
+    out = proj_out(AdaLN(x; shift, scale)) -> unpatchify
+
+What differs from diffusers is where the work goes: cross-attention keys and values depend only
+on the prompt (and image), so `encode_context` computes them once per request and the denoising
+steps reuse them; RoPE tables are built once per token grid; norm + modulation + residual run
+as one fused op; timestep MLPs run once per distinct timestep, not once per token (TI2V).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sglang_diffusion.errors import ModelLoadError
+from sglang_diffusion.layers.adanorm import AdaNorm
+from sglang_diffusion.layers.attention import Attention
+from sglang_diffusion.layers.embeddings import TextProjection, TimestepEmbedding, timestep_features
+from sglang_diffusion.layers.mlp import FeedForward
+from sglang_diffusion.layers.rotary import RotaryEmbedding3D
+from sglang_diffusion.ops.qk_norm import qk_rms_norm
+from sglang_diffusion.ops.rope import apply_rope
+
+logger = logging.getLogger(__name__)
+
+
+# ---- config --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    """transformer/config.json, field for field (diffusers' constructor arguments)."""
+
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    num_attention_heads: int = 40
+    attention_head_dim: int = 128
+    in_channels: int = 16
+    out_channels: int | None = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    ffn_dim: int = 13824
+    num_layers: int = 40
+    cross_attn_norm: bool = True
+    qk_norm: str | None = "rms_norm_across_heads"
+    eps: float = 1e-6
+    image_dim: int | None = None
+    added_kv_proj_dim: int | None = None
+    rope_max_seq_len: int = 1024  # diffusers' table length; ours are built per grid, so unused
+    pos_embed_seq_len: int | None = None
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "config.json") -> "WanConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        ignored = sorted(k for k in raw if k not in known and not k.startswith("_"))
+        if ignored:
+            logger.warning("%s: ignoring keys the Wan transformer does not take: %s", where, ", ".join(ignored))
+        values = {k: v for k, v in raw.items() if k in known}
+        if "patch_size" in values:
+            values["patch_size"] = tuple(values["patch_size"])
+        config = cls(**values)
+        if config.qk_norm not in (None, "rms_norm_across_heads"):
+            raise ModelLoadError(f"{where}: qk_norm {config.qk_norm!r} is not supported "
+                                 "(Wan checkpoints use rms_norm_across_heads)")
+        if len(config.patch_size) != 3:
+            raise ModelLoadError(f"{where}: patch_size must have 3 entries, got {config.patch_size}")
+        return config
+
+
+# ---- attention -----------------------------------------------------------------------------
+
+
+class WanSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float, qk_norm: bool):
+        super().__init__()
+        self.num_heads, self.head_dim, self.eps = num_heads, dim // num_heads, eps
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+        self.norm_q = nn.RMSNorm(dim, eps=eps) if qk_norm else None
+        self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else None
+        self.attn = Attention(num_heads, self.head_dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.to_q(x).view(b, s, self.num_heads, self.head_dim)  # [B, S, H, D]
+        k = self.to_k(x).view(b, s, self.num_heads, self.head_dim)
+        v = self.to_v(x).view(b, s, self.num_heads, self.head_dim)
+        if self.norm_q is not None:
+            q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, self.eps, across_heads=True)
+        q, k = apply_rope(q, k, cos, sin, interleaved=True)
+        out = self.attn(q, k, v)  # [B, S, H, D]
+        return self.to_out(out.reshape(b, s, -1))
+
+
+@dataclass
+class CrossKV:
+    """One block's cross-attention keys and values [B, L, H, D]: text, and image (I2V)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    k_img: torch.Tensor | None = None
+    v_img: torch.Tensor | None = None
+
+    def tensors(self) -> list[torch.Tensor | None]:
+        return [self.k, self.v, self.k_img, self.v_img]
+
+
+class WanCrossAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float, qk_norm: bool, added_kv_proj_dim: int | None):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+        self.norm_q = nn.RMSNorm(dim, eps=eps) if qk_norm else None
+        self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else None
+        self.add_k_proj = self.add_v_proj = self.norm_added_k = None
+        if added_kv_proj_dim is not None:
+            self.add_k_proj = nn.Linear(added_kv_proj_dim, dim)
+            self.add_v_proj = nn.Linear(added_kv_proj_dim, dim)
+            self.norm_added_k = nn.RMSNorm(dim, eps=eps)
+        self.attn = Attention(num_heads, self.head_dim)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(2, (self.num_heads, self.head_dim))  # [B, L, H*D] -> [B, L, H, D]
+
+    def project_context(self, text: torch.Tensor, image: torch.Tensor | None) -> CrossKV:
+        """Keys and values of the (embedded) text [B, L, C] and image [B, L', C] tokens."""
+        k = self.to_k(text)
+        if self.norm_k is not None:
+            k = self.norm_k(k)
+        kv = CrossKV(self._heads(k), self._heads(self.to_v(text)))
+        if image is not None:
+            if self.add_k_proj is None:
+                raise ValueError("image features given to a Wan transformer without image cross-attention "
+                                 "(added_kv_proj_dim is None)")
+            kv.k_img = self._heads(self.norm_added_k(self.add_k_proj(image)))
+            kv.v_img = self._heads(self.add_v_proj(image))
+        return kv
+
+    def forward(self, x: torch.Tensor, kv: CrossKV) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.to_q(x)
+        if self.norm_q is not None:
+            q = self.norm_q(q)
+        q = q.view(b, s, self.num_heads, self.head_dim)  # [B, S, H, D]
+        out = self.attn(q, kv.k, kv.v)
+        if kv.k_img is not None:
+            out = out + self.attn(q, kv.k_img, kv.v_img)
+        return self.to_out(out.reshape(b, s, -1))
+
+
+# ---- condition embeddings ------------------------------------------------------------------
+
+
+class WanImageEmbedding(nn.Module):
+    """CLIP image tokens -> model width: LayerNorm, GELU MLP, LayerNorm (fp32 norms)."""
+
+    def __init__(self, in_dim: int, dim: int, pos_embed_seq_len: int | None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(in_dim)
+        self.ff = FeedForward(in_dim, in_dim, dim, activation="gelu")
+        self.norm2 = nn.LayerNorm(dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, pos_embed_seq_len, in_dim)) if pos_embed_seq_len else None
+
+    @staticmethod
+    def _fp32_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(),
+                            norm.eps).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pos_embed is not None:  # first-last-frame models: two images' tokens side by side
+            b, s, c = x.shape
+            x = x.view(-1, 2 * s, c) + self.pos_embed
+        return self._fp32_norm(self.norm2, self.ff(self._fp32_norm(self.norm1, x)))
+
+
+class WanConditionEmbedder(nn.Module):
+    def __init__(self, config: WanConfig):
+        super().__init__()
+        dim = config.inner_dim
+        self.freq_dim = config.freq_dim
+        self.time_embedder = TimestepEmbedding(config.freq_dim, dim)
+        self.time_proj = nn.Linear(dim, 6 * dim)
+        self.text_embedder = TextProjection(config.text_dim, dim)
+        self.image_embedder = (WanImageEmbedding(config.image_dim, dim, config.pos_embed_seq_len)
+                               if config.image_dim is not None else None)
+
+    def time(self, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """timestep [B] or [B, S] -> (temb [B, D] / [B, S, D], modulation [B, 6, D] / [B, S, 6, D]).
+
+        Per-token timesteps (TI2V) take few distinct values: the MLPs run once per value."""
+        values, index = torch.unique(timestep.flatten(), return_inverse=True)  # [U], [B*S]
+        features = timestep_features(values, self.freq_dim)  # [U, freq_dim] fp32
+        weight_dtype = self.time_embedder.linear_1.weight.dtype
+        temb = self.time_embedder(features.to(weight_dtype)).to(dtype)  # [U, D]
+        mod = self.time_proj(F.silu(temb)).unflatten(1, (6, -1))  # [U, 6, D]
+        shape = timestep.shape
+        return temb[index].view(*shape, -1), mod[index].view(*shape, 6, -1)
+
+
+# ---- block ---------------------------------------------------------------------------------
+
+
+class WanTransformerBlock(nn.Module):
+    def __init__(self, config: WanConfig):
+        super().__init__()
+        dim, heads, eps = config.inner_dim, config.num_attention_heads, config.eps
+        qk_norm = config.qk_norm is not None
+        # 1. Self-attention
+        self.norm1 = AdaNorm(dim, eps)
+        self.attn1 = WanSelfAttention(dim, heads, eps, qk_norm)
+        # 2. Cross-attention
+        self.norm2 = AdaNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else None
+        self.attn2 = WanCrossAttention(dim, heads, eps, qk_norm, config.added_kv_proj_dim)
+        # 3. Feed-forward
+        self.norm3 = AdaNorm(dim, eps)
+        self.ffn = FeedForward(dim, config.ffn_dim, activation="gelu_tanh")
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, kv: CrossKV, mod: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor:
+        # mod: [B, 6, D] (one timestep per sample) or [B, S, 6, D] (per token, TI2V)
+        table = self.scale_shift_table if mod.dim() == 3 else self.scale_shift_table.unsqueeze(0)
+        shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = (
+            t.squeeze(-2) if mod.dim() == 4 else t for t in (table + mod.float()).chunk(6, dim=-2))
+        # each [B, 1, D] or [B, S, D], fp32
+
+        # 1. Self-attention
+        attn_out = self.attn1(self.norm1(x, scale_msa, shift_msa), cos, sin)
+        # 2. Cross-attention (the residual add of 1. fused into its norm)
+        if self.norm2 is not None:
+            x, h = self.norm2.residual(x, attn_out, gate_msa)
+        else:
+            x = (x.float() + attn_out * gate_msa).type_as(x)
+            h = x
+        attn_out = self.attn2(h, kv)
+        # 3. Feed-forward
+        x, h = self.norm3.residual(x, attn_out, None, c_scale, c_shift)
+        ff_out = self.ffn(h)
+        return (x.float() + ff_out.float() * c_gate).type_as(x)
+
+
+# ---- model ---------------------------------------------------------------------------------
+
+
+@dataclass
+class WanContext:
+    """What a request's conditioning gives every step: per block cross-attention K/V."""
+
+    kv: list[CrossKV]
+
+    @property
+    def batch_size(self) -> int:
+        return self.kv[0].k.shape[0]
+
+    @staticmethod
+    def cat(contexts: list["WanContext"]) -> "WanContext":
+        """Along the batch (classifier-free guidance in one forward)."""
+        blocks = []
+        for parts in zip(*(c.kv for c in contexts)):
+            fields = [None if p[0] is None else torch.cat(p) for p in zip(*(kv.tensors() for kv in parts))]
+            blocks.append(CrossKV(*fields))
+        return WanContext(blocks)
+
+
+class WanTransformer3DModel(nn.Module):
+    # Policies, as data: parameters kept in fp32 whatever the DiT precision (diffusers' list),
+    # and keys of some checkpoints that no layer reads.
+    keep_in_fp32 = ("condition_embedder.time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
+    ignored_checkpoint_keys = ("norm_added_q",)
+    # Sequence-parallel plan (for the SP issue): tokens split along dim 1 before the blocks,
+    # gathered after proj_out; RoPE tables split along dim 0 with them.
+    sp_plan = {"blocks.0": {"x": 1}, "rope": {"cos": 0, "sin": 0}, "proj_out": {"gather": 1}}
+
+    def __init__(self, config: WanConfig):
+        super().__init__()
+        self.config = config
+        dim = config.inner_dim
+        # 1. Patch & position embedding
+        self.rope = RotaryEmbedding3D.for_head_dim(config.attention_head_dim)
+        self.patch_embedding = nn.Conv3d(config.in_channels, dim, kernel_size=config.patch_size,
+                                         stride=config.patch_size)
+        # 2. Condition embeddings
+        self.condition_embedder = WanConditionEmbedder(config)
+        # 3. Transformer blocks
+        self.blocks = nn.ModuleList(WanTransformerBlock(config) for _ in range(config.num_layers))
+        # 4. Output norm & projection
+        self.norm_out = AdaNorm(dim, config.eps)
+        out_channels = config.out_channels or config.in_channels
+        self.proj_out = nn.Linear(dim, out_channels * math.prod(config.patch_size))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj_out.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.proj_out.weight.device
+
+    def set_attention_backend(self, backend) -> None:
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.set_backend(backend)
+
+    @torch.no_grad()
+    def encode_context(self, encoder_hidden_states: torch.Tensor,
+                       encoder_hidden_states_image: torch.Tensor | None = None) -> WanContext:
+        """Text [B, L, text_dim] (and CLIP image [B, L', image_dim]) features -> every block's
+        cross-attention K/V. Depends only on the request, so it runs once, not per step."""
+        text = self.condition_embedder.text_embedder(encoder_hidden_states.to(self.dtype))
+        image = None
+        if encoder_hidden_states_image is not None:
+            if self.condition_embedder.image_embedder is None:
+                raise ValueError("image features given to a Wan transformer without an image embedder (image_dim)")
+            image = self.condition_embedder.image_embedder(encoder_hidden_states_image.to(self.dtype))
+        return WanContext([block.attn2.project_context(text, image) for block in self.blocks])
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
+                encoder_hidden_states: torch.Tensor | None = None,
+                encoder_hidden_states_image: torch.Tensor | None = None,
+                context: WanContext | None = None) -> torch.Tensor:
+        """hidden_states [B, C, F, H, W], timestep [B] or [B, S] -> the flow prediction
+        [B, C_out, F', H', W'] (F', H', W' the sizes rounded down to the patch). Give either the
+        encoder states (diffusers' signature) or a `context` from `encode_context`."""
+        if context is None:
+            context = self.encode_context(encoder_hidden_states, encoder_hidden_states_image)
+        b, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.config.patch_size
+        grid = (frames // p_t, height // p_h, width // p_w)
+        cos, sin = self.rope(grid, hidden_states.device)  # [S, D/2] each
+
+        x = self.patch_embedding(hidden_states.to(self.dtype))  # [B, D, F', H', W']
+        x = x.flatten(2).transpose(1, 2).contiguous()  # [B, S, D]
+        temb, mod = self.condition_embedder.time(timestep, x.dtype)  # [B(, S), D], [B(, S), 6, D]
+
+        for block, kv in zip(self.blocks, context.kv):
+            x = block(x, kv, mod, cos, sin)
+
+        # 5. Output norm, projection & unpatchify
+        table = self.scale_shift_table if temb.dim() == 2 else self.scale_shift_table.unsqueeze(0)
+        shift, scale = (table + temb.unsqueeze(-2)).chunk(2, dim=-2)  # [B, 1, D] or [B, S, 1, D]
+        if temb.dim() == 3:
+            shift, scale = shift.squeeze(-2), scale.squeeze(-2)
+        x = self.proj_out(self.norm_out(x, scale, shift))  # [B, S, C_out * p_t * p_h * p_w]
+        x = x.reshape(b, *grid, p_t, p_h, p_w, -1)  # [B, F', H', W', p_t, p_h, p_w, C_out]
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C_out, F', p_t, H', p_h, W', p_w]
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu",
+                        state_edit=None) -> "WanTransformer3DModel":
+        """Build from a diffusers transformer folder. `state_edit(state)` may change the
+        checkpoint (diffusers keys) before it is loaded: LoRA merging does."""
+        from sglang_diffusion.loader.weights import load_state_dict, read_config
+
+        folder = Path(folder)
+        config = WanConfig.from_dict(read_config(folder), where=str(folder / "config.json"))
+        with torch.device("meta"):
+            model = cls(config)
+        state = load_state_dict(folder)
+        if state_edit is not None:
+            state = state_edit(state)
+        model.load_checkpoint(state, dtype, device, where=str(folder))
+        return model.eval().requires_grad_(False)
+
+    def load_checkpoint(self, state: dict[str, torch.Tensor], dtype: torch.dtype,
+                        device: torch.device | str = "cpu", where: str = "checkpoint") -> None:
+        """Fill every parameter from diffusers-named tensors; any key left over or parameter
+        left empty, or a shape mismatch, is a ModelLoadError naming it."""
+        params = dict(self.named_parameters())
+        mapped: dict[str, torch.Tensor] = {}
+        unused = []
+        for key, tensor in state.items():
+            name = map_checkpoint_key(key)
+            if name not in params:
+                if not any(part in key for part in self.ignored_checkpoint_keys):
+                    unused.append(key)
+                continue
+            if tuple(tensor.shape) != tuple(params[name].shape):
+                raise ModelLoadError(f"{where}: {key} has shape {tuple(tensor.shape)}, the model built from "
+                                     f"config.json expects {tuple(params[name].shape)}")
+            keep = any(f".{p}." in f".{name}." for p in self.keep_in_fp32)
+            mapped[name] = tensor.to(device=device, dtype=torch.float32 if keep else dtype)
+        missing = sorted(params.keys() - mapped.keys())
+        if unused or missing:
+            raise ModelLoadError(f"{where} does not match its config.json: "
+                                 + "; ".join(filter(None, [
+                                     f"unused checkpoint keys: {', '.join(unused[:8])}" if unused else "",
+                                     f"parameters without weights: {', '.join(missing[:8])}" if missing else ""])))
+        self.load_state_dict(mapped, strict=True, assign=True)
+
+
+# ---- diffusers key map ---------------------------------------------------------------------
+
+# diffusers key fragment -> ours. Everything else is named as diffusers names it.
+KEY_MAP = {
+    ".to_out.0.": ".to_out.",  # diffusers keeps a Dropout beside the output projection
+    ".net.0.proj.": ".fc_in.",  # FeedForward: net = [GELU(proj), Dropout, Linear]
+    ".net.2.": ".fc_out.",
+}
+
+
+def map_checkpoint_key(key: str) -> str:
+    for theirs, ours in KEY_MAP.items():
+        key = key.replace(theirs, ours)
+    return key
+
+
+def wan_config_of(model: Any) -> WanConfig:
+    """Our config from a diffusers model's config (tests build both from one)."""
+    return WanConfig.from_dict(dict(model.config))

@@ -1,0 +1,104 @@
+"""What a native pipeline is made of: a `GenerationState` that stages read and write, `Stage`s that
+declare which of its fields they read and write, and `StagedPipeline`, which runs a list of them.
+
+A family's pipeline file builds its components and lists its stages; everything a request
+flows through is in that list. Each stage is timed (the request's `timings`, by stage name).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from sglang_diffusion.config.families import Family
+from sglang_diffusion.config.sampling_params import SamplingParams
+from sglang_diffusion.pipelines.base import PipelineOutput
+from sglang_diffusion.pipelines.hooks import StepHooks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationState:
+    """One request as it goes through the stages."""
+
+    params: SamplingParams  # resolved: family defaults filled in, sizes corrected
+    hooks: StepHooks
+    device: torch.device
+    generator: torch.Generator | None = None
+    batch_size: int = 1  # videos per prompt
+    do_cfg: bool = False
+    prompt_embeds: torch.Tensor | None = None  # [B, L, C]
+    negative_prompt_embeds: torch.Tensor | None = None
+    image: Any = None  # the input image (PIL), image-conditioned families
+    image_embeds: torch.Tensor | None = None  # [B, L', C'] CLIP tokens (Wan2.1 I2V)
+    conditioning: Any = None  # a stages.conditioning object: how latents become the DiT's input
+    latents: torch.Tensor | None = None  # [B, C, F', H', W'] fp32
+    timesteps: torch.Tensor | None = None
+    frames: np.ndarray | None = None  # uint8 [B, F, H, W, 3]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+_STATE_FIELDS = {f.name for f in fields(GenerationState)}
+
+
+class Stage:
+    """A step of a pipeline. `reads` / `writes` name GenerationState fields; `check` verifies
+    before the stage runs that what it reads has been written."""
+
+    name: ClassVar[str]
+    reads: ClassVar[tuple[str, ...]] = ()
+    writes: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        unknown = [f for f in (*cls.reads, *cls.writes) if f not in _STATE_FIELDS]
+        assert not unknown, f"{cls.__name__} declares unknown state fields {unknown}"
+
+    def __call__(self, state: GenerationState) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+class StagedPipeline:
+    """A native pipeline: components already loaded, a list of stages, the family's defaults."""
+
+    backend = "sglang"
+
+    def __init__(self, name: str, family: Family | None, stages: list[Stage], device: torch.device,
+                 info: dict | None = None, lora=None):
+        self.name, self.family, self.stages, self.device = name, family, stages, device
+        self.info = dict(info or {})
+        self.lora = lora
+        logger.info("%s stages: %s", name, " -> ".join(s.describe() for s in stages))
+
+    def describe(self) -> dict:
+        return {"pipeline": self.name, "backend": self.backend, "family": self.family.name if self.family else None,
+                **self.info}
+
+    def run(self, params: SamplingParams, hooks: StepHooks | None = None) -> GenerationState:
+        """Every stage in order; the final state (latents and frames included)."""
+        state = GenerationState(params=params, hooks=hooks or StepHooks(), device=self.device)
+        with torch.inference_mode():
+            for stage in self.stages:
+                missing = [f for f in stage.reads if getattr(state, f) is None]
+                assert not missing, f"stage {stage.name} reads {missing}, which no earlier stage wrote"
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                start = time.perf_counter()
+                stage(state)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                state.timings[stage.name] = state.timings.get(stage.name, 0.0) + time.perf_counter() - start
+        return state
+
+    def generate(self, params: SamplingParams, hooks: StepHooks | None = None) -> PipelineOutput:
+        state = self.run(params, hooks)
+        return PipelineOutput(frames=state.frames, is_video=True, params=state.params, timings=state.timings)

@@ -1,0 +1,55 @@
+"""How the denoising loop turns latents into the DiT's input, per family mode. The loop calls
+the same three methods whatever the mode, so a family quirk lives here, not in the loop:
+
+- `model_input(latents)`: what the DiT sees [B, C_in, F', H', W'];
+- `timestep(t, batch)`: the DiT's timestep, [B] or per token [B, S];
+- `finalize(latents)`: the latents the VAE decodes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class TextOnly:
+    """Text-to-video: latents as they are, one timestep per sample."""
+
+    def model_input(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def timestep(self, t: torch.Tensor, batch: int) -> torch.Tensor:
+        return t.expand(batch)  # [B]
+
+    def finalize(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+
+class ChannelConcat(TextOnly):
+    """Wan2.1 I2V: the DiT reads [latents, frame mask, VAE latents of image + empty frames]
+    along channels; `condition` [B, 4 + C, F', H', W']."""
+
+    def __init__(self, condition: torch.Tensor):
+        self.condition = condition
+
+    def model_input(self, latents: torch.Tensor) -> torch.Tensor:
+        return torch.cat([latents, self.condition.to(latents.dtype)], dim=1)
+
+
+class FirstFrame(TextOnly):
+    """Wan2.2 TI2V with an image: the first latent frame is the image's latents, kept clean
+    (timestep 0 for its tokens); `condition` [B, C, 1, H', W'], `mask` [1, 1, F', H', W']
+    (0 on the first frame, 1 elsewhere), `patch` the DiT's (height, width) patch."""
+
+    def __init__(self, condition: torch.Tensor, mask: torch.Tensor, patch: tuple[int, int]):
+        self.condition, self.mask, self.patch = condition, mask, patch
+
+    def model_input(self, latents: torch.Tensor) -> torch.Tensor:
+        return (1 - self.mask) * self.condition + self.mask * latents
+
+    def timestep(self, t: torch.Tensor, batch: int) -> torch.Tensor:
+        p_h, p_w = self.patch
+        per_token = (self.mask[0, 0, :, ::p_h, ::p_w] * t).flatten()  # [S]
+        return per_token.unsqueeze(0).expand(batch, -1)  # [B, S]
+
+    def finalize(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.model_input(latents)

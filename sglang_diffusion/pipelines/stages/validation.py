@@ -1,0 +1,91 @@
+"""Input validation: the request's parameters resolved against the family's defaults, sizes and
+frame counts the model cannot take corrected (as diffusers corrects them, with a warning), the
+input image loaded or refused, and the random generator seeded."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from sglang_diffusion.config.families import Family
+from sglang_diffusion.errors import InvalidRequestError
+from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
+
+logger = logging.getLogger(__name__)
+
+
+def load_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(Path(path).expanduser()) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise InvalidRequestError(f"image_path: {path!r} does not exist") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise InvalidRequestError(f"image_path: {path!r} is not a readable image ({e})") from None
+
+
+class InputValidationStage(Stage):
+    """`image`: "required" (I2V), "optional" (TI2V) or "none" (T2V). `temporal_stride` /
+    `spatial_multiple`: frame counts must be k * stride + 1, sizes multiples of the VAE's
+    compression times the DiT's patch."""
+
+    name = "input_validation"
+    writes = ("params", "generator", "batch_size", "do_cfg")
+
+    def __init__(self, family: Family | None, *, temporal_stride: int, spatial_multiple: tuple[int, int],
+                 image: str = "none", has_second_expert: bool = False, default_fps: int | None = None):
+        assert image in ("required", "optional", "none")
+        self.family, self.temporal_stride, self.spatial_multiple = family, temporal_stride, spatial_multiple
+        self.image, self.has_second_expert = image, has_second_expert
+        self.defaults = dict(family.defaults) if family else {}
+        if default_fps is not None:
+            self.defaults.setdefault("fps", default_fps)
+
+    def describe(self) -> str:
+        return f"{self.name}(image {self.image})"
+
+    def __call__(self, state: GenerationState) -> None:
+        p = state.params.resolve(self.defaults)
+        missing = [k for k in ("height", "width", "num_frames", "num_inference_steps", "guidance_scale")
+                   if getattr(p, k) is None]
+        if missing:
+            raise InvalidRequestError(f"{', '.join(missing)}: no value given and the model has no default")
+        if not p.prompt:
+            raise InvalidRequestError("prompt is required")
+        if p.image_path is not None and self.image == "none":
+            raise InvalidRequestError("image_path: this text-to-video model takes no input image")
+        if p.image_path is None and self.image == "required":
+            raise InvalidRequestError("this image-to-video model needs an input image: pass image_path")
+        if p.guidance_scale_2 is not None and not self.has_second_expert:
+            raise InvalidRequestError("guidance_scale_2 applies to the low-noise expert of two-expert models "
+                                      "(Wan2.2 A14B); this model has one")
+        if p.diffusers_kwargs:
+            raise InvalidRequestError("diffusers_kwargs: only the diffusers backend takes them (--backend diffusers)")
+        state.params = dataclasses.replace(p, **self._corrected(p))
+        state.image = load_image(p.image_path) if p.image_path is not None else None
+        state.batch_size = p.num_outputs_per_prompt
+        state.do_cfg = p.guidance_scale > 1.0
+        state.generator = torch.Generator("cpu").manual_seed(p.seed)
+
+    def _corrected(self, p) -> dict:
+        out = {}
+        stride = self.temporal_stride
+        if p.num_frames % stride != 1 % stride:
+            frames = max(p.num_frames // stride * stride + 1, 1)
+            logger.warning("num_frames %d: this model makes %d k + 1 frames; using %d", p.num_frames, stride, frames)
+            out["num_frames"] = frames
+        mh, mw = self.spatial_multiple
+        height, width = p.height // mh * mh, p.width // mw * mw
+        if (height, width) != (p.height, p.width):
+            if height == 0 or width == 0:
+                raise InvalidRequestError(f"height and width must be at least {mh} and {mw} for this model, "
+                                          f"got {p.height} and {p.width}")
+            logger.warning("height x width %d x %d: this model takes multiples of (%d, %d); using %d x %d",
+                           p.height, p.width, mh, mw, height, width)
+            out.update(height=height, width=width)
+        return out
