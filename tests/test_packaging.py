@@ -1,8 +1,9 @@
 """The wheel, as a user gets it: built with `pip wheel --no-build-isolation`, installed into a
 fresh venv next to the CPU torch, its CLI and native extension working from there.
 
-torch==2.13.0 goes into the venv first: a bare `torch` requirement would pull a CUDA build,
-while this pin finds the CPU wheel through pip's configured find-links. The package's other
+torch goes into the venv first, pinned to the version running here (torch==2.13.0+cpu on the
+CPU machines, found through pip's configured find-links): a bare `torch` requirement would pull
+a CUDA build, and _C only loads with the torch it was built against. The package's other
 dependencies then come from the wheel's own metadata.
 """
 
@@ -10,12 +11,13 @@ import os
 import subprocess
 import sys
 import zipfile
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TORCH_PIN = "torch==2.13.0"
+TORCH_PIN = f"torch=={version('torch')}"
 
 pytestmark = pytest.mark.slow
 

@@ -37,10 +37,12 @@ def run(argv: Sequence[str]) -> int:
     from sglang_diffusion.runtime.engine import Engine
     from sglang_diffusion.server.app import create_app
     from sglang_diffusion.server.state import build_state
+    from sglang_diffusion.storage.s3 import S3Storage
 
+    s3 = S3Storage(server_args) if server_args.cloud_storage_type == "s3" else None  # before the model loads
     engine = Engine(server_args).start()
     try:
-        state = build_state(server_args, defaults, engine)
+        state = build_state(server_args, defaults, engine, s3)
     except BaseException:
         engine.shutdown()
         raise

@@ -102,7 +102,10 @@ def _run(impl: str, q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     b, sq, h, d = q.shape
     out = torch.empty(b, sq, h, d, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
-    _native.native_library().ops.attention_out(out, lse, q.contiguous(), k.contiguous(), v.contiguous(), scale)
+    # The kernel reads any B/S/H strides (e.g. views into one fused QKV projection); only D
+    # must be contiguous.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    _native.native_library().ops.attention_out(out, lse, q, k, v, scale)
     return out, lse
 
 

@@ -13,25 +13,21 @@ Shapes: x, residual [B, S, D]; scale, shift, gate [D], [B, 1, D] or [B, S, D] (a
 broadcasts to x); weight, bias [D].
 
 - ``*_reference``: plain torch, the spec; tests and benchmarks import these.
-- ``norm_modulate`` / ``gated_residual_norm_modulate``: what models call. They run the ``_C``
-  kernel (csrc/cpu/norm.cpp) for CPU tensors in fp32/bf16/fp16, else the reference, and log
-  the choice and its reason once. The fused kernel is inference-only: when autograd needs the
-  graph, the reference runs.
+- ``norm_modulate`` / ``gated_residual_norm_modulate``: what models call. They pick native
+  (the ``_C`` kernel, csrc/cpu/norm.cpp: CPU tensors in fp32/bf16/fp16) or torch (the
+  reference) through ops._dispatch, logging the choice and its reason once; ``impl`` asks for
+  one. The fused kernel is inference-only: when autograd needs the graph, the reference runs.
 - ``torch.ops.sglang_diffusion.norm_modulate`` / ``.gated_residual_norm_modulate``: the
   ``torch.library`` custom ops behind them, with fake implementations, so ``torch.compile``
   traces through.
 """
 
-import functools
-import logging
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from sglang_diffusion.ops import _native
-
-logger = logging.getLogger(__name__)
+from sglang_diffusion.ops import _dispatch, _native
 
 NORM_TYPES = ("layer", "rms")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -89,15 +85,6 @@ def gated_residual_norm_modulate_reference(
 # ---- dispatch ------------------------------------------------------------------------------
 
 
-@functools.cache
-def _log_choice(op: str, impl: str, reason: str) -> None:
-    logger.info("%s: %s (%s)", op, impl, reason)
-
-
-def _needs_autograd(*tensors: Optional[torch.Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _check_shapes(target: torch.Tensor, **others: Optional[torch.Tensor]) -> None:
     """The ops' outputs have the activation's shape: every other input must broadcast to it."""
     for name, t in others.items():
@@ -114,17 +101,17 @@ def _check_shapes(target: torch.Tensor, **others: Optional[torch.Tensor]) -> Non
 
 
 def _why_not_native(
-    native: _native.NativeLibrary,
+    op_name: str,
     x: torch.Tensor,
     modulation: tuple[Optional[torch.Tensor], ...],
     affine: tuple[Optional[torch.Tensor], ...],
 ) -> Optional[str]:
-    """None when the _C kernel can run these inputs, else the reason it cannot."""
-    if not native.available:
-        return f"sglang_diffusion._C is not available: {native.missing_reason}"
-    tensors = [t for t in (x, *modulation, *affine) if t is not None]
-    if any(t.device.type != "cpu" for t in tensors):
-        return f"inputs on {x.device.type}; the _C kernel is CPU-only"
+    """None when the _C kernel ``op_name`` can run these inputs, else the reason it cannot."""
+    why_not = _dispatch.native_why_not(x.device, op_name)
+    if why_not is not None:
+        return why_not
+    if any(t is not None and t.device.type != "cpu" for t in (x, *modulation, *affine)):
+        return f"inputs on {x.device.type}; the _C norm kernel is CPU-only"
     if x.dtype not in _KERNEL_DTYPES:
         return f"x is {x.dtype}; the _C kernel takes float32, bfloat16 or float16"
     if x.dim() != 3 or x.shape[-1] == 0:
@@ -141,14 +128,6 @@ def _why_not_native(
     return None
 
 
-def _use_native(op: str, why_not: Optional[str], native: _native.NativeLibrary, x: torch.Tensor) -> bool:
-    if why_not is None:
-        _log_choice(op, f"_C kernel ({native.cpu_isa} build)", f"CPU {x.dtype} input")
-        return True
-    _log_choice(op, "torch reference", why_not)
-    return False
-
-
 @torch.library.custom_op("sglang_diffusion::norm_modulate", mutates_args=())
 def _norm_modulate_op(
     x: torch.Tensor,
@@ -158,20 +137,22 @@ def _norm_modulate_op(
     bias: Optional[torch.Tensor],
     eps: float,
     norm_type: str,
+    impl: Optional[str],
 ) -> torch.Tensor:
     _check_shapes(x, scale=scale, shift=shift)
-    native = _native.native_library()
-    why_not = _why_not_native(native, x, (scale, shift), (weight, bias))
-    if not _use_native("norm_modulate", why_not, native, x):
-        out = norm_modulate_reference(x, scale, shift, weight, bias, eps, norm_type)
-        return out.contiguous()
+    why_not = {"native": _why_not_native("norm_modulate_out", x, (scale, shift), (weight, bias))}
+    chosen = _dispatch.choose("norm_modulate", impl, why_not, f"{x.device.type} {x.dtype}")
+    if chosen == "torch":
+        return norm_modulate_reference(x, scale, shift, weight, bias, eps, norm_type).contiguous()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    native.ops.norm_modulate_out(out, x.contiguous(), scale, shift, weight, bias, eps, norm_type)
+    _native.native_library().ops.norm_modulate_out(
+        out, x.contiguous(), scale, shift, weight, bias, eps, norm_type
+    )
     return out
 
 
 @_norm_modulate_op.register_fake
-def _(x, scale, shift, weight, bias, eps, norm_type):
+def _(x, scale, shift, weight, bias, eps, norm_type, impl):
     _check_shapes(x, scale=scale, shift=shift)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
@@ -187,20 +168,21 @@ def _gated_residual_norm_modulate_op(
     bias: Optional[torch.Tensor],
     eps: float,
     norm_type: str,
+    impl: Optional[str],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_shapes(residual, x=x, gate=gate, scale=scale, shift=shift)
-    native = _native.native_library()
-    why_not = _why_not_native(native, residual, (gate, scale, shift), (weight, bias))
-    if why_not is None and (x.shape != residual.shape or x.dtype != residual.dtype):
-        why_not = "x differs from residual in shape or dtype"
-    if not _use_native("gated_residual_norm_modulate", why_not, native, residual):
+    native = _why_not_native("gated_residual_norm_modulate_out", residual, (gate, scale, shift), (weight, bias))
+    if native is None and (x.shape != residual.shape or x.dtype != residual.dtype or x.device != residual.device):
+        native = "x differs from residual in shape, dtype or device"
+    detail = f"{residual.device.type} {residual.dtype}"
+    if _dispatch.choose("gated_residual_norm_modulate", impl, {"native": native}, detail) == "torch":
         new_residual, out = gated_residual_norm_modulate_reference(
             residual, x, gate, scale, shift, weight, bias, eps, norm_type
         )
         return new_residual.contiguous(), out.contiguous()
     new_residual = torch.empty_like(residual, memory_format=torch.contiguous_format)
     out = torch.empty_like(residual, memory_format=torch.contiguous_format)
-    native.ops.gated_residual_norm_modulate_out(
+    _native.native_library().ops.gated_residual_norm_modulate_out(
         new_residual, out, residual.contiguous(), x.contiguous(), gate, scale, shift, weight, bias,
         eps, norm_type,
     )
@@ -208,7 +190,7 @@ def _gated_residual_norm_modulate_op(
 
 
 @_gated_residual_norm_modulate_op.register_fake
-def _(residual, x, gate, scale, shift, weight, bias, eps, norm_type):
+def _(residual, x, gate, scale, shift, weight, bias, eps, norm_type, impl):
     _check_shapes(residual, x=x, gate=gate, scale=scale, shift=shift)
     new_residual = torch.empty_like(residual, memory_format=torch.contiguous_format)
     return new_residual, torch.empty_like(new_residual)
@@ -225,14 +207,16 @@ def norm_modulate(
     bias: Optional[torch.Tensor] = None,
     eps: float = 1e-6,
     norm_type: str = "layer",
+    impl: Optional[str] = None,
 ) -> torch.Tensor:
-    """``norm(x) * (1 + scale) + shift``: x [B, S, D] -> [B, S, D] in x's dtype."""
+    """``norm(x) * (1 + scale) + shift``: x [B, S, D] -> [B, S, D] in x's dtype.
+    ``impl``: None (pick), native or torch."""
     _check_norm_type(norm_type)
-    if _needs_autograd(x, scale, shift, weight, bias):
+    if _dispatch.needs_autograd(x, scale, shift, weight, bias):
         if not torch.compiler.is_compiling():
-            _log_choice("norm_modulate", "torch reference", "autograd: an input requires grad")
+            _dispatch.log_choice("norm_modulate", "torch", "autograd: an input requires grad")
         return norm_modulate_reference(x, scale, shift, weight, bias, eps, norm_type)
-    return _norm_modulate_op(x, scale, shift, weight, bias, float(eps), norm_type)
+    return _norm_modulate_op(x, scale, shift, weight, bias, float(eps), norm_type, impl)
 
 
 def gated_residual_norm_modulate(
@@ -245,16 +229,17 @@ def gated_residual_norm_modulate(
     bias: Optional[torch.Tensor] = None,
     eps: float = 1e-6,
     norm_type: str = "layer",
+    impl: Optional[str] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``residual + gate * x`` and its ``norm(.) * (1 + scale) + shift``, both [B, S, D] in
-    residual's dtype; gate None means 1."""
+    residual's dtype; gate None means 1. ``impl``: None (pick), native or torch."""
     _check_norm_type(norm_type)
-    if _needs_autograd(residual, x, gate, scale, shift, weight, bias):
+    if _dispatch.needs_autograd(residual, x, gate, scale, shift, weight, bias):
         if not torch.compiler.is_compiling():
-            _log_choice("gated_residual_norm_modulate", "torch reference", "autograd: an input requires grad")
+            _dispatch.log_choice("gated_residual_norm_modulate", "torch", "autograd: an input requires grad")
         return gated_residual_norm_modulate_reference(
             residual, x, gate, scale, shift, weight, bias, eps, norm_type
         )
     return _gated_residual_norm_modulate_op(
-        residual, x, gate, scale, shift, weight, bias, float(eps), norm_type
+        residual, x, gate, scale, shift, weight, bias, float(eps), norm_type, impl
     )

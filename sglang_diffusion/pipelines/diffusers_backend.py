@@ -242,8 +242,11 @@ class DiffusersBackendPipeline:
             kwargs.update(self._step_callback(hooks))
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         self.timer.take()
-        with torch.inference_mode():
-            result = self.pipe(**kwargs, generator=generator, output_type="np")
+        try:
+            with torch.inference_mode():
+                result = self.pipe(**kwargs, generator=generator, output_type="np")
+        except ValueError as e:  # diffusers' check_inputs: a combination this pipeline refuses
+            raise InvalidRequestError(f"{type(self.pipe).__name__}: {e}") from None
         timings = self.timer.take()
         is_video = hasattr(result, "frames")
         frames = _to_uint8(result.frames if is_video else result.images, is_video)

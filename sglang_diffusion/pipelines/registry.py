@@ -14,9 +14,19 @@ from sglang_diffusion.platform import Platform
 
 logger = logging.getLogger(__name__)
 
+
+def _wan(args: ServerArgs, index: ModelIndex, platform: Platform) -> Pipeline:
+    from sglang_diffusion.pipelines.wan import build_wan_pipeline  # imported on use: torch models are heavy
+
+    return build_wan_pipeline(args, index, platform)
+
+
 # model_index.json `_class_name` -> factory(args, index, platform) of our native pipeline.
 # Native families register here as they land.
-NATIVE_PIPELINES: dict[str, Callable[[ServerArgs, ModelIndex, Platform], Pipeline]] = {}
+NATIVE_PIPELINES: dict[str, Callable[[ServerArgs, ModelIndex, Platform], Pipeline]] = {
+    "WanPipeline": _wan,  # Wan2.1 T2V, Wan2.2 T2V-A14B and TI2V-5B
+    "WanImageToVideoPipeline": _wan,  # Wan2.1 I2V (and Wan2.2 I2V-A14B)
+}
 
 
 def build_pipeline(args: ServerArgs, platform: Platform) -> Pipeline:
@@ -28,10 +38,13 @@ def build_pipeline(args: ServerArgs, platform: Platform) -> Pipeline:
         raise ConfigError(f"backend sglang: there is no native pipeline for {index.class_name} "
                           f"(native: {', '.join(sorted(NATIVE_PIPELINES)) or 'none yet'}); "
                           "use --backend auto or --backend diffusers")
-    if args.backend == "diffusers" or native is None:
+    diffusers_only = args.cache_dit_enabled and args.backend == "auto" and native is not None
+    if args.backend == "diffusers" or native is None or diffusers_only:
         from sglang_diffusion.pipelines.diffusers_backend import DiffusersBackendPipeline
 
-        if args.backend == "auto":
+        if diffusers_only:
+            logger.info("Cache-DiT runs on the diffusers backend only: running %s there", index.class_name)
+        elif args.backend == "auto":
             logger.info("no native pipeline for %s: running it on the diffusers backend", index.class_name)
         return DiffusersBackendPipeline(args, index, platform)
     if args.cache_dit_enabled:

@@ -23,6 +23,7 @@ from sglang_diffusion.server.metrics import Metrics
 from sglang_diffusion.server.outputs import OutputStore
 from sglang_diffusion.server.params import ParamsBuilder
 from sglang_diffusion.server.work_queue import Draining, QueueFull, WorkQueue
+from sglang_diffusion.storage.s3 import S3Storage
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,11 +95,9 @@ class ServerState:
             cancel.set()
 
 
-def build_state(args: ServerArgs, defaults: SamplingParams, engine: Engine) -> ServerState:
-    """Everything but the engine, which the caller has started (the model is loaded by now)."""
-    from sglang_diffusion.storage.s3 import S3Storage
-
-    s3 = S3Storage(args) if args.cloud_storage_type == "s3" else None
+def build_state(args: ServerArgs, defaults: SamplingParams, engine: Engine,
+                s3: S3Storage | None) -> ServerState:
+    """Everything around the engine, which the caller has started (the model is loaded by now)."""
     root = Path(defaults.output_path).expanduser()
     metrics = Metrics(args.max_queue_size)
     jobs = JobStore(root / JOB_DB)

@@ -15,23 +15,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sglang_diffusion.ops import _native, norm
+from sglang_diffusion.ops import _dispatch, _native
 from sglang_diffusion.ops.norm import (
     gated_residual_norm_modulate,
     gated_residual_norm_modulate_reference,
     norm_modulate,
     norm_modulate_reference,
 )
+from tests.ops.helpers import max_err, native_ops, poisoned_like, requires_native
 
 EPS = 1e-6
 SHAPES = [(1, 1, 5), (2, 7, 5), (2, 3, 16), (2, 7, 123), (1, 33, 1536), (3, 5, 47)]
 MOD_FORMS = ["D", "B1D", "BSD"]
-
-requires_native = pytest.mark.skipif(
-    not _native.native_library().available,
-    reason=f"sglang_diffusion._C is not built: {_native.native_library().missing_reason}",
-)
-
 
 def _rand(shape, gen, scale=1.0, offset=0.0):
     return torch.randn(shape, generator=gen) * scale + offset
@@ -88,25 +83,20 @@ def plain_torch(norm_type, x, scale, shift, weight, bias):
 
 
 def native_norm_modulate(i, norm_type):
-    out = torch.full_like(i["x"], float("nan"))  # poisoned: every element must be written
-    _native.native_library().ops.norm_modulate_out(
+    out = poisoned_like(i["x"])  # every element must be written
+    native_ops().norm_modulate_out(
         out, i["x"], i["scale"], i["shift"], i["weight"], i["bias"], EPS, norm_type
     )
     return out
 
 
 def native_gated(i, norm_type):
-    new_residual = torch.full_like(i["residual"], float("nan"))
-    out = torch.full_like(i["residual"], float("nan"))
-    _native.native_library().ops.gated_residual_norm_modulate_out(
+    new_residual, out = poisoned_like(i["residual"]), poisoned_like(i["residual"])
+    native_ops().gated_residual_norm_modulate_out(
         new_residual, out, i["residual"], i["x"], i["gate"], i["scale"], i["shift"], i["weight"],
         i["bias"], EPS, norm_type,
     )
     return new_residual, out
-
-
-def max_err(a, b):
-    return (a.float() - b.float()).abs().max().item()
 
 
 # ---- the _C kernel against the reference ----------------------------------------------------
@@ -244,7 +234,7 @@ def test_native_rejects_bad_input_with_its_message(change, message):
     i = make_inputs((2, 3, 16))
     change(i)
     with pytest.raises(RuntimeError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        _native.native_library().ops.norm_modulate_out(
+        native_ops().norm_modulate_out(
             torch.empty(2, 3, 16), i["x"], i["scale"], i["shift"], i["weight"], i["bias"], EPS, "layer"
         )
 
@@ -261,20 +251,31 @@ def test_native_rejects_unknown_norm_type():
 
 @pytest.fixture
 def fresh_choice_log():
-    norm._log_choice.cache_clear()
+    _dispatch.log_choice.cache_clear()
     yield
-    norm._log_choice.cache_clear()
+    _dispatch.log_choice.cache_clear()
 
 
 @requires_native
 def test_dispatcher_runs_native_on_cpu_and_logs_it_once(caplog, fresh_choice_log):
     i = make_inputs((2, 7, 123))
-    with caplog.at_level(logging.INFO, logger="sglang_diffusion.ops.norm"):
+    with caplog.at_level(logging.INFO, logger="sglang_diffusion.ops"):
         out = norm_modulate(**i, eps=EPS)
         norm_modulate(**i, eps=EPS)
     torch.testing.assert_close(out, norm_modulate_reference(**i, eps=EPS), atol=1e-5, rtol=1e-5)
-    choices = [r.getMessage() for r in caplog.records if "norm_modulate: " in r.getMessage()]
-    assert len(choices) == 1 and "_C kernel" in choices[0], choices
+    choices = [r.getMessage() for r in caplog.records if r.getMessage().startswith("norm_modulate: ")]
+    assert choices == ["norm_modulate: native (cpu torch.float32)"], choices
+
+
+def test_dispatcher_runs_the_reference_when_asked():
+    i = make_inputs((2, 7, 123))
+    assert torch.equal(norm_modulate(**i, eps=EPS, impl="torch"), norm_modulate_reference(**i, eps=EPS))
+
+
+def test_dispatcher_refuses_an_explicit_native_it_cannot_run_with_the_reason():
+    i = {k: v.double() for k, v in make_inputs((2, 3, 16)).items()}
+    with pytest.raises(ValueError, match="'native' cannot run: .*float64"):
+        norm_modulate(**i, impl="native")
 
 
 @requires_native
@@ -288,18 +289,19 @@ def test_dispatcher_gated_accepts_noncontiguous_activations():
 
 
 def test_dispatcher_falls_back_to_reference_for_float64_with_reason(caplog, fresh_choice_log):
-    i = {k: v.double() if v is not None else None for k, v in make_inputs((2, 3, 16)).items()}
-    with caplog.at_level(logging.INFO, logger="sglang_diffusion.ops.norm"):
+    i = {k: v.double() for k, v in make_inputs((2, 3, 16)).items()}
+    with caplog.at_level(logging.INFO, logger="sglang_diffusion.ops"):
         out = norm_modulate(**i, eps=EPS)
     assert torch.equal(out, norm_modulate_reference(**i, eps=EPS))
-    assert any("torch reference" in r.getMessage() for r in caplog.records)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("norm_modulate: torch") and "float64" in m for m in messages), messages
 
 
 def test_dispatcher_falls_back_when_native_is_unavailable(monkeypatch, caplog, fresh_choice_log):
     missing = _native.NativeLibrary(ops=None, missing_reason="disabled by the test")
     monkeypatch.setattr(_native, "native_library", lambda: missing)
     i = make_gated_inputs((2, 7, 123))
-    with caplog.at_level(logging.INFO, logger="sglang_diffusion.ops.norm"):
+    with caplog.at_level(logging.INFO, logger="sglang_diffusion.ops"):
         out = norm_modulate(i["x"], i["scale"], i["shift"], i["weight"], i["bias"], EPS, "rms")
         gated = gated_residual_norm_modulate(**i, eps=EPS)
     assert torch.equal(out, norm_modulate_reference(i["x"], i["scale"], i["shift"], i["weight"], i["bias"], EPS, "rms"))
@@ -356,11 +358,11 @@ def test_custom_ops_pass_opcheck():
     i = make_gated_inputs((2, 5, 24))
     torch.library.opcheck(
         torch.ops.sglang_diffusion.norm_modulate.default,
-        (i["x"], i["scale"], i["shift"], i["weight"], i["bias"], EPS, "layer"),
+        (i["x"], i["scale"], i["shift"], i["weight"], i["bias"], EPS, "layer", None),
     )
     torch.library.opcheck(
         torch.ops.sglang_diffusion.gated_residual_norm_modulate.default,
-        (i["residual"], i["x"], i["gate"], i["scale"], i["shift"], None, None, EPS, "rms"),
+        (i["residual"], i["x"], i["gate"], i["scale"], i["shift"], None, None, EPS, "rms", None),
     )
 
 

@@ -5,7 +5,6 @@ configs mirror the real checkpoints."""
 import importlib.util
 import json
 import pathlib
-import types
 
 import diffusers
 import numpy as np
@@ -138,21 +137,11 @@ def _generate(pipe, family: str) -> np.ndarray:
     kwargs = dict(TINY_SAMPLING[family])
     if family == "wan2.1-i2v":
         kwargs["image"] = Image.new("RGB", (kwargs["width"], kwargs["height"]), (200, 120, 40))
-        _stub_ftfy_if_missing()
     pipe.set_progress_bar_config(disable=True)
     out = pipe(
         prompt="a cat dancing on the beach", generator=torch.Generator().manual_seed(0), output_type="np", **kwargs
     )
     return np.asarray(out.frames if family in VIDEO_FAMILIES else out.images)
-
-
-def _stub_ftfy_if_missing():
-    """diffusers 0.42's WanImageToVideoPipeline calls ftfy.fix_text without checking that
-    ftfy is installed (WanPipeline checks); stand in the identity where it is not."""
-    from diffusers.pipelines.wan import pipeline_wan_i2v
-
-    if not hasattr(pipeline_wan_i2v, "ftfy"):
-        pipeline_wan_i2v.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
 
 
 def _files(folder: pathlib.Path) -> dict[str, bytes]:

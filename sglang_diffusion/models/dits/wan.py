@@ -58,7 +58,7 @@ class WanConfig:
     ffn_dim: int = 13824
     num_layers: int = 40
     cross_attn_norm: bool = True
-    qk_norm: str | None = "rms_norm_across_heads"
+    qk_norm: str | None = "rms_norm_across_heads"  # diffusers applies RMS across heads whatever this says
     eps: float = 1e-6
     image_dim: int | None = None
     added_kv_proj_dim: int | None = None
@@ -79,9 +79,6 @@ class WanConfig:
         if "patch_size" in values:
             values["patch_size"] = tuple(values["patch_size"])
         config = cls(**values)
-        if config.qk_norm not in (None, "rms_norm_across_heads"):
-            raise ModelLoadError(f"{where}: qk_norm {config.qk_norm!r} is not supported "
-                                 "(Wan checkpoints use rms_norm_across_heads)")
         if len(config.patch_size) != 3:
             raise ModelLoadError(f"{where}: patch_size must have 3 entries, got {config.patch_size}")
         return config
@@ -91,15 +88,15 @@ class WanConfig:
 
 
 class WanSelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, eps: float, qk_norm: bool):
+    def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
         self.num_heads, self.head_dim, self.eps = num_heads, dim // num_heads, eps
         self.to_q = nn.Linear(dim, dim)
         self.to_k = nn.Linear(dim, dim)
         self.to_v = nn.Linear(dim, dim)
         self.to_out = nn.Linear(dim, dim)
-        self.norm_q = nn.RMSNorm(dim, eps=eps) if qk_norm else None
-        self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else None
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
         self.attn = Attention(num_heads, self.head_dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -107,8 +104,7 @@ class WanSelfAttention(nn.Module):
         q = self.to_q(x).view(b, s, self.num_heads, self.head_dim)  # [B, S, H, D]
         k = self.to_k(x).view(b, s, self.num_heads, self.head_dim)
         v = self.to_v(x).view(b, s, self.num_heads, self.head_dim)
-        if self.norm_q is not None:
-            q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, self.eps, across_heads=True)
+        q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, self.eps, across_heads=True)
         q, k = apply_rope(q, k, cos, sin, interleaved=True)
         out = self.attn(q, k, v)  # [B, S, H, D]
         return self.to_out(out.reshape(b, s, -1))
@@ -128,15 +124,15 @@ class CrossKV:
 
 
 class WanCrossAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, eps: float, qk_norm: bool, added_kv_proj_dim: int | None):
+    def __init__(self, dim: int, num_heads: int, eps: float, added_kv_proj_dim: int | None):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.to_q = nn.Linear(dim, dim)
         self.to_k = nn.Linear(dim, dim)
         self.to_v = nn.Linear(dim, dim)
         self.to_out = nn.Linear(dim, dim)
-        self.norm_q = nn.RMSNorm(dim, eps=eps) if qk_norm else None
-        self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else None
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
         self.add_k_proj = self.add_v_proj = self.norm_added_k = None
         if added_kv_proj_dim is not None:
             self.add_k_proj = nn.Linear(added_kv_proj_dim, dim)
@@ -149,10 +145,7 @@ class WanCrossAttention(nn.Module):
 
     def project_context(self, text: torch.Tensor, image: torch.Tensor | None) -> CrossKV:
         """Keys and values of the (embedded) text [B, L, C] and image [B, L', C] tokens."""
-        k = self.to_k(text)
-        if self.norm_k is not None:
-            k = self.norm_k(k)
-        kv = CrossKV(self._heads(k), self._heads(self.to_v(text)))
+        kv = CrossKV(self._heads(self.norm_k(self.to_k(text))), self._heads(self.to_v(text)))
         if image is not None:
             if self.add_k_proj is None:
                 raise ValueError("image features given to a Wan transformer without image cross-attention "
@@ -163,10 +156,7 @@ class WanCrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: CrossKV) -> torch.Tensor:
         b, s, _ = x.shape
-        q = self.to_q(x)
-        if self.norm_q is not None:
-            q = self.norm_q(q)
-        q = q.view(b, s, self.num_heads, self.head_dim)  # [B, S, H, D]
+        q = self.norm_q(self.to_q(x)).view(b, s, self.num_heads, self.head_dim)  # [B, S, H, D]
         out = self.attn(q, kv.k, kv.v)
         if kv.k_img is not None:
             out = out + self.attn(q, kv.k_img, kv.v_img)
@@ -229,13 +219,12 @@ class WanTransformerBlock(nn.Module):
     def __init__(self, config: WanConfig):
         super().__init__()
         dim, heads, eps = config.inner_dim, config.num_attention_heads, config.eps
-        qk_norm = config.qk_norm is not None
         # 1. Self-attention
         self.norm1 = AdaNorm(dim, eps)
-        self.attn1 = WanSelfAttention(dim, heads, eps, qk_norm)
+        self.attn1 = WanSelfAttention(dim, heads, eps)
         # 2. Cross-attention
         self.norm2 = AdaNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else None
-        self.attn2 = WanCrossAttention(dim, heads, eps, qk_norm, config.added_kv_proj_dim)
+        self.attn2 = WanCrossAttention(dim, heads, eps, config.added_kv_proj_dim)
         # 3. Feed-forward
         self.norm3 = AdaNorm(dim, eps)
         self.ffn = FeedForward(dim, config.ffn_dim, activation="gelu_tanh")

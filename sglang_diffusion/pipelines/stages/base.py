@@ -101,4 +101,5 @@ class StagedPipeline:
 
     def generate(self, params: SamplingParams, hooks: StepHooks | None = None) -> PipelineOutput:
         state = self.run(params, hooks)
-        return PipelineOutput(frames=state.frames, is_video=True, params=state.params, timings=state.timings)
+        is_video = self.family.is_video if self.family else True
+        return PipelineOutput(frames=state.frames, is_video=is_video, params=state.params, timings=state.timings)

@@ -1,0 +1,220 @@
+"""LoRA adapters merged into a native model's checkpoint at start-up (`--lora-path`).
+
+The adapter is read (a .safetensors file, a folder holding one, or a Hugging Face id), its keys
+are matched to the checkpoint's layers, and each matched layer's weight gets
+
+    W += strength * (alpha / rank) * B @ A        (bias += strength * scale * B.bias, or + diff_b)
+
+before the model is built from the checkpoint, so the running model has no LoRA layers at all.
+
+Key layouts understood (the module path in the middle is matched against the checkpoint's own
+layer names, so any model's keys work, not a fixed list):
+- diffusers / peft: `transformer.blocks.0.attn1.to_q.lora_A.weight`, `lora_B.weight`
+  (`base_model.model.` prefixes too); alpha from `<module>.alpha` keys or the
+  `lora_adapter_metadata` that diffusers writes into the file (`lora_alpha`, `r`, patterns);
+- original Wan: `diffusion_model.blocks.0.self_attn.q.lora_down.weight` / `lora_up` /
+  `.alpha`, `diff_b` bias deltas and `diff` weight deltas, with Wan's own module names
+  (`self_attn.q` -> `attn1.to_q`, `ffn.0` -> `ffn.net.0.proj`, `head.head` -> `proj_out`, ...);
+- kohya / musubi-tuner: `lora_unet_blocks_0_self_attn_q.lora_down.weight` (module path with
+  underscores), `.alpha`.
+A file that cannot be read, or whose keys match no layer, is a ModelLoadError.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sglang_diffusion.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+_PREFIXES = ("base_model.model.", "diffusion_model.", "lora_unet_", "lora_transformer_", "model.")
+_SUFFIXES = {  # key ending -> what it is
+    ".lora_A.weight": "A", ".lora_down.weight": "A", ".lora_A.default.weight": "A",
+    ".lora_B.weight": "B", ".lora_up.weight": "B", ".lora_B.default.weight": "B",
+    ".lora_B.bias": "B_bias", ".lora_up.bias": "B_bias",
+    ".alpha": "alpha", ".diff_b": "diff_b", ".diff": "diff",
+}
+# Original (Wan repository) module names -> diffusers', as fragments of a module path.
+WAN_ORIGINAL_NAMES = {
+    "self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0",
+    "cross_attn.q": "attn2.to_q", "cross_attn.k": "attn2.to_k", "cross_attn.v": "attn2.to_v",
+    "cross_attn.o": "attn2.to_out.0", "cross_attn.k_img": "attn2.add_k_proj", "cross_attn.v_img": "attn2.add_v_proj",
+    "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2",
+    "text_embedding.0": "condition_embedder.text_embedder.linear_1",
+    "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+    "time_embedding.0": "condition_embedder.time_embedder.linear_1",
+    "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+    "time_projection.1": "condition_embedder.time_proj",
+    "img_emb.proj.1": "condition_embedder.image_embedder.ff.net.0.proj",
+    "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2",
+    "head.head": "proj_out",
+}
+
+
+@dataclass
+class LoraLayer:
+    A: torch.Tensor | None = None  # [r, in]
+    B: torch.Tensor | None = None  # [out, r]
+    alpha: float | None = None
+    B_bias: torch.Tensor | None = None
+    diff_b: torch.Tensor | None = None
+    diff: torch.Tensor | None = None
+
+
+@dataclass
+class LoraFile:
+    """An adapter as read from disk: per module path (as the file names it), its tensors."""
+
+    path: str
+    layers: dict[str, LoraLayer] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)  # peft config: lora_alpha, r, alpha_pattern, rank_pattern
+
+    def components(self) -> set[str]:
+        """The pipeline components the adapter names (`transformer.`, `transformer_2.` prefixes)."""
+        return {m.split(".", 1)[0] for m in self.layers if m.split(".", 1)[0].startswith("transformer")}
+
+
+def _resolve_file(path: str) -> Path:
+    local = Path(path).expanduser()
+    if not local.exists() and re.match(r"^[\w.-]+/[\w.-]+$", path):
+        from huggingface_hub import snapshot_download
+
+        try:
+            local = Path(snapshot_download(path, allow_patterns=["*.safetensors", "*.json"]))
+        except Exception as e:  # hub errors come in many classes
+            raise ModelLoadError(f"lora_path {path!r}: not a local file or folder, and the Hugging Face "
+                                 f"download failed ({type(e).__name__}: {e})") from None
+    if local.is_dir():
+        files = sorted(local.glob("*.safetensors"))
+        preferred = [f for f in files if f.name == "pytorch_lora_weights.safetensors"]
+        if preferred or len(files) == 1:
+            return (preferred or files)[0]
+        raise ModelLoadError(f"lora_path {path!r}: the folder holds {len(files)} .safetensors files "
+                             f"({', '.join(f.name for f in files[:5]) or 'none'}); give the file")
+    if not local.is_file():
+        raise ModelLoadError(f"lora_path {path!r}: no such file or folder")
+    return local
+
+
+def read_lora(path: str) -> LoraFile:
+    from safetensors import SafetensorError, safe_open
+
+    file = _resolve_file(path)
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(f"lora_path {path!r}: cannot read {file.name} as safetensors ({e})") from None
+    lora = LoraFile(str(file))
+    if "lora_adapter_metadata" in metadata:
+        try:
+            lora.metadata = json.loads(metadata["lora_adapter_metadata"])
+        except json.JSONDecodeError:
+            logger.warning("lora_path %s: unreadable lora_adapter_metadata, alpha taken as the rank", path)
+    for key, tensor in tensors.items():
+        kind = next((k for s, k in _SUFFIXES.items() if key.endswith(s)), None)
+        if kind is None:
+            continue
+        module = key[: -len(next(s for s in _SUFFIXES if key.endswith(s)))]
+        layer = lora.layers.setdefault(module, LoraLayer())
+        setattr(layer, kind, float(tensor.item()) if kind == "alpha" else tensor)
+    if not lora.layers:
+        raise ModelLoadError(f"lora_path {path!r}: {file.name} holds no LoRA weights (no lora_A/lora_B, "
+                             "lora_down/lora_up or diff keys)")
+    return lora
+
+
+def _aliases(module: str) -> list[str]:
+    """The names a checkpoint module (diffusers path) may go by in an adapter file."""
+    original = module
+    for theirs, ours in WAN_ORIGINAL_NAMES.items():
+        original = re.sub(rf"(^|\.){re.escape(ours)}$", rf"\g<1>{theirs}", original)
+    names = {module, original}
+    return [*names, *(n.replace(".", "_") for n in names)]
+
+
+def _strip(module: str, component: str) -> tuple[str | None, str]:
+    """(component the key is for, or None when it names none; the module path without prefixes)."""
+    target = None
+    for name in ("transformer_2", "transformer"):
+        for sep in (".", "_"):
+            if module.startswith(name + sep):
+                target, module = name, module[len(name) + 1:]
+                break
+        if target:
+            break
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if module.startswith(prefix):
+                module, stripped = module[len(prefix):], True
+    return target, module
+
+
+def _scale(lora: LoraFile, name: str, layer: LoraLayer) -> float:
+    rank = layer.A.shape[0]
+    alpha = layer.alpha
+    if alpha is None and lora.metadata:
+        meta = lora.metadata
+        rank = next((r for pattern, r in meta.get("rank_pattern", {}).items() if re.search(pattern, name)),
+                    meta.get("r", rank))
+        alpha = next((a for pattern, a in meta.get("alpha_pattern", {}).items() if re.search(pattern, name)),
+                     meta.get("lora_alpha"))
+    return 1.0 if alpha is None else alpha / rank
+
+
+def merge_lora(state: dict[str, torch.Tensor], lora: LoraFile, component: str = "transformer",
+               strength: float = 1.0) -> int:
+    """Merge `lora` into `state` (a checkpoint with diffusers keys) in place, for the layers whose
+    keys name `component` or no component. Returns how many layers were changed."""
+    by_alias = {}
+    for key in state:
+        if key.endswith(".weight"):
+            module = key[: -len(".weight")]
+            for alias in _aliases(module):
+                by_alias.setdefault(alias, module)
+    merged, unmatched = 0, []
+    for name, layer in lora.layers.items():
+        target, path = _strip(name, component)
+        if target not in (None, component):
+            continue
+        module = by_alias.get(path)
+        if module is None:
+            unmatched.append(name)
+            continue
+        weight_key, bias_key = module + ".weight", module + ".bias"
+        weight = state[weight_key]
+        delta = None
+        if layer.A is not None and layer.B is not None:
+            scale = _scale(lora, path, layer)
+            a, b = layer.A.float(), layer.B.float()
+            delta = strength * scale * (b.flatten(1) @ a.flatten(1)).view(weight.shape)
+            if layer.B_bias is not None and bias_key in state:
+                state[bias_key] = (state[bias_key].float() + strength * scale * layer.B_bias.float()).to(
+                    state[bias_key].dtype)
+        elif (layer.A is None) != (layer.B is None):
+            raise ModelLoadError(f"lora_path {lora.path!r}: {name} has only one of its two LoRA matrices")
+        if layer.diff is not None:
+            delta = strength * layer.diff.float() + (0 if delta is None else delta)
+        if delta is not None:
+            if tuple(delta.shape) != tuple(weight.shape):
+                raise ModelLoadError(f"lora_path {lora.path!r}: {name} gives a {tuple(delta.shape)} update to "
+                                     f"{weight_key} of shape {tuple(weight.shape)}")
+            state[weight_key] = (weight.float() + delta).to(weight.dtype)
+        if layer.diff_b is not None and bias_key in state:
+            state[bias_key] = (state[bias_key].float() + strength * layer.diff_b.float()).to(state[bias_key].dtype)
+        merged += 1
+    if unmatched:
+        logger.warning("LoRA %s: %d of its layers match no layer of %s and are ignored (e.g. %s)", lora.path,
+                       len(unmatched), component, ", ".join(unmatched[:3]))
+    return merged

@@ -1,0 +1,67 @@
+"""Decoding: latents back to pixels through the VAE (tiled or sliced when asked), then to
+uint8 frames [B, F, H, W, 3]."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import torch
+
+from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.errors import ConfigError
+from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
+from sglang_diffusion.pipelines.stages.image_encoding import _latent_stats
+
+logger = logging.getLogger(__name__)
+
+_TILE_KEYS = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_min_num_frames")
+
+
+def configure_vae(vae, args: ServerArgs) -> None:
+    """--vae-tiling (with vae_config's tile sizes), --vae-slicing, vae_config.load_encoder."""
+    cfg = args.vae_config
+    if not cfg.load_decoder:
+        raise ConfigError("vae_config.load_decoder=false: generation needs the VAE decoder to produce videos")
+    sizes = {k: getattr(cfg, k) for k in _TILE_KEYS if getattr(cfg, k) is not None}
+    if sizes and not args.vae_tiling:
+        logger.warning("vae_config tile sizes (%s) apply to --vae-tiling, which is off", ", ".join(sizes))
+    if args.vae_tiling:
+        accepted = inspect.signature(vae.enable_tiling).parameters
+        refused = [k for k in sizes if k not in accepted]
+        if refused:
+            raise ConfigError(f"vae_config.{refused[0]}: {type(vae).__name__} tiling does not take it")
+        vae.enable_tiling(**sizes)
+        logger.info("VAE tiling on (%s)", ", ".join(f"{k}={getattr(vae, k)}" for k in
+                                                    ("tile_sample_min_height", "tile_sample_min_width",
+                                                     "tile_sample_stride_height", "tile_sample_stride_width")
+                                                    if hasattr(vae, k)))
+    if args.vae_slicing:
+        vae.enable_slicing()
+        logger.info("VAE slicing on: one video at a time")
+    if not cfg.load_encoder and getattr(vae, "encoder", None) is not None:
+        vae.encoder = None  # frees its weights; requests that need it are refused
+        logger.info("vae_config.load_encoder=false: VAE encoder dropped")
+
+
+class DecodingStage(Stage):
+    name = "decoding"
+    reads = ("latents",)
+    writes = ("frames",)
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    def describe(self) -> str:
+        flags = [f for f, on in (("tiled", getattr(self.vae, "use_tiling", False)),
+                                 ("sliced", getattr(self.vae, "use_slicing", False))) if on]
+        return f"{self.name}({type(self.vae).__name__}{', ' + ', '.join(flags) if flags else ''})"
+
+    def __call__(self, state: GenerationState) -> None:
+        p = next(self.vae.parameters())
+        latents = state.latents.to(p.device, p.dtype)
+        mean, inv_std = _latent_stats(self.vae, latents)
+        video = self.vae.decode(latents / inv_std + mean, return_dict=False)[0]  # [B, 3, F, H, W] in [-1, 1]
+        video = (video / 2 + 0.5).clamp(0, 1).float()
+        frames = (video * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1)  # [B, F, H, W, 3]
+        state.frames = frames.cpu().numpy()

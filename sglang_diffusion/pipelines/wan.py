@@ -1,0 +1,166 @@
+"""Wan 2.1 / 2.2 native pipelines: T2V, I2V, T2V-A14B (two experts) and TI2V-5B.
+
+One builder serves diffusers' `WanPipeline` and `WanImageToVideoPipeline` folders; what
+differs between the variants is read from the folder (model_index.json's boundary_ratio and
+expand_timesteps, the components present, the DiT's config), and shows as a different list of
+stages:
+
+    validate -> encode text [-> encode image (CLIP)] -> prepare latents [-> image latents]
+             -> timesteps -> denoise (1 or 2 experts) -> decode
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from sglang_diffusion.config.families import detect_family
+from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.errors import ConfigError, ModelLoadError
+from sglang_diffusion.loader.components import component_dtypes, load_component
+from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
+from sglang_diffusion.pipelines.stages.base import StagedPipeline
+from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
+from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
+from sglang_diffusion.pipelines.stages.image_encoding import ImageEncodingStage, ImageLatentStage
+from sglang_diffusion.pipelines.stages.latents import LatentPreparationStage
+from sglang_diffusion.pipelines.stages.text_encoding import TextEncodingStage
+from sglang_diffusion.pipelines.stages.timesteps import TimestepPreparationStage
+from sglang_diffusion.pipelines.stages.validation import InputValidationStage
+from sglang_diffusion.platform import Platform
+
+logger = logging.getLogger(__name__)
+
+MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens: what Wan's DiT was trained with
+
+
+def load_wan_transformer(name: str, args: ServerArgs, index: ModelIndex, dtype: torch.dtype,
+                         device: torch.device, lora=None):
+    from sglang_diffusion.loader.lora_merge import merge_lora
+    from sglang_diffusion.models.dits.wan import WanTransformer3DModel
+
+    override = args.component_paths.get(name)
+    folder = resolve_component_path(name, override) if override else index.path / name
+
+    def apply_lora(state):
+        if lora is not None:
+            merged = merge_lora(state, lora, component=name)
+            logger.info("LoRA %r merged into %s: %d layers", args.lora_nickname, name, merged)
+            if merged == 0 and name == "transformer":
+                raise ModelLoadError(f"lora_path {args.lora_path!r}: none of its weights match a layer of "
+                                     f"{name}")
+        return state
+
+    model = WanTransformer3DModel.from_pretrained(folder, dtype=dtype, device=device, state_edit=apply_lora)
+    logger.info("%s: native Wan DiT (%d layers, %d heads x %d, %s) from %s", name, model.config.num_layers,
+                model.config.num_attention_heads, model.config.attention_head_dim,
+                str(dtype).removeprefix("torch."), folder)
+    return model
+
+
+def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
+                       cfg_layout: str = "auto") -> StagedPipeline:
+    from sglang_diffusion.attention.selector import select_attention_backend
+
+    family = detect_family(index.class_name, index.extras)
+    device = platform.device
+    dtypes = component_dtypes(args, index, platform)
+    dit_dtype = dtypes["transformer"]
+
+    # Components from diffusers / transformers classes
+    vae = load_component("vae", index, args, dtypes["vae"]).to(device).eval()
+    configure_vae(vae, args)
+    scheduler = load_component("scheduler", index, args, None)
+    tokenizer = load_component("tokenizer", index, args, None)
+    text_encoder = load_component("text_encoder", index, args, dtypes["text_encoder"]).eval()
+    offload = None
+    if args.text_encoder_cpu_offload and not platform.is_cpu:
+        from sglang_diffusion.loader.offload import OffloadedModule
+
+        offload = OffloadedModule(text_encoder, device, pin_memory=args.pin_cpu_memory, name="text_encoder")
+    else:
+        if args.text_encoder_cpu_offload:
+            logger.info("text_encoder_cpu_offload: the device is the CPU, so the text encoder already runs "
+                        "from host memory")
+        text_encoder.to(device)
+
+    # Our DiT(s), with the LoRA merged into their weights
+    lora = None
+    if args.lora_path:
+        from sglang_diffusion.loader.lora_merge import read_lora
+
+        lora = read_lora(args.lora_path)
+    experts = [load_wan_transformer("transformer", args, index, dit_dtype, device, lora)]
+    if index.components.get("transformer_2", (None, None))[1] is not None:
+        experts.append(load_wan_transformer("transformer_2", args, index, dtypes["transformer_2"], device, lora))
+    config = experts[0].config
+    backend = select_attention_backend(args.attention_backend, device=device, dtype=dit_dtype,
+                                       head_dim=config.attention_head_dim, config=args.attention_backend_config)
+    for expert in experts:
+        expert.set_attention_backend(backend)
+        if args.enable_torch_compile:
+            for block in expert.blocks:
+                block.compile()
+    if args.enable_torch_compile:
+        logger.info("torch.compile enabled for the DiT blocks (compiled on the first request)")
+
+    boundary_ratio = index.extras.get("boundary_ratio")
+    if boundary_ratio is not None and len(experts) < 2:
+        raise ModelLoadError(f"{index.path}: boundary_ratio {boundary_ratio} needs a transformer_2")
+    boundary = boundary_ratio * scheduler.config.num_train_timesteps if len(experts) > 1 else None
+    expand_timesteps = bool(index.extras.get("expand_timesteps"))
+    t_stride, s_stride = vae.config.scale_factor_temporal, vae.config.scale_factor_spatial
+    patch = tuple(config.patch_size)
+    image_to_video = index.class_name == "WanImageToVideoPipeline"
+    image_mode = "required" if image_to_video else ("optional" if expand_timesteps else "none")
+    if image_mode == "required" and not args.vae_config.load_encoder:
+        raise ConfigError("vae_config.load_encoder=false: image-to-video needs the VAE encoder for its input image")
+
+    stages = [
+        InputValidationStage(family, temporal_stride=t_stride, spatial_multiple=(s_stride * patch[1],
+                                                                                 s_stride * patch[2]),
+                             image=image_mode, has_second_expert=len(experts) > 1),
+        TextEncodingStage(tokenizer, text_encoder, dtype=dit_dtype, max_sequence_length=MAX_SEQUENCE_LENGTH,
+                          offload=offload),
+    ]
+    if image_to_video and config.image_dim is not None:
+        image_encoder = load_component("image_encoder", index, args, dtypes.get("image_encoder")).to(device).eval()
+        image_processor = load_component("image_processor", index, args, None)
+        stages.append(ImageEncodingStage(image_processor, image_encoder, dit_dtype))
+    stages.append(LatentPreparationStage(vae.config.z_dim, t_stride, s_stride))
+    if image_mode != "none":
+        mode = "first_frame" if expand_timesteps else "concat"
+        stages.append(ImageLatentStage(vae, mode, t_stride, s_stride, patch[1:]))
+    stages += [
+        TimestepPreparationStage(scheduler),
+        DenoisingStage(experts, scheduler, boundary_timestep=boundary, cfg=CfgLayout(cfg_layout)),
+        DecodingStage(vae),
+    ]
+    info = {"attention_backend": backend.name, "dit_dtype": str(dit_dtype).removeprefix("torch."),
+            "experts": len(experts), "lora": args.lora_path}
+    return StagedPipeline(index.class_name, family, stages, device, info=info,
+                          lora=NativeLora(args) if args.lora_path else None)
+
+
+class NativeLora:
+    """The LoRA state of a native pipeline: merged at start-up into the DiT's weights. The
+    runtime LoRA operations (the server's set/merge/unmerge routes) need per-layer adapters,
+    which the native DiT does not keep; they answer with a clear error."""
+
+    def __init__(self, args: ServerArgs):
+        self.nickname, self.path = args.lora_nickname, args.lora_path
+
+    def describe(self) -> dict:
+        return {"loaded_adapters": [{"nickname": self.nickname, "path": self.path}],
+                "active": {"transformer": [{"nickname": self.nickname, "path": self.path, "merged": True,
+                                            "strength": 1.0}]}}
+
+    def _refuse(self, *args, **kwargs):
+        from sglang_diffusion.errors import InvalidRequestError
+
+        raise InvalidRequestError("LoRA changes at run time are not supported on the native (sglang) backend: "
+                                  "the adapter given with --lora-path is merged at start-up "
+                                  "(use --backend diffusers for run-time LoRA switching)")
+
+    set = merge = unmerge = _refuse
