@@ -2,7 +2,7 @@
 
     python benchmarks/kernels/norm.py [--dim 1536 --seq-len 8192 --batch 1 --dtype float32]
 
-Providers, each timed after warm-up (median, p20, p80 of wall time per call):
+Providers, timed in turns after warm-up (median, p20, p80 of wall time per call):
 - eager:      F.layer_norm(x) * (1 + scale) + shift, what a model writes without the op
 - dispatcher: sglang_diffusion.ops.norm.norm_modulate, what models call (custom op + output
               allocation + the _C kernel)
@@ -48,16 +48,23 @@ def git_commit() -> str | None:
     return out.stdout.strip()
 
 
-def time_ms(fn, warmup: int, reps: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    samples = []
+def time_ms(fns: dict, warmup: int, reps: int) -> dict:
+    """Per provider: median, p20, p80 of wall time per call, in ms. The providers take turns
+    within each repetition, so a change in the machine's load hits them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in fns}
     for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    q = statistics.quantiles(samples, n=10)  # deciles: q[1] is p20, q[7] is p80
-    return {"median_ms": statistics.median(samples), "p20_ms": q[1], "p80_ms": q[7], "reps": reps}
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    results = {}
+    for name, ms in samples.items():
+        q = statistics.quantiles(ms, n=10)  # deciles: q[1] is p20, q[7] is p80
+        results[name] = {"median_ms": statistics.median(ms), "p20_ms": q[1], "p80_ms": q[7], "reps": reps}
+    return results
 
 
 def main() -> None:
@@ -105,8 +112,7 @@ def main() -> None:
         torch.testing.assert_close(fn().float(), expected, atol=tol, rtol=tol)
 
     with torch.inference_mode():
-        results = {name: time_ms(fn, args.warmup, args.reps) for name, fn in
-                   (("eager", eager), ("dispatcher", dispatcher), ("kernel", kernel))}
+        results = time_ms({"eager": eager, "dispatcher": dispatcher, "kernel": kernel}, args.warmup, args.reps)
     eager_ms = results["eager"]["median_ms"]
     record = {
         "benchmark": "norm_modulate",
@@ -117,6 +123,7 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "cpu_isa": native.cpu_isa,
             "card": None,
+            "load_avg_1m": os.getloadavg()[0],  # other work on the machine skews the timings
         },
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "git_commit": git_commit(),

@@ -23,8 +23,6 @@ def unsupported_options(args: ServerArgs) -> list[str]:
         found.append("vae_sp (sequence-parallel VAE decoding)")
     if args.mask_strategy_file_path:
         found.append("mask_strategy_file_path (sliding-tile attention masks)")
-    if args.lora_path and args.backend == "sglang":
-        found.append("lora_path on native pipelines (LoRA adapters run on the diffusers backend)")
     return found
 
 

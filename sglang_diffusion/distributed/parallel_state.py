@@ -1,11 +1,40 @@
-"""Process groups. Today: the world group of the rank processes (gloo on CPU, NCCL on CUDA).
-The TP / SP (Ulysses x ring) / CFG subgroups are built here when sequence parallelism lands."""
+"""Process groups: the world of the rank processes and, inside it, the groups a request runs on.
+
+    world = replicas x cfg x ring x ulysses        (the DiT: sequence and CFG parallelism)
+    world = (world / tp) x tp                      (the text encoder: tensor parallelism)
+
+SP (sequence parallelism) is ulysses x ring: Ulysses ranks are adjacent (their all-to-all moves
+the most bytes, so they get the fastest links: the same node, NVLink), ring groups span the
+Ulysses groups, CFG groups span both. A world rank is
+
+    rank = ((replica * cfg + cfg_rank) * ring + ring_rank) * ulysses + ulysses_rank
+
+and its place in the SP group (the index of its token shard) is ring_rank * ulysses +
+ulysses_rank. Tensor parallelism is for the text encoder only, which runs before the DiT, so its
+groups (consecutive blocks of tp ranks) reuse the same ranks instead of multiplying the world.
+When sp x cfg < world, the replicas compute the same request (there is no data parallelism yet).
+
+gloo on a CPU, NCCL on CUDA (`Platform.dist_backend`). Groups are the package's only global
+state: `initialize_model_parallel` builds them once per process (every rank must call it, in
+the same order) and `parallel_groups()` returns them; with one rank they are trivial.
+"""
 
 from __future__ import annotations
 
 import datetime
+import logging
+import math
+from dataclasses import dataclass
 
+import torch
 import torch.distributed as dist
+
+from sglang_diffusion.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+# ---- the world -------------------------------------------------------------------------------
 
 
 def init_world(rank: int, world_size: int, init_addr: str, backend: str, timeout_s: float = 600) -> None:
@@ -14,5 +43,165 @@ def init_world(rank: int, world_size: int, init_addr: str, backend: str, timeout
 
 
 def destroy_world() -> None:
+    global _GROUPS
+    _GROUPS = None
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def world_rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True when `flag` is true on any rank of the world (a collective: every rank calls it).
+    Decisions that change what the ranks run next (cancelling a request) must be taken alike
+    everywhere, or some ranks wait in a collective the others have left."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+# ---- the layout ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    world_size: int = 1
+    tp: int = 1
+    ulysses: int = 1
+    ring: int = 1
+    cfg: int = 1
+
+    @property
+    def sp(self) -> int:
+        return self.ulysses * self.ring
+
+    @property
+    def replicas(self) -> int:
+        return self.world_size // (self.sp * self.cfg)
+
+    def describe(self) -> str:
+        text = (f"{self.world_size} rank(s): sp={self.sp} (ulysses={self.ulysses} x ring={self.ring}), "
+                f"cfg={self.cfg}, tp={self.tp} (text encoder)")
+        if self.replicas > 1:
+            text += f"; {self.replicas} replicas each compute the whole request"
+        return text
+
+
+def resolve_layout(args, *, num_heads: int | None = None, sequence_parallel: bool = True
+                   ) -> tuple[ParallelLayout, str]:
+    """The layout the ranks run and why. `num_heads`: the DiT's attention heads (the Ulysses
+    degree must divide them); `sequence_parallel`: whether the pipeline can split a request
+    (native pipelines) or only replicate it (the diffusers backend).
+
+    Given degrees are kept as given (ServerArgs validated that they divide num_gpus). With only
+    num_gpus, the ranks left after CFG parallelism all go to SP: Ulysses takes the largest
+    degree that divides the heads, ring the rest."""
+    n, cfg, tp = args.num_gpus, args.cfg_degree, args.tp_size
+    given = args.sp_degree is not None or args.ulysses_degree is not None or args.ring_degree is not None
+    if given or not sequence_parallel or n == 1:
+        _, ulysses, ring = args.sp_layout
+        layout = ParallelLayout(n, tp, ulysses, ring, cfg)
+        reason = "as given" if given or n == 1 else "the pipeline cannot split a request; ranks replicate it"
+    else:
+        sp = n // cfg
+        ulysses = math.gcd(sp, num_heads) if num_heads else sp
+        layout = ParallelLayout(n, tp, ulysses, sp // ulysses, cfg)
+        reason = (f"default for num_gpus={n}: every rank left after cfg={cfg} goes to sequence parallelism; "
+                  f"ulysses = gcd({sp}, {num_heads} heads) = {ulysses}, ring the rest")
+    if num_heads is not None and num_heads % layout.ulysses:
+        raise ConfigError(f"ulysses_degree {layout.ulysses} does not divide the DiT's {num_heads} attention heads "
+                          f"(Ulysses gives each rank whole heads); use a ring degree for the rest, e.g. "
+                          f"--ulysses-degree {math.gcd(layout.ulysses, num_heads)} "
+                          f"--ring-degree {layout.sp // math.gcd(layout.ulysses, num_heads)}")
+    return layout, reason
+
+
+# ---- groups ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankGroup:
+    """One group this rank belongs to: its world ranks in group order, and this rank's index."""
+
+    ranks: tuple[int, ...]
+    rank: int  # index of this process in `ranks`
+    group: object = None  # the torch ProcessGroup; None when the group is this rank alone
+
+    @property
+    def size(self) -> int:
+        return len(self.ranks)
+
+    @classmethod
+    def alone(cls) -> "RankGroup":
+        return cls((world_rank(),), 0, None)
+
+
+@dataclass(frozen=True)
+class ParallelGroups:
+    layout: ParallelLayout
+    tp: RankGroup
+    sp: RankGroup  # ordered by token shard: ring_rank * ulysses + ulysses_rank
+    ulysses: RankGroup
+    ring: RankGroup
+    cfg: RankGroup
+
+    @classmethod
+    def single(cls) -> "ParallelGroups":
+        alone = RankGroup.alone()
+        return cls(ParallelLayout(world_size()), alone, alone, alone, alone, alone)
+
+
+def group_rank_lists(layout: ParallelLayout) -> dict[str, list[tuple[int, ...]]]:
+    """Every group of each kind, as world ranks in group order (a pure function: tests read it)."""
+    u, r, c, reps = layout.ulysses, layout.ring, layout.cfg, layout.replicas
+
+    def rank(rep, ci, ri, ui):
+        return ((rep * c + ci) * r + ri) * u + ui
+
+    lists: dict[str, list[tuple[int, ...]]] = {"ulysses": [], "ring": [], "sp": [], "cfg": [], "tp": []}
+    for rep in range(reps):
+        for ci in range(c):
+            lists["sp"].append(tuple(rank(rep, ci, ri, ui) for ri in range(r) for ui in range(u)))
+            for ri in range(r):
+                lists["ulysses"].append(tuple(rank(rep, ci, ri, ui) for ui in range(u)))
+            for ui in range(u):
+                lists["ring"].append(tuple(rank(rep, ci, ri, ui) for ri in range(r)))
+        for ri in range(r):
+            for ui in range(u):
+                lists["cfg"].append(tuple(rank(rep, ci, ri, ui) for ci in range(c)))
+    tp = layout.tp
+    lists["tp"] = [tuple(range(start, start + tp)) for start in range(0, layout.world_size, tp)]
+    return lists
+
+
+_GROUPS: ParallelGroups | None = None
+
+
+def initialize_model_parallel(layout: ParallelLayout) -> ParallelGroups:
+    """Build every group of `layout` (a collective: every rank calls it with the same layout)."""
+    global _GROUPS
+    if layout.world_size != world_size():
+        raise ConfigError(f"the parallel layout needs {layout.world_size} ranks, the world has {world_size()}")
+    me = world_rank()
+    mine: dict[str, RankGroup] = {}
+    for kind, lists in group_rank_lists(layout).items():
+        for ranks in lists:
+            # new_group is collective over the world: every rank creates every group, in order
+            group = dist.new_group(list(ranks)) if len(ranks) > 1 else None
+            if me in ranks:
+                mine[kind] = RankGroup(ranks, ranks.index(me), group)
+    _GROUPS = ParallelGroups(layout, **mine)
+    return _GROUPS
+
+
+def parallel_groups() -> ParallelGroups:
+    """The groups built by `initialize_model_parallel`, or the trivial ones of a single rank."""
+    return _GROUPS if _GROUPS is not None else ParallelGroups.single()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,9 +78,12 @@ class LoraFile:
     layers: dict[str, LoraLayer] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)  # peft config: lora_alpha, r, alpha_pattern, rank_pattern
 
-    def components(self) -> set[str]:
-        """The pipeline components the adapter names (`transformer.`, `transformer_2.` prefixes)."""
-        return {m.split(".", 1)[0] for m in self.layers if m.split(".", 1)[0].startswith("transformer")}
+    def config_for(self, component: str) -> dict:
+        """The peft config of `component`: diffusers writes `<component>.<key>` entries, peft
+        plain ones."""
+        plain = {k: v for k, v in self.metadata.items() if "." not in k}
+        prefixed = {k.split(".", 1)[1]: v for k, v in self.metadata.items() if k.startswith(component + ".")}
+        return {**plain, **prefixed}
 
 
 def _resolve_file(path: str) -> Path:
@@ -161,16 +165,18 @@ def _strip(module: str, component: str) -> tuple[str | None, str]:
     return target, module
 
 
-def _scale(lora: LoraFile, name: str, layer: LoraLayer) -> float:
+def _scale(lora: LoraFile, component: str, name: str, layer: LoraLayer) -> float:
     rank = layer.A.shape[0]
     alpha = layer.alpha
-    if alpha is None and lora.metadata:
-        meta = lora.metadata
+    meta = lora.config_for(component)
+    if alpha is None and meta:
         rank = next((r for pattern, r in meta.get("rank_pattern", {}).items() if re.search(pattern, name)),
                     meta.get("r", rank))
         alpha = next((a for pattern, a in meta.get("alpha_pattern", {}).items() if re.search(pattern, name)),
                      meta.get("lora_alpha"))
-    return 1.0 if alpha is None else alpha / rank
+    if alpha is None:
+        return 1.0
+    return alpha / math.sqrt(rank) if meta.get("use_rslora") else alpha / rank
 
 
 def merge_lora(state: dict[str, torch.Tensor], lora: LoraFile, component: str = "transformer",
@@ -196,7 +202,7 @@ def merge_lora(state: dict[str, torch.Tensor], lora: LoraFile, component: str = 
         weight = state[weight_key]
         delta = None
         if layer.A is not None and layer.B is not None:
-            scale = _scale(lora, path, layer)
+            scale = _scale(lora, component, path, layer)
             a, b = layer.A.float(), layer.B.float()
             delta = strength * scale * (b.flatten(1) @ a.flatten(1)).view(weight.shape)
             if layer.B_bias is not None and bias_key in state:

@@ -8,7 +8,7 @@ Plug-and-play Inference Acceleration", ICLR 2025), per (batch, head):
        quantises far better. (The returned lse adds scale * q . mean(k) back: it is exact.)
     2. Q (pre-multiplied by the softmax scale) and K quantised to INT8 symmetric, one scale per
        block of ``block_q`` / ``block_k`` tokens (``qk_quant_gran="per_block"``), or per token
-       (``"per_token"``): x8 = round(x / s), s = max|x| / 127.
+       (``"per_token"``): x8 = round(x / s) (half away from zero), s = max|x| / 127.
     3. S = (q8 . k8) * s_q * s_k, exact integer dot products (int32 on a GPU; fp32 here holds
        them exactly while |sum| < 2^24, i.e. D <= 1040).
     4. Online softmax in fp32; P rounded to 16 bits (V's dtype when it is fp16/bf16, else
@@ -54,7 +54,8 @@ def quantize_int8(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tens
     amax = xp.reshape(b, h, nblk, block * d).abs().amax(dim=-1)  # [B, H, nblk]
     scale = (amax / 127.0).clamp_min(1e-30)  # an all-zero block: any scale, its values are 0
     scale_tok = scale.repeat_interleave(block, dim=-1)[..., :s]  # [B, H, S]
-    x8 = torch.round(x / scale_tok[..., None]).clamp_(-127, 127)
+    xs = x / scale_tok[..., None]
+    x8 = (torch.sign(xs) * torch.floor(xs.abs() + 0.5)).clamp_(-127, 127)  # half away from zero, as Sage
     return x8, scale_tok
 
 

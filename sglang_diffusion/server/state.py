@@ -72,6 +72,8 @@ class ServerState:
         except asyncio.CancelledError:
             cancel.set()
             raise
+        except APIError:  # refused before it ran (queue full, shutting down)
+            raise
         except Exception as e:
             self.metrics.observe_error(e)
             raise

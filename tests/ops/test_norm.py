@@ -28,6 +28,7 @@ EPS = 1e-6
 SHAPES = [(1, 1, 5), (2, 7, 5), (2, 3, 16), (2, 7, 123), (1, 33, 1536), (3, 5, 47)]
 MOD_FORMS = ["D", "B1D", "BSD"]
 
+
 def _rand(shape, gen, scale=1.0, offset=0.0):
     return torch.randn(shape, generator=gen) * scale + offset
 
@@ -193,7 +194,8 @@ def test_native_portable_build_matches_reference():
         g = torch.Generator().manual_seed(0)
         for dtype in (torch.float32, torch.bfloat16):
             for d in (5, 123, 1536):
-                x, res = (torch.randn(2, 7, d, generator=g) + 0.5).to(dtype), torch.randn(2, 7, d, generator=g).to(dtype)
+                x = (torch.randn(2, 7, d, generator=g) + 0.5).to(dtype)
+                res = torch.randn(2, 7, d, generator=g).to(dtype)
                 sc, sh, gate = (torch.randn(2, 1, d, generator=g) for _ in range(3))
                 w, b = torch.randn(d, generator=g), torch.randn(d, generator=g)
                 out = torch.full_like(x, float("nan"))

@@ -14,7 +14,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.server.conftest import API_KEY, FLUX_QUEUE as QUEUE
+from tests.server.conftest import API_KEY
+from tests.server.conftest import FLUX_QUEUE as QUEUE
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -165,3 +166,10 @@ def test_metrics_count_requests_by_route_and_status_and_stage_seconds(server):
     assert 'sglang_diffusion_stage_seconds_count{stage="denoising"}' in text
     assert "sglang_diffusion_queue_depth 0.0" in text
     assert 'sglang_diffusion_http_request_seconds_bucket{le="0.01",route="/health"}' in text
+
+
+def test_serve_refuses_per_request_options_at_start_up(tiny_model):
+    from tests.conftest import run_cli
+
+    proc = run_cli("serve", "--model-path", tiny_model("flux.1"), "--prompt", "x")
+    assert proc.returncode == 2 and "per request" in proc.stderr

@@ -109,7 +109,9 @@ def test_list_pages_newest_first_and_delete_removes_a_finished_job(server, clien
 
 
 def test_bad_video_requests(server):
-    post = lambda body: requests.post(server.v1 + "/videos", json=body, timeout=10)  # noqa: E731
+    def post(body):
+        return requests.post(server.v1 + "/videos", json=body, timeout=10)
+
     assert post({"size": "32x32"}).json()["error"]["param"] == "prompt"
     assert post({"prompt": "x", "seconds": -1}).status_code == 400
     assert post({"prompt": "x", "num_frames": 100000}).status_code == 400

@@ -1,0 +1,133 @@
+"""A sequence split over the SP ranks: which tokens this rank holds, attention over all of them,
+and putting the pieces back together.
+
+S tokens over P = ulysses x ring ranks: every rank holds s = ceil(S / P) token slots; shard i
+(the rank at SP index i = ring_rank * ulysses + ulysses_rank) holds tokens [i*s, (i+1)*s), the
+last slots past S being zero padding. Padding only ever sits at the end of the sequence, so in
+attention the real keys of any block are a prefix of it: the padding is masked out by reading
+that prefix only (`SequenceShard.attention`). Padded queries are computed and thrown away.
+
+USP: Ulysses first (inside a ring group's block: after its all-to-all the Ulysses group's U
+shards form one contiguous block of U*s tokens), then the ring over the R blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from sglang_diffusion.distributed.parallel_state import ParallelGroups
+from sglang_diffusion.distributed.ring import ring_attention
+from sglang_diffusion.distributed.ulysses import ulysses_attention
+
+
+@dataclass(frozen=True)
+class SequenceShard:
+    num_tokens: int  # S, the real tokens of the whole sequence
+    groups: ParallelGroups
+
+    @property
+    def size(self) -> int:
+        return self.groups.sp.size
+
+    @property
+    def index(self) -> int:
+        return self.groups.sp.rank
+
+    @property
+    def shard_len(self) -> int:
+        return math.ceil(self.num_tokens / self.size)
+
+    @property
+    def start(self) -> int:
+        return self.index * self.shard_len
+
+    @property
+    def num_valid(self) -> int:
+        """Real tokens in this rank's shard (the rest is padding)."""
+        return max(0, min(self.shard_len, self.num_tokens - self.start))
+
+    # -- splitting and gathering -----------------------------------------------------------
+    def split(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's shard_len slots of x along `dim` (which has num_tokens entries), zero-padded."""
+        assert x.shape[dim] == self.num_tokens, f"dim {dim} of {tuple(x.shape)} is not {self.num_tokens} tokens"
+        local = x.narrow(dim, min(self.start, self.num_tokens), self.num_valid)
+        pad = self.shard_len - self.num_valid
+        if pad:
+            shape = list(local.shape)
+            shape[dim] = pad
+            local = torch.cat([local, local.new_zeros(shape)], dim=dim)
+        return local.contiguous()
+
+    def place(self, local: torch.Tensor, dim: int) -> torch.Tensor:
+        """The full-length tensor with this rank's real tokens from `local` (shard_len slots
+        along `dim`) in place and zeros at every other rank's tokens (see `owned_mask`)."""
+        shape = list(local.shape)
+        shape[dim] = self.num_tokens
+        full = local.new_zeros(shape)
+        full.narrow(dim, min(self.start, self.num_tokens), self.num_valid).copy_(
+            local.narrow(dim, 0, self.num_valid))
+        return full
+
+    def gather(self, local: torch.Tensor, dim: int) -> torch.Tensor:
+        """All ranks' shards along `dim` -> the full num_tokens (every rank gets it)."""
+        if self.size == 1:
+            return local.narrow(dim, 0, self.num_tokens)
+        parts = [torch.empty_like(local) for _ in range(self.size)]
+        dist.all_gather(parts, local.contiguous(), group=self.groups.sp.group)
+        return torch.cat(parts, dim=dim).narrow(dim, 0, self.num_tokens)
+
+    def owned_mask(self, grid: tuple[int, int, int], patch: tuple[int, int, int],
+                   device: torch.device | str) -> torch.Tensor:
+        """[1, 1, F, H, W] bool: the latent elements whose patch token is this rank's, for a
+        DiT that patchifies [B, C, F, H, W] latents with `patch` into a row-major `grid` of tokens."""
+        t = torch.arange(math.prod(grid), device=device)
+        mine = (t >= self.start) & (t < self.start + self.num_valid)
+        mine = mine.view(grid)
+        for axis, p in enumerate(patch):
+            mine = mine.repeat_interleave(p, dim=axis)
+        return mine[None, None]
+
+    def gather_latents(self, latents: torch.Tensor, grid: tuple[int, int, int],
+                       patch: tuple[int, int, int]) -> torch.Tensor:
+        """Latents [B, C, F, H, W] whose elements are right only at this rank's tokens (the
+        denoising loop's state under SP) -> right everywhere, on every rank. One all-reduce:
+        each element comes from exactly one rank, the others add exact zeros."""
+        if self.size == 1:
+            return latents
+        mask = self.owned_mask(grid, patch, latents.device)
+        f, h, w = (g * p for g, p in zip(grid, patch))
+        out = torch.zeros_like(latents)
+        out[:, :, :f, :h, :w] = torch.where(mask, latents[:, :, :f, :h, :w], 0)
+        dist.all_reduce(out, group=self.groups.sp.group)
+        return out
+
+    # -- attention -------------------------------------------------------------------------
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend,
+                  scale: float | None = None) -> torch.Tensor:
+        """Self-attention of this rank's tokens over the whole sequence: q, k, v [B, s, H, D]
+        (this rank's shard, padding included) -> out [B, s, H, D]. `backend`: an attention
+        backend (.forward(q, k, v, scale) -> (out, lse or None)); ring attention needs its LSE."""
+        g = self.groups
+        u, r = g.ulysses.size, g.ring.size
+        block = u * self.shard_len  # tokens per ring block after the Ulysses exchange
+        valid = [max(0, min(block, self.num_tokens - j * block)) for j in range(r)]
+
+        if r == 1:
+            def attn(qh, kh, vh):
+                return backend.forward(qh, kh[:, :valid[0]], vh[:, :valid[0]], scale)[0]
+        else:
+            def block_attn(qb, kb, vb):
+                out, lse = backend.forward(qb, kb, vb, scale)
+                if lse is None:
+                    raise RuntimeError(f"ring attention needs the log-sum-exp; backend {backend.name} returns none")
+                return out, lse
+
+            def attn(qh, kh, vh):
+                return ring_attention(qh, kh, vh, block_attn, g.ring, valid)[0]
+
+        return ulysses_attention(q, k, v, attn, g.ulysses)
+
