@@ -18,6 +18,6 @@ fi
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip setuptools wheel ninja
-"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "$TORCH_SPEC"
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "$TORCH_SPEC" numpy
 "$PY" -m pip install -q --no-build-isolation -e ".[$EXTRAS]"
 "$PY" -c "import sglang_diffusion, torch; print('sglang-diffusion', sglang_diffusion.__version__, 'on torch', torch.__version__)"
