@@ -4,19 +4,20 @@
 // FlashAttention-2's online softmax (Dao, 2023) with CPU tiling. A work item is one
 // (batch, head, block of BQ queries); for each block of BK keys:
 //
-//   1. S^T[n, i] = k[n] . (scale * q[i])           register-tiled: 6 keys x 16 queries
+//   0. pack the key block into 6-key panels and the value block into contiguous rows
+//   1. S^T[n, i] = k[n] . (scale * q[i])                      micro-tiles of 6 keys x 16 queries
 //   2. m_new[i] = max(m[i], max_n S^T[n, i]);  alpha[i] = exp(m[i] - m_new[i])
 //      P^T[n, i] = exp(S^T[n, i] - m_new[i]);   l[i] = alpha[i] l[i] + sum_n P^T[n, i]
-//   3. O[i, :] = alpha[i] O[i, :] + sum_n P^T[n, i] v[n, :]   register-tiled: 6 queries x 16 dims
+//   3. O^T[d, i] = alpha[i] O^T[d, i] + sum_n v[n, d] P^T[n, i]  micro-tiles of 6 dims x 16 queries
 //
-// and at the end out[i] = O[i] / l[i], lse[i] = m[i] + log l[i].
+// and at the end out[i] = O^T[:, i] / l[i], lse[i] = m[i] + log l[i].
 //
-// Why S^T and not S: with queries along the vector lanes, the softmax statistics (m, l,
-// alpha) are per-lane vectors, so step 2 is pure vertical SIMD with no horizontal reductions;
-// Q^T is packed once per work item (pre-scaled, zero-padded to BQ) and reused by every key
-// block, while K and V rows are read in place (any strides, D contiguous), never copied.
-// Both micro-kernels keep 12 accumulators in registers, with 8 loads per 12 FMAs (the BLIS
-// 6x16 shape for AVX2's 16 registers).
+// Why transposed (queries along the vector lanes): the softmax statistics (m, l, alpha) are
+// then per-lane vectors, so step 2 is vertical SIMD with no horizontal reductions, and the
+// rescale by alpha in step 3 is one vector multiply per accumulator. Both products are the
+// same 6x16 micro-kernel (the BLIS shape for AVX2's 16 registers: 12 accumulators, 8 loads per
+// 12 FMAs), broadcasting from a packed operand and loading vectors of queries. Q^T is packed
+// once per work item (pre-scaled, zero-padded to BQ); K and V rows may have any strides.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -32,7 +33,7 @@
 
 namespace sglang_diffusion::cpu {
 
-inline constexpr int64_t kAttnBlockQ = 96;  // queries per work item (a multiple of 48)
+inline constexpr int64_t kAttnBlockQ = 96;  // queries per work item (2 x a multiple of 16)
 inline constexpr int64_t kAttnBlockK = 256;  // keys per online-softmax step
 
 inline namespace CPU_CAPABILITY {
@@ -43,115 +44,106 @@ using fVec = at::vec::Vectorized<float>;
 constexpr int kLanes = fVec::size();
 constexpr int kMR = 6;               // micro-tile rows
 constexpr int kNR = 2 * kLanes;      // micro-tile columns
-static_assert(kAttnBlockQ % (kMR * kNR / 2) == 0 && (kAttnBlockQ / 2) % kNR == 0 &&
-              (kAttnBlockQ / 2) % kMR == 0);
+static_assert(kAttnBlockQ % kNR == 0 && (kAttnBlockQ / 2) % kNR == 0);
 
-// S^T[r, 0:kNR] = sum_d k_r[d] * qt[d, 0:kNR] for R key rows; qt has row stride ldq.
+// acc[r, 0:kNR] (+)= sum_k a[k * lda + r] * b[k * ldb + 0:kNR] for k < kdim and R rows: the
+// one micro-kernel of both products. a is read by broadcasts (R consecutive values per k),
+// b by two vector loads; 12 accumulators stay in registers.
+//   scores:  S^T[n, i]  = sum_d Kp[n/6][d][n%6] Qt[d, i]     (a = a packed 6-key panel)
+//   values:  O^T[d, i] += sum_n Vp[n, d + r]      P^T[n, i]  (a = packed V rows, lda = D)
+// scale: when not null, acc starts as out[r] * scale (the online softmax's rescale), else 0.
 template <int R>
-inline void qk_tile(const float* const* krows, const float* qt, int64_t ldq, int64_t dim, float* st,
-                    int64_t lds) {
+inline void micro_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t kdim,
+                       float* out, int64_t ldo, const float* scale) {
   fVec acc[R][2];
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) {
-    acc[r][0] = fVec(0.0f);
-    acc[r][1] = fVec(0.0f);
-  }
-  for (int64_t d = 0; d < dim; ++d) {
-    const fVec q0 = fVec::loadu(qt + d * ldq);
-    const fVec q1 = fVec::loadu(qt + d * ldq + kLanes);
+  if (scale != nullptr) {
+    const fVec s0 = fVec::loadu(scale), s1 = fVec::loadu(scale + kLanes);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
-      const fVec kb(krows[r][d]);
-      acc[r][0] = at::vec::fmadd(kb, q0, acc[r][0]);
-      acc[r][1] = at::vec::fmadd(kb, q1, acc[r][1]);
+      acc[r][0] = fVec::loadu(out + r * ldo) * s0;
+      acc[r][1] = fVec::loadu(out + r * ldo + kLanes) * s1;
+    }
+  } else {
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = fVec(0.0f);
+      acc[r][1] = fVec(0.0f);
+    }
+  }
+  for (int64_t k = 0; k < kdim; ++k) {
+    const fVec b0 = fVec::loadu(b + k * ldb);
+    const fVec b1 = fVec::loadu(b + k * ldb + kLanes);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const fVec ab(a[k * lda + r]);
+      acc[r][0] = at::vec::fmadd(ab, b0, acc[r][0]);
+      acc[r][1] = at::vec::fmadd(ab, b1, acc[r][1]);
     }
   }
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r) {
-    acc[r][0].store(st + r * lds);
-    acc[r][1].store(st + r * lds + kLanes);
+    acc[r][0].store(out + r * ldo);
+    acc[r][1].store(out + r * ldo + kLanes);
   }
 }
 
-// O[r, 0:NV*kLanes] = alpha[r] O[r, :] + sum_n pt[n, r] v_n[:] for kMR query rows; pt has row
-// stride lds, v row stride ldv, O row stride ldo. first: O starts at zero (not read).
-template <int NV>
-inline void pv_tile(const float* pt, int64_t lds, const float* v, int64_t ldv, int64_t nk, float* o,
-                    int64_t ldo, const float* alpha, bool first) {
-  fVec acc[kMR][NV];
-#pragma GCC unroll 6
-  for (int r = 0; r < kMR; ++r) {
-    const fVec a(alpha[r]);
-#pragma GCC unroll 2
-    for (int c = 0; c < NV; ++c) {
-      acc[r][c] = first ? fVec(0.0f) : fVec::loadu(o + r * ldo + c * kLanes) * a;
-    }
-  }
-  for (int64_t n = 0; n < nk; ++n) {
-    fVec vv[NV];
-#pragma GCC unroll 2
-    for (int c = 0; c < NV; ++c) {
-      vv[c] = fVec::loadu(v + n * ldv + c * kLanes);
-    }
-#pragma GCC unroll 6
-    for (int r = 0; r < kMR; ++r) {
-      const fVec pb(pt[n * lds + r]);
-#pragma GCC unroll 2
-      for (int c = 0; c < NV; ++c) {
-        acc[r][c] = at::vec::fmadd(pb, vv[c], acc[r][c]);
-      }
-    }
-  }
-#pragma GCC unroll 6
-  for (int r = 0; r < kMR; ++r) {
-#pragma GCC unroll 2
-    for (int c = 0; c < NV; ++c) {
-      acc[r][c].store(o + r * ldo + c * kLanes);
-    }
+// micro_tile with R = rows (1 ... kMR) chosen at run time, for the edges.
+inline void micro_tile_rows(int64_t rows, const float* a, int64_t lda, const float* b, int64_t ldb,
+                            int64_t kdim, float* out, int64_t ldo, const float* scale) {
+  switch (rows) {
+    case 6: return micro_tile<6>(a, lda, b, ldb, kdim, out, ldo, scale);
+    case 5: return micro_tile<5>(a, lda, b, ldb, kdim, out, ldo, scale);
+    case 4: return micro_tile<4>(a, lda, b, ldb, kdim, out, ldo, scale);
+    case 3: return micro_tile<3>(a, lda, b, ldb, kdim, out, ldo, scale);
+    case 2: return micro_tile<2>(a, lda, b, ldb, kdim, out, ldo, scale);
+    default: return micro_tile<1>(a, lda, b, ldb, kdim, out, ldo, scale);
   }
 }
 
-// The thread's scratch: packed Q^T, the score tile, the O accumulator and the statistics.
+// The thread's scratch: packed Q^T, K panels and V rows of one key block, the score tile, the
+// O^T accumulator and the softmax statistics.
 struct Scratch {
   explicit Scratch(int64_t bq, int64_t dim)
       : qt(new float[dim * bq]),
+        kp(new float[kAttnBlockK * dim]),
+        vp(new float[kAttnBlockK * dim]),
         st(new float[kAttnBlockK * bq]),
-        o(new float[bq * dim]),
+        ot(new float[dim * bq]),
         m(new float[bq]),
         l(new float[bq]),
         mx(new float[bq]),
         alpha(new float[bq]),
         psum(new float[bq]) {}
-  std::unique_ptr<float[]> qt, st, o, m, l, mx, alpha, psum;
+  std::unique_ptr<float[]> qt, kp, vp, st, ot, m, l, mx, alpha, psum;
 };
 
-// Step 1 for keys [n0, n0 + nk): st[n, i] for all bq (padded) queries.
-inline void scores(const AttentionParams& p, const float* kbase, int64_t n0, int64_t nk, const float* qt,
-                   int64_t bq, float* st) {
+// Copies keys and values [n0, n0 + nk) out of their strided rows: K into 6-key panels
+// (Kp[g][d][r] = k[n0 + 6g + r][d], so a micro-tile's 6 broadcasts share a cache line), V into
+// contiguous rows. Reading them in place would touch one page per key row (rows are H*D apart).
+inline void pack_block(const AttentionParams& p, const float* kbase, const float* vbase, int64_t n0,
+                       int64_t nk, Scratch& s) {
   const int64_t dim = p.head_dim;
-  for (int64_t i = 0; i < bq; i += kNR) {
-    int64_t n = 0;
-    for (; n + kMR <= nk; n += kMR) {
-      const float* krows[kMR];
-      for (int r = 0; r < kMR; ++r) {
-        krows[r] = kbase + (n0 + n + r) * p.k_stride_s;
+  for (int64_t g = 0; g * kMR < nk; ++g) {
+    const int64_t rows = std::min<int64_t>(kMR, nk - g * kMR);
+    float* panel = s.kp.get() + g * kMR * dim;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* src = kbase + (n0 + g * kMR + r) * p.k_stride_s;
+      for (int64_t d = 0; d < dim; ++d) {
+        panel[d * kMR + r] = src[d];
       }
-      qk_tile<kMR>(krows, qt + i, bq, dim, st + n * bq + i, bq);
     }
-    const int64_t rest = nk - n;
-    if (rest > 0) {
-      const float* krows[kMR];
-      for (int r = 0; r < rest; ++r) {
-        krows[r] = kbase + (n0 + n + r) * p.k_stride_s;
-      }
-      float* dst = st + n * bq + i;
-      switch (rest) {
-        case 1: qk_tile<1>(krows, qt + i, bq, dim, dst, bq); break;
-        case 2: qk_tile<2>(krows, qt + i, bq, dim, dst, bq); break;
-        case 3: qk_tile<3>(krows, qt + i, bq, dim, dst, bq); break;
-        case 4: qk_tile<4>(krows, qt + i, bq, dim, dst, bq); break;
-        default: qk_tile<5>(krows, qt + i, bq, dim, dst, bq); break;
-      }
+  }
+  for (int64_t n = 0; n < nk; ++n) {
+    std::copy_n(vbase + (n0 + n) * p.v_stride_s, dim, s.vp.get() + n * dim);
+  }
+}
+
+// Step 1 for the packed key block: st[n, i] for all bq (padded) queries.
+inline void scores(int64_t dim, int64_t nk, int64_t bq, Scratch& s) {
+  for (int64_t i = 0; i < bq; i += kNR) {
+    for (int64_t n = 0; n < nk; n += kMR) {
+      micro_tile_rows(std::min<int64_t>(kMR, nk - n), s.kp.get() + n * dim, kMR, s.qt.get() + i, bq, dim,
+                      s.st.get() + n * bq + i, bq, nullptr);
     }
   }
 }
@@ -172,7 +164,7 @@ inline void online_softmax(float* st, int64_t nk, int64_t bq, Scratch& s, bool f
   for (int64_t i = 0; i < bq; i += kLanes) {
     const fVec m_old = first ? fVec(-std::numeric_limits<float>::infinity()) : fVec::loadu(s.m.get() + i);
     const fVec m_new = at::vec::maximum(m_old, fVec::loadu(mx + i));
-    // The first block has no history: alpha is unused (pv_tile starts from zero).
+    // The first block has no history: alpha is unused (the accumulator starts from zero).
     (first ? fVec(0.0f) : (m_old - m_new).exp_u20()).store(s.alpha.get() + i);
     m_new.store(s.m.get() + i);
     fVec(0.0f).store(psum + i);
@@ -192,31 +184,13 @@ inline void online_softmax(float* st, int64_t nk, int64_t bq, Scratch& s, bool f
   }
 }
 
-// Step 3 for keys [n0, n0 + nk).
-inline void accumulate(const AttentionParams& p, const float* vbase, int64_t n0, int64_t nk, const float* pt,
-                       int64_t bq, Scratch& s, bool first) {
-  const int64_t dim = p.head_dim;
-  const float* v0 = vbase + n0 * p.v_stride_s;
-  float* o = s.o.get();
-  const float* alpha = s.alpha.get();
-  int64_t d = 0;
-  for (; d + kNR <= dim; d += kNR) {
-    for (int64_t i = 0; i < bq; i += kMR) {
-      pv_tile<2>(pt + i, bq, v0 + d, p.v_stride_s, nk, o + i * dim + d, dim, alpha + i, first);
-    }
-  }
-  for (; d + kLanes <= dim; d += kLanes) {
-    for (int64_t i = 0; i < bq; i += kMR) {
-      pv_tile<1>(pt + i, bq, v0 + d, p.v_stride_s, nk, o + i * dim + d, dim, alpha + i, first);
-    }
-  }
-  for (; d < dim; ++d) {  // head dims that are not a multiple of the vector width
-    for (int64_t i = 0; i < bq; ++i) {
-      float acc = first ? 0.0f : o[i * dim + d] * alpha[i];
-      for (int64_t n = 0; n < nk; ++n) {
-        acc += pt[n * bq + i] * v0[n * p.v_stride_s + d];
-      }
-      o[i * dim + d] = acc;
+// Step 3 for the packed value block: O^T[d, i] = alpha[i] O^T[d, i] + sum_n V[n, d] P^T[n, i].
+inline void accumulate(int64_t dim, int64_t nk, int64_t bq, Scratch& s, bool first) {
+  for (int64_t i = 0; i < bq; i += kNR) {
+    const float* alpha = first ? nullptr : s.alpha.get() + i;
+    for (int64_t d = 0; d < dim; d += kMR) {
+      micro_tile_rows(std::min<int64_t>(kMR, dim - d), s.vp.get() + d, dim, s.st.get() + i, bq, nk,
+                      s.ot.get() + d * bq + i, bq, alpha);
     }
   }
 }
@@ -244,26 +218,23 @@ inline void attention_item(const AttentionParams& p, int64_t bq, int64_t item, S
   for (int64_t n0 = 0; n0 < p.seq_k; n0 += kAttnBlockK) {
     const int64_t nk = std::min(kAttnBlockK, p.seq_k - n0);
     const bool first = n0 == 0;
-    scores(p, kbase, n0, nk, qt, bq, s.st.get());
+    pack_block(p, kbase, vbase, n0, nk, s);
+    scores(dim, nk, bq, s);
     online_softmax(s.st.get(), nk, bq, s, first);
-    accumulate(p, vbase, n0, nk, s.st.get(), bq, s, first);
+    accumulate(dim, nk, bq, s, first);
   }
 
+  // out[i, d] = O^T[d, i] / l[i]: one transposing pass per work item.
   float* obase = p.out + b * p.out_stride_b + h * p.out_stride_h + i0 * p.out_stride_s;
   float* lse = p.lse + (b * p.heads + h) * p.seq_q + i0;
+  const float* ot = s.ot.get();
   for (int64_t i = 0; i < mq; ++i) {
-    const float l = s.l[i];
-    const fVec inv(1.0f / l);
-    const float* src = s.o.get() + i * dim;
+    const float inv_l = 1.0f / s.l[i];
     float* dst = obase + i * p.out_stride_s;
-    int64_t d = 0;
-    for (; d + kLanes <= dim; d += kLanes) {
-      (fVec::loadu(src + d) * inv).store(dst + d);
+    for (int64_t d = 0; d < dim; ++d) {
+      dst[d] = ot[d * bq + i] * inv_l;
     }
-    for (; d < dim; ++d) {
-      dst[d] = src[d] / l;
-    }
-    lse[i] = s.m[i] + std::log(l);
+    lse[i] = s.m[i] + std::log(s.l[i]);
   }
 }
 

@@ -7,9 +7,9 @@
 
 #include <cstdint>
 
-namespace sglang_diffusion::cuda {
+#include "dtype.h"
 
-enum class DType : int8_t;
+namespace sglang_diffusion::cuda {
 
 struct AttentionParams {
   // [B, S, H, D] with any strides over B, S, H (in elements) and D contiguous; `dtype`.

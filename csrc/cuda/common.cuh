@@ -9,9 +9,9 @@
 
 #include <cstdint>
 
-namespace sglang_diffusion::cuda {
+#include "dtype.h"
 
-enum class DType : int8_t { kFloat32, kBFloat16, kFloat16 };
+namespace sglang_diffusion::cuda {
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }

@@ -10,7 +10,8 @@ from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import NotSupportedYetError
 
 
-def unsupported_options(args: ServerArgs) -> list[str]:
+def parallel_options(args: ServerArgs) -> list[str]:
+    """The multi-rank options that split a request (native pipelines only)."""
     sp, ulysses, ring = args.sp_layout
     found = []
     if sp > 1:
@@ -19,6 +20,11 @@ def unsupported_options(args: ServerArgs) -> list[str]:
         found.append("enable_cfg_parallel (CFG parallelism)")
     if args.tp_size > 1:
         found.append(f"tp_size={args.tp_size} (tensor-parallel text encoders)")
+    return found
+
+
+def unsupported_options(args: ServerArgs) -> list[str]:
+    found = []
     if args.vae_sp:
         found.append("vae_sp (sequence-parallel VAE decoding)")
     if args.mask_strategy_file_path:
@@ -34,6 +40,12 @@ def check_supported(args: ServerArgs) -> None:
 
 def check_pipeline_supported(args: ServerArgs, pipeline) -> None:
     """What only the built pipeline can tell (backend auto picks it): options its backend lacks."""
+    backend = pipeline.describe()["backend"]
+    split = parallel_options(args)
+    if split and backend != "sglang":
+        raise NotSupportedYetError(f"not supported yet: {'; '.join(split)} on the {backend} backend (native pipelines "
+                                   "split a request across ranks; here --num-gpus alone runs the whole request on "
+                                   "every rank)")
     if args.lora_path and getattr(pipeline, "lora", None) is None:
         raise NotSupportedYetError(f"not supported yet: lora_path on the {pipeline.describe()['backend']} backend "
                                    "(LoRA adapters run on the diffusers backend: --backend diffusers)")

@@ -25,6 +25,7 @@ import datetime
 import logging
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -57,12 +58,13 @@ def world_rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+def any_rank(flag: bool) -> bool:
     """True when `flag` is true on any rank of the world (a collective: every rank calls it).
     Decisions that change what the ranks run next (cancelling a request) must be taken alike
     everywhere, or some ranks wait in a collective the others have left."""
     if world_size() == 1:
         return flag
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
@@ -185,21 +187,64 @@ def group_rank_lists(layout: ParallelLayout) -> dict[str, list[tuple[int, ...]]]
 _GROUPS: ParallelGroups | None = None
 
 
-def initialize_model_parallel(layout: ParallelLayout) -> ParallelGroups:
-    """Build every group of `layout` (a collective: every rank calls it with the same layout)."""
+def initialize_model_parallel(layout: ParallelLayout, ranks: Sequence[int] | None = None) -> ParallelGroups | None:
+    """Build every group of `layout` (a collective: every rank of the world calls it with the
+    same arguments). `ranks`: the world ranks the layout runs on (default: all of them; tests run
+    a 2-rank layout on part of a 4-rank world). None on a rank outside `ranks`."""
     global _GROUPS
-    if layout.world_size != world_size():
-        raise ConfigError(f"the parallel layout needs {layout.world_size} ranks, the world has {world_size()}")
+    ranks = tuple(range(world_size())) if ranks is None else tuple(ranks)
+    if layout.world_size != len(ranks):
+        raise ConfigError(f"the parallel layout needs {layout.world_size} ranks, there are {len(ranks)}")
     me = world_rank()
     mine: dict[str, RankGroup] = {}
     for kind, lists in group_rank_lists(layout).items():
-        for ranks in lists:
+        for members in lists:
+            members = tuple(ranks[i] for i in members)
             # new_group is collective over the world: every rank creates every group, in order
-            group = dist.new_group(list(ranks)) if len(ranks) > 1 else None
-            if me in ranks:
-                mine[kind] = RankGroup(ranks, ranks.index(me), group)
+            group = dist.new_group(list(members)) if len(members) > 1 else None
+            if me in members:
+                mine[kind] = RankGroup(members, members.index(me), group)
+    if me not in ranks:
+        return None
     _GROUPS = ParallelGroups(layout, **mine)
     return _GROUPS
+
+
+def all_gather(x: torch.Tensor, group: RankGroup) -> list[torch.Tensor]:
+    """Every rank's x, in group order."""
+    if group.size == 1:
+        return [x]
+    parts = [torch.empty_like(x) for _ in range(group.size)]
+    dist.all_gather(parts, x.contiguous(), group=group.group)
+    return parts
+
+
+def all_reduce_max(value: float, group: RankGroup) -> float:
+    """The largest of the ranks' values (so that decisions made from timings agree)."""
+    if group.size == 1:
+        return value
+    device = "cuda" if dist.get_backend(group.group) == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group.group)
+    return t.item()
+
+
+def ensure_model_parallel(layout: ParallelLayout) -> ParallelGroups:
+    """The groups of `layout`: those already built for it, else built now over the whole world."""
+    if _GROUPS is not None and _GROUPS.layout == layout:
+        return _GROUPS
+    if layout.world_size == 1:
+        return ParallelGroups.single()
+    return initialize_model_parallel(layout)
+
+
+def setup_parallel(args, *, num_heads: int | None = None, sequence_parallel: bool = True) -> ParallelGroups:
+    """Resolve the layout of `args` for a pipeline (see `resolve_layout`), log it with its reason,
+    and return its groups (built on first use)."""
+    layout, reason = resolve_layout(args, num_heads=num_heads, sequence_parallel=sequence_parallel)
+    if layout.world_size > 1:
+        logger.info("parallel layout: %s (%s)", layout.describe(), reason)
+    return ensure_model_parallel(layout)
 
 
 def parallel_groups() -> ParallelGroups:

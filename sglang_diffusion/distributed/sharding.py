@@ -13,15 +13,34 @@ shards form one contiguous block of U*s tokens), then the ring over the R blocks
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
 from sglang_diffusion.distributed.parallel_state import ParallelGroups
+from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.distributed.ring import ring_attention
 from sglang_diffusion.distributed.ulysses import ulysses_attention
+
+
+logger = logging.getLogger(__name__)
+
+
+def backend_for_ring(backend, requested: str, select: Callable[[str], object]):
+    """Ring attention merges partial results by their log-sum-exp: a backend that returns none
+    is refused when it was asked for by name, and replaced by `fa` when `auto` picked it."""
+    if backend.returns_lse:
+        return backend
+    if requested != "auto":
+        raise ConfigError(f"attention_backend {requested}: ring attention (ring_degree > 1) merges partial results "
+                          f"by their log-sum-exp, which {backend.name} does not return; use fa or auto")
+    chosen = select("fa")
+    logger.info("attention backend: fa instead of %s for ring attention (it returns the log-sum-exp)", backend.name)
+    return chosen
 
 
 @dataclass(frozen=True)

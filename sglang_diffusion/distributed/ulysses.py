@@ -39,7 +39,7 @@ def qkv_to_head_shards(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group:
         raise ValueError(f"num_heads {h} is not divisible by the Ulysses degree {u}")
     hu = h // u
     # [U, B, s, 3, H/U, D], in one pass: chunk p holds rank p's heads of q, k and v
-    send = torch.stack([t.view(b, s, u, hu, d).permute(2, 0, 1, 3, 4) for t in (q, k, v)], dim=4)
+    send = torch.stack([t.view(b, s, u, hu, d).permute(2, 0, 1, 3, 4) for t in (q, k, v)], dim=3)
     recv = _all_to_all(send, group).view(u, b, s, 3 * hu, d)  # chunk p: rank p's tokens
     qkv = seq_to_head_recv(recv, u).view(b, u * s, 3, hu, d)  # [B, U*s, 3, H/U, D]
     return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]

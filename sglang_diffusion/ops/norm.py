@@ -13,9 +13,10 @@ Shapes: x, residual [B, S, D]; scale, shift, gate [D], [B, 1, D] or [B, S, D] (a
 broadcasts to x); weight, bias [D].
 
 - ``*_reference``: plain torch, the spec; tests and benchmarks import these.
-- ``norm_modulate`` / ``gated_residual_norm_modulate``: what models call. They pick native
-  (the ``_C`` kernel, csrc/cpu/norm.cpp: CPU tensors in fp32/bf16/fp16) or torch (the
-  reference) through ops._dispatch, logging the choice and its reason once; ``impl`` asks for
+- ``norm_modulate`` / ``gated_residual_norm_modulate``: what models call. They pick triton
+  (triton_kernels/norm.py: CUDA tensors, Triton installed), native (the ``_C`` kernel,
+  csrc/cpu/norm.cpp, or csrc/cuda/norm.cu when _C is built with CUDA; fp32/bf16/fp16) or torch
+  (the reference) through ops._dispatch, logging the choice and its reason once; ``impl`` asks for
   one. The fused kernel is inference-only: when autograd needs the graph, the reference runs.
 - ``torch.ops.sglang_diffusion.norm_modulate`` / ``.gated_residual_norm_modulate``: the
   ``torch.library`` custom ops behind them, with fake implementations, so ``torch.compile``
@@ -110,8 +111,8 @@ def _why_not_native(
     why_not = _dispatch.native_why_not(x.device, op_name)
     if why_not is not None:
         return why_not
-    if any(t is not None and t.device.type != "cpu" for t in (x, *modulation, *affine)):
-        return f"inputs on {x.device.type}; the _C norm kernel is CPU-only"
+    if any(t is not None and t.device != x.device for t in (modulation + affine)):
+        return f"inputs on more than one device; the _C kernel takes them all on x's ({x.device})"
     if x.dtype not in _KERNEL_DTYPES:
         return f"x is {x.dtype}; the _C kernel takes float32, bfloat16 or float16"
     if x.dim() != 3 or x.shape[-1] == 0:
@@ -128,6 +129,16 @@ def _why_not_native(
     return None
 
 
+def _why_not_triton(x: torch.Tensor, modulation: tuple[Optional[torch.Tensor], ...]) -> Optional[str]:
+    """None when triton_kernels/norm.py can run these inputs (CUDA, Triton installed)."""
+    why_not = _dispatch.triton_why_not(x.device)
+    if why_not is None and (x.dtype not in _KERNEL_DTYPES or x.dim() != 3):
+        why_not = f"x is {x.dtype} of shape {tuple(x.shape)}; the Triton kernel takes [B, S, D] fp32/bf16/fp16"
+    if why_not is None and any(t is not None and t.shape[-1] > 1 and t.stride(-1) != 1 for t in modulation):
+        why_not = "a modulation tensor has a strided last dim"
+    return why_not
+
+
 @torch.library.custom_op("sglang_diffusion::norm_modulate", mutates_args=())
 def _norm_modulate_op(
     x: torch.Tensor,
@@ -140,10 +151,15 @@ def _norm_modulate_op(
     impl: Optional[str],
 ) -> torch.Tensor:
     _check_shapes(x, scale=scale, shift=shift)
-    why_not = {"native": _why_not_native("norm_modulate_out", x, (scale, shift), (weight, bias))}
+    why_not = {"triton": _why_not_triton(x, (scale, shift)),
+               "native": _why_not_native("norm_modulate_out", x, (scale, shift), (weight, bias))}
     chosen = _dispatch.choose("norm_modulate", impl, why_not, f"{x.device.type} {x.dtype}")
     if chosen == "torch":
         return norm_modulate_reference(x, scale, shift, weight, bias, eps, norm_type).contiguous()
+    if chosen == "triton":
+        from sglang_diffusion.triton_kernels.norm import norm_modulate_fwd
+
+        return norm_modulate_fwd(x, scale, shift, weight, bias, eps, norm_type)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     _native.native_library().ops.norm_modulate_out(
         out, x.contiguous(), scale, shift, weight, bias, eps, norm_type
@@ -174,12 +190,21 @@ def _gated_residual_norm_modulate_op(
     native = _why_not_native("gated_residual_norm_modulate_out", residual, (gate, scale, shift), (weight, bias))
     if native is None and (x.shape != residual.shape or x.dtype != residual.dtype or x.device != residual.device):
         native = "x differs from residual in shape, dtype or device"
+    triton = _why_not_triton(residual, (gate, scale, shift))
+    if triton is None and (x.shape != residual.shape or x.dtype != residual.dtype):
+        triton = "x differs from residual in shape or dtype"
     detail = f"{residual.device.type} {residual.dtype}"
-    if _dispatch.choose("gated_residual_norm_modulate", impl, {"native": native}, detail) == "torch":
+    chosen = _dispatch.choose("gated_residual_norm_modulate", impl, {"triton": triton, "native": native}, detail)
+    if chosen == "torch":
         new_residual, out = gated_residual_norm_modulate_reference(
             residual, x, gate, scale, shift, weight, bias, eps, norm_type
         )
         return new_residual.contiguous(), out.contiguous()
+    if chosen == "triton":
+        from sglang_diffusion.triton_kernels.norm import norm_modulate_fwd
+
+        return norm_modulate_fwd(x, scale, shift, weight, bias, eps, norm_type, residual=residual, gate=gate,
+                                 gated=True)
     new_residual = torch.empty_like(residual, memory_format=torch.contiguous_format)
     out = torch.empty_like(residual, memory_format=torch.contiguous_format)
     _native.native_library().ops.gated_residual_norm_modulate_out(

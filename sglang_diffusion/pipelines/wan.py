@@ -40,8 +40,7 @@ def load_wan_transformer(name: str, args: ServerArgs, index: ModelIndex, dtype: 
     from sglang_diffusion.loader.lora_merge import merge_lora
     from sglang_diffusion.models.dits.wan import WanTransformer3DModel
 
-    override = args.component_paths.get(name)
-    folder = resolve_component_path(name, override) if override else index.path / name
+    folder = _component_folder(name, args, index)
 
     def apply_lora(state):
         if lora is not None:
@@ -59,14 +58,24 @@ def load_wan_transformer(name: str, args: ServerArgs, index: ModelIndex, dtype: 
     return model
 
 
+def _component_folder(name: str, args: ServerArgs, index: ModelIndex):
+    override = args.component_paths.get(name)
+    return resolve_component_path(name, override) if override else index.path / name
+
+
 def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
                        cfg_layout: str = "auto") -> StagedPipeline:
     from sglang_diffusion.attention.selector import select_attention_backend
+    from sglang_diffusion.distributed.parallel_state import setup_parallel
+    from sglang_diffusion.loader.weights import read_config
 
     family = detect_family(index.class_name, index.extras)
     device = platform.device
     dtypes = component_dtypes(args, index, platform)
     dit_dtype = dtypes["transformer"]
+    # Several ranks: SP / CFG parallelism over the DiT (Ulysses needs whole heads), TP over the text encoder
+    heads = read_config(_component_folder("transformer", args, index)).get("num_attention_heads")
+    groups = setup_parallel(args, num_heads=heads)
 
     # Components from diffusers / transformers classes
     vae = load_component("vae", index, args, dtypes["vae"]).to(device).eval()
@@ -74,6 +83,10 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
     scheduler = load_component("scheduler", index, args, None)
     tokenizer = load_component("tokenizer", index, args, None)
     text_encoder = load_component("text_encoder", index, args, dtypes["text_encoder"]).eval()
+    if groups.tp.size > 1:  # split before it moves to the device: each rank holds its part only
+        from sglang_diffusion.models.text_encoders.t5_tensor_parallel import shard_t5_encoder
+
+        shard_t5_encoder(text_encoder, groups.tp)
     offload = None
     if args.text_encoder_cpu_offload and not platform.is_cpu:
         from sglang_diffusion.loader.offload import OffloadedModule
@@ -97,6 +110,12 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
     config = experts[0].config
     backend = select_attention_backend(args.attention_backend, device=device, dtype=dit_dtype,
                                        head_dim=config.attention_head_dim, config=args.attention_backend_config)
+    if groups.ring.size > 1:
+        from sglang_diffusion.distributed.sharding import backend_for_ring
+
+        backend = backend_for_ring(backend, args.attention_backend, lambda name: select_attention_backend(
+            name, device=device, dtype=dit_dtype, head_dim=config.attention_head_dim,
+            config=args.attention_backend_config))
     for expert in experts:
         expert.set_attention_backend(backend)
         if args.enable_torch_compile:
@@ -134,11 +153,12 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
         stages.append(ImageLatentStage(vae, mode, t_stride, s_stride, patch[1:]))
     stages += [
         TimestepPreparationStage(scheduler),
-        DenoisingStage(experts, scheduler, boundary_timestep=boundary, cfg=CfgLayout(cfg_layout)),
+        DenoisingStage(experts, scheduler, boundary_timestep=boundary, cfg=CfgLayout(cfg_layout),
+                       parallel=groups if groups.layout.world_size > 1 else None),
         DecodingStage(vae),
     ]
     info = {"attention_backend": backend.name, "dit_dtype": str(dit_dtype).removeprefix("torch."),
-            "experts": len(experts), "lora": args.lora_path}
+            "experts": len(experts), "lora": args.lora_path, "parallel": groups.layout.describe()}
     return StagedPipeline(index.class_name, family, stages, device, info=info,
                           lora=NativeLora(args) if args.lora_path else None)
 

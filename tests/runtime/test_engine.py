@@ -106,3 +106,21 @@ def test_progress_is_reported_after_each_step_and_cancel_stops_the_request(flux)
     with pytest.raises(RequestCancelled, match="after 2 of 4"):
         flux.engine.generate(params, on_progress=lambda done, total: cancel.set(), cancel=cancel)
     assert flux.generate(**FLUX_REQUEST).frames[0].shape == (1, 32, 32, 3)
+
+
+def test_diffusers_options_reach_the_pipeline(tiny_model):
+    """diffusers_kwargs go to the call, the attention backend to diffusers, VAE tiling/slicing to the VAE."""
+    from sglang_diffusion.errors import ConfigError
+
+    with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), diffusers_attention_backend="native",
+                                       vae_tiling=True, vae_slicing=True) as gen:
+        assert gen.engine.info["attention_backend"] == "native"
+        vae = gen.engine._local.pipeline.pipe.vae
+        assert vae.use_tiling and vae.use_slicing
+        plain = gen.generate(**FLUX_REQUEST).frames[0]
+        scaled = gen.generate(**FLUX_REQUEST, diffusers_kwargs={"max_sequence_length": 16}).frames[0]
+        assert plain.shape == scaled.shape
+        with pytest.raises(InvalidRequestError, match="takes no argument 'no_such_arg'"):
+            gen.generate(**FLUX_REQUEST, diffusers_kwargs={"no_such_arg": 1})
+    with pytest.raises(ConfigError, match="cannot run here"):
+        DiffGenerator.from_pretrained(str(tiny_model("flux.1")), diffusers_attention_backend="flash")

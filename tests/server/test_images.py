@@ -168,8 +168,10 @@ def test_metrics_count_requests_by_route_and_status_and_stage_seconds(server):
     assert 'sglang_diffusion_http_request_seconds_bucket{le="0.01",route="/health"}' in text
 
 
-def test_serve_refuses_per_request_options_at_start_up(tiny_model):
-    from tests.conftest import run_cli
 
-    proc = run_cli("serve", "--model-path", tiny_model("flux.1"), "--prompt", "x")
-    assert proc.returncode == 2 and "per request" in proc.stderr
+def test_serve_refuses_per_request_options_at_start_up():
+    from sglang_diffusion.cli import serve
+    from sglang_diffusion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="per request"):
+        serve.run(["--model-path", "unused", "--prompt", "x"])

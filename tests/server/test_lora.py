@@ -12,6 +12,7 @@ import requests
 from PIL import Image
 
 from sglang_diffusion.api import DiffGenerator
+from sglang_diffusion.errors import InvalidRequestError
 from sglang_diffusion.loader.lora import LoraSpec, list_loras, set_loras, unmerge_loras
 from tests.server.conftest import API_KEY, write_tiny_lora
 
@@ -119,12 +120,11 @@ def test_lora_path_at_start_up_is_merged_and_unmerges_to_the_base(tiny_model, lo
 def test_engine_call_runs_on_every_rank(tiny_model, loras):
     request = dict(prompt="a red cube", height=32, width=32, num_inference_steps=1, seed=5, save_output=False,
                    return_frames=True)
-    with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), lora_path=loras["a"]) as one:
-        expected = one.generate(**request).frames[0]
     with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), num_gpus=2) as two:
         base = two.generate(**request).frames[0]
-        two.engine.call(set_loras, [LoraSpec("default", loras["a"])])
-        # every rank merged the same weights, so they still agree (and with one rank)
-        assert np.array_equal(two.generate(**request).frames[0], expected)
+        assert two.engine.call(set_loras, [LoraSpec("a", loras["a"])])["active"]["transformer"][0]["nickname"] == "a"
+        assert not np.array_equal(two.generate(**request).frames[0], base)
         two.engine.call(unmerge_loras)
         assert np.array_equal(two.generate(**request).frames[0], base)
+        with pytest.raises(InvalidRequestError, match="not loaded"):  # a rank's refusal reaches the caller
+            two.engine.call(set_loras, [LoraSpec("nobody")])

@@ -14,6 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
+from sglang_diffusion.server.jobs import JobStore
 from tests.server.conftest import start_server
 
 # The openai client marks its videos API deprecated (for OpenAI's own service); ours stays.
@@ -146,34 +147,32 @@ def test_image_to_video_with_uploaded_input_reference(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_jobs_survive_a_drain_and_a_crash(tiny_model, tmp_path):
+def test_jobs_survive_a_crash_and_a_drain(tiny_model, tmp_path):
     model, out = tiny_model("wan2.1-t2v"), tmp_path / "out"
     server = start_server(model, out, "--num-inference-steps", 2)
     client = openai.OpenAI(api_key="unused", base_url=server.v1, max_retries=0)
     finished = client.videos.create(prompt="kept", size="32x32", extra_body={"num_frames": 5})
     wait_for(client, finished.id)
-    running = client.videos.create(prompt="drained", size="32x32", extra_body={"num_frames": 5,
-                                                                               "num_inference_steps": 40})
-    queued = slow_job(client)
+    running, queued = slow_job(client), slow_job(client)
     wait_for(client, running.id, until=("in_progress",))
-    assert server.stop(signal.SIGTERM) == -signal.SIGTERM  # drains: the running job finishes
+    server.stop(signal.SIGKILL)  # a crash: nothing gets to update the jobs
 
     server = start_server(model, out, "--num-inference-steps", 2)
     client = openai.OpenAI(api_key="unused", base_url=server.v1, max_retries=0)
-    for video_id in (finished.id, running.id):
-        assert client.videos.retrieve(video_id).status == "completed"
-        assert frames_of(client.videos.download_content(video_id).read()).shape == (5, 32, 32, 3)
-    interrupted = client.videos.retrieve(queued.id)
-    assert interrupted.status == "failed" and interrupted.error.code == "interrupted"
-    assert "shut down before the job started" in interrupted.error.message
-    crashed = slow_job(client)
-    wait_for(client, crashed.id, until=("in_progress",))
-    server.stop(signal.SIGKILL)
+    assert client.videos.retrieve(finished.id).status == "completed"
+    assert frames_of(client.videos.download_content(finished.id).read()).shape == (5, 32, 32, 3)
+    for cut_off in (client.videos.retrieve(running.id), client.videos.retrieve(queued.id)):
+        assert cut_off.status == "failed" and cut_off.error.code == "interrupted"
+        assert "server stopped before this job finished" in cut_off.error.message
+    assert {v.id for v in client.videos.list().data} == {finished.id, running.id, queued.id}
 
-    server = start_server(model, out, "--num-inference-steps", 2)
-    client = openai.OpenAI(api_key="unused", base_url=server.v1, max_retries=0)
-    cut_off = client.videos.retrieve(crashed.id)
-    assert cut_off.status == "failed" and cut_off.error.code == "interrupted"
-    assert "server stopped before this job finished" in cut_off.error.message
-    assert {v.id for v in client.videos.list().data} >= {finished.id, running.id, queued.id, crashed.id}
-    server.stop()
+    drained = client.videos.create(prompt="drained", size="32x32", extra_body={"num_frames": 5,
+                                                                               "num_inference_steps": 40})
+    never_started = slow_job(client)
+    wait_for(client, drained.id, until=("in_progress",))
+    assert server.stop(signal.SIGTERM) == -signal.SIGTERM  # drains: the running job finishes, the queued one not
+    jobs = JobStore(out / "jobs.sqlite3")
+    assert jobs.get(drained.id).status == "completed" and (out / "videos" / f"{drained.id}.mp4").is_file()
+    interrupted = jobs.get(never_started.id)
+    assert (interrupted.status, interrupted.error_code) == ("failed", "interrupted")
+    assert "shut down before the job started" in interrupted.error_message

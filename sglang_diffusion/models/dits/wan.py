@@ -99,14 +99,14 @@ class WanSelfAttention(nn.Module):
         self.norm_k = nn.RMSNorm(dim, eps=eps)
         self.attn = Attention(num_heads, self.head_dim)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seq=None) -> torch.Tensor:
         b, s, _ = x.shape
         q = self.to_q(x).view(b, s, self.num_heads, self.head_dim)  # [B, S, H, D]
         k = self.to_k(x).view(b, s, self.num_heads, self.head_dim)
         v = self.to_v(x).view(b, s, self.num_heads, self.head_dim)
         q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, self.eps, across_heads=True)
         q, k = apply_rope(q, k, cos, sin, interleaved=True)
-        out = self.attn(q, k, v)  # [B, S, H, D]
+        out = self.attn(q, k, v, seq=seq)  # [B, S, H, D]; under SP over every rank's tokens
         return self.to_out(out.reshape(b, s, -1))
 
 
@@ -231,7 +231,7 @@ class WanTransformerBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, kv: CrossKV, mod: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor) -> torch.Tensor:
+                sin: torch.Tensor, seq=None) -> torch.Tensor:
         # mod: [B, 6, D] (one timestep per sample) or [B, S, 6, D] (per token, TI2V)
         table = self.scale_shift_table if mod.dim() == 3 else self.scale_shift_table.unsqueeze(0)
         shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = (
@@ -239,7 +239,7 @@ class WanTransformerBlock(nn.Module):
         # each [B, 1, D] or [B, S, D], fp32
 
         # 1. Self-attention
-        attn_out = self.attn1(self.norm1(x, scale_msa, shift_msa), cos, sin)
+        attn_out = self.attn1(self.norm1(x, scale_msa, shift_msa), cos, sin, seq)
         # 2. Cross-attention (the residual add of 1. fused into its norm)
         if self.norm2 is not None:
             x, h = self.norm2.residual(x, attn_out, gate_msa)
@@ -281,9 +281,11 @@ class WanTransformer3DModel(nn.Module):
     # and keys of some checkpoints that no layer reads.
     keep_in_fp32 = ("condition_embedder.time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
     ignored_checkpoint_keys = ("norm_added_q",)
-    # Sequence-parallel plan (for the SP issue): tokens split along dim 1 before the blocks,
-    # gathered after proj_out; RoPE tables split along dim 0 with them.
-    sp_plan = {"blocks.0": {"x": 1}, "rope": {"cos": 0, "sin": 0}, "proj_out": {"gather": 1}}
+    # Sequence-parallel plan: tokens split along dim 1 before the blocks (per-token timestep
+    # embeddings with them), RoPE tables along dim 0; self-attention spans the ranks; after
+    # proj_out each rank's tokens go back in place (the loop gathers latents once, at the end).
+    sp_plan = {"blocks.0": {"x": 1, "mod": 1}, "rope": {"cos": 0, "sin": 0}, "norm_out": {"temb": 1},
+               "proj_out": {"place": 1}}
 
     def __init__(self, config: WanConfig):
         super().__init__()
@@ -332,10 +334,14 @@ class WanTransformer3DModel(nn.Module):
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
                 encoder_hidden_states: torch.Tensor | None = None,
                 encoder_hidden_states_image: torch.Tensor | None = None,
-                context: WanContext | None = None) -> torch.Tensor:
+                context: WanContext | None = None, seq=None) -> torch.Tensor:
         """hidden_states [B, C, F, H, W], timestep [B] or [B, S] -> the flow prediction
         [B, C_out, F', H', W'] (F', H', W' the sizes rounded down to the patch). Give either the
-        encoder states (diffusers' signature) or a `context` from `encode_context`."""
+        encoder states (diffusers' signature) or a `context` from `encode_context`.
+
+        `seq` (a `distributed.sharding.SequenceShard` over the S tokens): sequence parallelism.
+        This rank runs the blocks on its shard of the tokens only; the prediction is right at
+        its tokens' patches and zero elsewhere (`seq.gather_latents` puts the ranks' parts together)."""
         if context is None:
             context = self.encode_context(encoder_hidden_states, encoder_hidden_states_image)
         b, _, frames, height, width = hidden_states.shape
@@ -346,9 +352,13 @@ class WanTransformer3DModel(nn.Module):
         x = self.patch_embedding(hidden_states.to(self.dtype))  # [B, D, F', H', W']
         x = x.flatten(2).transpose(1, 2).contiguous()  # [B, S, D]
         temb, mod = self.condition_embedder.time(timestep, x.dtype)  # [B(, S), D], [B(, S), 6, D]
+        if seq is not None:  # this rank's tokens (`sp_plan`): [B, S, ...] -> [B, s, ...]
+            x, cos, sin = seq.split(x, 1), seq.split(cos, 0), seq.split(sin, 0)
+            if temb.dim() == 3:
+                temb, mod = seq.split(temb, 1), seq.split(mod, 1)
 
         for block, kv in zip(self.blocks, context.kv):
-            x = block(x, kv, mod, cos, sin)
+            x = block(x, kv, mod, cos, sin, seq)
 
         # 5. Output norm, projection & unpatchify
         table = self.scale_shift_table if temb.dim() == 2 else self.scale_shift_table.unsqueeze(0)
@@ -356,6 +366,8 @@ class WanTransformer3DModel(nn.Module):
         if temb.dim() == 3:
             shift, scale = shift.squeeze(-2), scale.squeeze(-2)
         x = self.proj_out(self.norm_out(x, scale, shift))  # [B, S, C_out * p_t * p_h * p_w]
+        if seq is not None:
+            x = seq.place(x, 1)  # [B, s, ...] -> [B, S, ...], zeros at other ranks' tokens
         x = x.reshape(b, *grid, p_t, p_h, p_w, -1)  # [B, F', H', W', p_t, p_h, p_w, C_out]
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C_out, F', p_t, H', p_h, W', p_w]
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
