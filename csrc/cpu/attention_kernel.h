@@ -4,8 +4,8 @@
 // FlashAttention-2's online softmax (Dao, 2023) with CPU tiling. A work item is one
 // (batch, head, block of BQ queries); for each block of BK keys:
 //
-//   0. pack the key block into 6-key panels and the value block into contiguous rows
-//   1. S^T[n, i] = k[n] . (scale * q[i])                      micro-tiles of 6 keys x 16 queries
+//   0. copy the key and value rows of the block into contiguous scratch
+//   1. S^T[n, i] = k[n] . (scale * q[i]), and its max over n  micro-tiles of 6 keys x 16 queries
 //   2. m_new[i] = max(m[i], max_n S^T[n, i]);  alpha[i] = exp(m[i] - m_new[i])
 //      P^T[n, i] = exp(S^T[n, i] - m_new[i]);   l[i] = alpha[i] l[i] + sum_n P^T[n, i]
 //   3. O^T[d, i] = alpha[i] O^T[d, i] + sum_n v[n, d] P^T[n, i]  micro-tiles of 6 dims x 16 queries
@@ -33,8 +33,8 @@
 
 namespace sglang_diffusion::cpu {
 
-inline constexpr int64_t kAttnBlockQ = 96;  // queries per work item (2 x a multiple of 16)
-inline constexpr int64_t kAttnBlockK = 256;  // keys per online-softmax step
+inline constexpr int64_t kAttnBlockQ = 128;  // queries per work item (2 x a multiple of 16)
+inline constexpr int64_t kAttnBlockK = 128;  // keys per online-softmax step
 
 inline namespace CPU_CAPABILITY {
 
@@ -46,15 +46,17 @@ constexpr int kMR = 6;               // micro-tile rows
 constexpr int kNR = 2 * kLanes;      // micro-tile columns
 static_assert(kAttnBlockQ % kNR == 0 && (kAttnBlockQ / 2) % kNR == 0);
 
-// acc[r, 0:kNR] (+)= sum_k a[k * lda + r] * b[k * ldb + 0:kNR] for k < kdim and R rows: the
-// one micro-kernel of both products. a is read by broadcasts (R consecutive values per k),
-// b by two vector loads; 12 accumulators stay in registers.
-//   scores:  S^T[n, i]  = sum_d Kp[n/6][d][n%6] Qt[d, i]     (a = a packed 6-key panel)
-//   values:  O^T[d, i] += sum_n Vp[n, d + r]      P^T[n, i]  (a = packed V rows, lda = D)
+// acc[r, 0:kNR] (+)= sum_k A(k, r) * b[k * ldb + 0:kNR] for k < kdim and R rows: the one
+// micro-kernel of both products. A is read by broadcasts, b by two vector loads; the 12
+// accumulators stay in registers.
+//   kARows:  A(k, r) = a[r * lda + k]  scores: S^T[n, i] = sum_d K[n, d] Qt[d, i]  (a: K rows)
+//   else:    A(k, r) = a[k * lda + r]  values: O^T[d, i] += sum_n V[n, d] P^T[n, i] (a: V rows)
 // scale: when not null, acc starts as out[r] * scale (the online softmax's rescale), else 0.
-template <int R>
+// colmax: when not null, colmax[0:kNR] = max(colmax, max over the R rows) (the scores' running
+// maximum per query, so the softmax needs no pass of its own for it).
+template <int R, bool kARows>
 inline void micro_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t kdim,
-                       float* out, int64_t ldo, const float* scale) {
+                       float* out, int64_t ldo, const float* scale, float* colmax) {
   fVec acc[R][2];
   if (scale != nullptr) {
     const fVec s0 = fVec::loadu(scale), s1 = fVec::loadu(scale + kLanes);
@@ -75,7 +77,7 @@ inline void micro_tile(const float* a, int64_t lda, const float* b, int64_t ldb,
     const fVec b1 = fVec::loadu(b + k * ldb + kLanes);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
-      const fVec ab(a[k * lda + r]);
+      const fVec ab(kARows ? a[r * lda + k] : a[k * lda + r]);
       acc[r][0] = at::vec::fmadd(ab, b0, acc[r][0]);
       acc[r][1] = at::vec::fmadd(ab, b1, acc[r][1]);
     }
@@ -85,22 +87,33 @@ inline void micro_tile(const float* a, int64_t lda, const float* b, int64_t ldb,
     acc[r][0].store(out + r * ldo);
     acc[r][1].store(out + r * ldo + kLanes);
   }
-}
-
-// micro_tile with R = rows (1 ... kMR) chosen at run time, for the edges.
-inline void micro_tile_rows(int64_t rows, const float* a, int64_t lda, const float* b, int64_t ldb,
-                            int64_t kdim, float* out, int64_t ldo, const float* scale) {
-  switch (rows) {
-    case 6: return micro_tile<6>(a, lda, b, ldb, kdim, out, ldo, scale);
-    case 5: return micro_tile<5>(a, lda, b, ldb, kdim, out, ldo, scale);
-    case 4: return micro_tile<4>(a, lda, b, ldb, kdim, out, ldo, scale);
-    case 3: return micro_tile<3>(a, lda, b, ldb, kdim, out, ldo, scale);
-    case 2: return micro_tile<2>(a, lda, b, ldb, kdim, out, ldo, scale);
-    default: return micro_tile<1>(a, lda, b, ldb, kdim, out, ldo, scale);
+  if (colmax != nullptr) {
+    fVec m0 = fVec::loadu(colmax), m1 = fVec::loadu(colmax + kLanes);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      m0 = at::vec::maximum(m0, acc[r][0]);
+      m1 = at::vec::maximum(m1, acc[r][1]);
+    }
+    m0.store(colmax);
+    m1.store(colmax + kLanes);
   }
 }
 
-// The thread's scratch: packed Q^T, K panels and V rows of one key block, the score tile, the
+// micro_tile with R = rows (1 ... kMR) chosen at run time, for the edges.
+template <bool kARows>
+inline void micro_tile_rows(int64_t rows, const float* a, int64_t lda, const float* b, int64_t ldb,
+                            int64_t kdim, float* out, int64_t ldo, const float* scale, float* colmax) {
+  switch (rows) {
+    case 6: return micro_tile<6, kARows>(a, lda, b, ldb, kdim, out, ldo, scale, colmax);
+    case 5: return micro_tile<5, kARows>(a, lda, b, ldb, kdim, out, ldo, scale, colmax);
+    case 4: return micro_tile<4, kARows>(a, lda, b, ldb, kdim, out, ldo, scale, colmax);
+    case 3: return micro_tile<3, kARows>(a, lda, b, ldb, kdim, out, ldo, scale, colmax);
+    case 2: return micro_tile<2, kARows>(a, lda, b, ldb, kdim, out, ldo, scale, colmax);
+    default: return micro_tile<1, kARows>(a, lda, b, ldb, kdim, out, ldo, scale, colmax);
+  }
+}
+
+// The thread's scratch: packed Q^T, the K and V rows of one key block, the score tile, the
 // O^T accumulator and the softmax statistics.
 struct Scratch {
   explicit Scratch(int64_t bq, int64_t dim)
@@ -112,75 +125,60 @@ struct Scratch {
         m(new float[bq]),
         l(new float[bq]),
         mx(new float[bq]),
-        alpha(new float[bq]),
-        psum(new float[bq]) {}
-  std::unique_ptr<float[]> qt, kp, vp, st, ot, m, l, mx, alpha, psum;
+        alpha(new float[bq]) {}
+  std::unique_ptr<float[]> qt, kp, vp, st, ot, m, l, mx, alpha;
 };
 
-// Copies keys and values [n0, n0 + nk) out of their strided rows: K into 6-key panels
-// (Kp[g][d][r] = k[n0 + 6g + r][d], so a micro-tile's 6 broadcasts share a cache line), V into
-// contiguous rows. Reading them in place would touch one page per key row (rows are H*D apart).
+// Copies keys and values [n0, n0 + nk) out of their strided rows into contiguous blocks (two
+// memcpy per key): the micro-kernels then walk 128 KiB that L2 holds, instead of touching one
+// page per key row (rows are H*D apart in [B, S, H, D]).
 inline void pack_block(const AttentionParams& p, const float* kbase, const float* vbase, int64_t n0,
                        int64_t nk, Scratch& s) {
   const int64_t dim = p.head_dim;
-  for (int64_t g = 0; g * kMR < nk; ++g) {
-    const int64_t rows = std::min<int64_t>(kMR, nk - g * kMR);
-    float* panel = s.kp.get() + g * kMR * dim;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* src = kbase + (n0 + g * kMR + r) * p.k_stride_s;
-      for (int64_t d = 0; d < dim; ++d) {
-        panel[d * kMR + r] = src[d];
-      }
-    }
-  }
   for (int64_t n = 0; n < nk; ++n) {
+    std::copy_n(kbase + (n0 + n) * p.k_stride_s, dim, s.kp.get() + n * dim);
     std::copy_n(vbase + (n0 + n) * p.v_stride_s, dim, s.vp.get() + n * dim);
   }
 }
 
-// Step 1 for the packed key block: st[n, i] for all bq (padded) queries.
+// Step 1 for the packed key block: st[n, i] for all bq (padded) queries, and mx[i], their
+// maximum over the block.
 inline void scores(int64_t dim, int64_t nk, int64_t bq, Scratch& s) {
+  std::fill_n(s.mx.get(), bq, -std::numeric_limits<float>::infinity());
   for (int64_t i = 0; i < bq; i += kNR) {
     for (int64_t n = 0; n < nk; n += kMR) {
-      micro_tile_rows(std::min<int64_t>(kMR, nk - n), s.kp.get() + n * dim, kMR, s.qt.get() + i, bq, dim,
-                      s.st.get() + n * bq + i, bq, nullptr);
+      micro_tile_rows<true>(std::min<int64_t>(kMR, nk - n), s.kp.get() + n * dim, dim, s.qt.get() + i, bq,
+                            dim, s.st.get() + n * bq + i, bq, nullptr, s.mx.get() + i);
     }
   }
 }
 
-// Step 2: turns st into P^T in place and updates m, l; alpha gets the rescale factors.
+// Step 2: turns st into P^T in place and updates m, l (mx holds the block's maxima); alpha
+// gets the rescale factors. kNR queries at a time, so their maxima and sums stay in registers.
 inline void online_softmax(float* st, int64_t nk, int64_t bq, Scratch& s, bool first) {
-  float* mx = s.mx.get();
-  float* psum = s.psum.get();
-  for (int64_t i = 0; i < bq; i += kLanes) {
-    fVec::loadu(st + i).store(mx + i);
-  }
-  for (int64_t n = 1; n < nk; ++n) {
-    const float* row = st + n * bq;
-    for (int64_t i = 0; i < bq; i += kLanes) {
-      at::vec::maximum(fVec::loadu(mx + i), fVec::loadu(row + i)).store(mx + i);
+  for (int64_t i = 0; i < bq; i += kNR) {
+    fVec m_new[2], l_new[2];
+    for (int c = 0; c < 2; ++c) {
+      const int64_t j = i + c * kLanes;
+      const fVec m_old = first ? fVec(-std::numeric_limits<float>::infinity()) : fVec::loadu(s.m.get() + j);
+      m_new[c] = at::vec::maximum(m_old, fVec::loadu(s.mx.get() + j));
+      // The first block has no history: alpha is unused (the accumulator starts from zero).
+      const fVec alpha = first ? fVec(0.0f) : (m_old - m_new[c]).exp_u20();
+      alpha.store(s.alpha.get() + j);
+      m_new[c].store(s.m.get() + j);
+      l_new[c] = first ? fVec(0.0f) : fVec::loadu(s.l.get() + j) * alpha;
     }
-  }
-  for (int64_t i = 0; i < bq; i += kLanes) {
-    const fVec m_old = first ? fVec(-std::numeric_limits<float>::infinity()) : fVec::loadu(s.m.get() + i);
-    const fVec m_new = at::vec::maximum(m_old, fVec::loadu(mx + i));
-    // The first block has no history: alpha is unused (the accumulator starts from zero).
-    (first ? fVec(0.0f) : (m_old - m_new).exp_u20()).store(s.alpha.get() + i);
-    m_new.store(s.m.get() + i);
-    fVec(0.0f).store(psum + i);
-  }
-  const float* m = s.m.get();
-  for (int64_t n = 0; n < nk; ++n) {
-    float* row = st + n * bq;
-    for (int64_t i = 0; i < bq; i += kLanes) {
-      const fVec e = (fVec::loadu(row + i) - fVec::loadu(m + i)).exp_u20();
-      e.store(row + i);
-      (fVec::loadu(psum + i) + e).store(psum + i);
+    for (int64_t n = 0; n < nk; ++n) {
+      float* row = st + n * bq + i;
+      const fVec e0 = (fVec::loadu(row) - m_new[0]).exp_u20();
+      const fVec e1 = (fVec::loadu(row + kLanes) - m_new[1]).exp_u20();
+      e0.store(row);
+      e1.store(row + kLanes);
+      l_new[0] = l_new[0] + e0;
+      l_new[1] = l_new[1] + e1;
     }
-  }
-  for (int64_t i = 0; i < bq; i += kLanes) {
-    const fVec l_old = first ? fVec(0.0f) : fVec::loadu(s.l.get() + i) * fVec::loadu(s.alpha.get() + i);
-    (l_old + fVec::loadu(psum + i)).store(s.l.get() + i);
+    l_new[0].store(s.l.get() + i);
+    l_new[1].store(s.l.get() + i + kLanes);
   }
 }
 
@@ -189,8 +187,8 @@ inline void accumulate(int64_t dim, int64_t nk, int64_t bq, Scratch& s, bool fir
   for (int64_t i = 0; i < bq; i += kNR) {
     const float* alpha = first ? nullptr : s.alpha.get() + i;
     for (int64_t d = 0; d < dim; d += kMR) {
-      micro_tile_rows(std::min<int64_t>(kMR, dim - d), s.vp.get() + d, dim, s.st.get() + i, bq, nk,
-                      s.ot.get() + d * bq + i, bq, alpha);
+      micro_tile_rows<false>(std::min<int64_t>(kMR, dim - d), s.vp.get() + d, dim, s.st.get() + i, bq, nk,
+                             s.ot.get() + d * bq + i, bq, alpha, nullptr);
     }
   }
 }

@@ -183,8 +183,9 @@ class LoraManager:
 def _manager(pipeline) -> LoraManager:
     manager = getattr(pipeline, "lora", None)
     if manager is None:
+        info = pipeline.describe()
         raise InvalidRequestError(f"LoRA adapters are not supported by this pipeline "
-                                  f"({pipeline.describe()['pipeline']} on the {pipeline.describe()['backend']} backend)")
+                                  f"({info['pipeline']} on the {info['backend']} backend)")
     return manager
 
 

@@ -12,6 +12,7 @@ import logging
 import multiprocessing as mp
 import queue
 import threading
+import time
 import uuid
 from typing import Callable, TypeVar
 
@@ -55,10 +56,8 @@ class Engine:
         n = self.args.num_gpus
         if torch.cuda.is_available() and n > torch.cuda.device_count():
             raise ConfigError(f"num_gpus={n} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-        sp, ulysses, ring = self.args.sp_layout
-        logger.info("layout: %d rank(s); tp=%d, sp=%d (ulysses=%d x ring=%d), cfg=%d%s", n, self.args.tp_size,
-                    sp, ulysses, ring, self.args.cfg_degree,
-                    "; every rank runs the whole request" if n > 1 and sp * self.args.cfg_degree == 1 else "")
+        if n > 1:  # the pipeline resolves the layout (defaults, what its backend can split) and logs it
+            logger.info("starting %d rank processes", n)
         if n == 1:
             self._local = RankWorker(self.args)
             self.info = self._local.describe()
@@ -91,30 +90,51 @@ class Engine:
             try:
                 msg = self._responses.get(timeout=_POLL_S)
             except queue.Empty:
-                dead = [(r, p.exitcode) for r, p in enumerate(self._procs) if not p.is_alive()]
+                dead = self._dead_ranks()
                 if dead:
-                    self.shutdown()
-                    rank, code = dead[0]
-                    raise RankFailedError(f"rank {rank} exited unexpectedly (exit code {code}); "
-                                          f"all ranks have been stopped")
+                    self.shutdown(kill=True)  # the others may be waiting in a collective for the dead one
+                    raise self._died(dead)
                 continue
             if msg[0] == "fatal":
                 _, rank, name, message, is_user_error, tb = msg
-                self.shutdown()
+                # A rank that loses a peer mid-collective fails too: name the rank that died first.
+                dead = self._dead_ranks(grace_s=2.0) if not is_user_error else []
+                self.shutdown(kill=True)
+                if dead:
+                    raise self._died(dead, also=f"rank {rank} then failed: {name}: {message.splitlines()[0]}")
                 raise _rebuild_error(rank, name, message, is_user_error, tb)
             return msg
 
-    def shutdown(self) -> None:
+    def _dead_ranks(self, grace_s: float = 0.0) -> list[tuple[int, int | None]]:
+        """(rank, exit code) of the rank processes that have exited, waiting up to grace_s for one."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            dead = [(r, p.exitcode) for r, p in enumerate(self._procs) if not p.is_alive()]
+            if dead or time.monotonic() >= deadline:
+                return dead
+            time.sleep(0.05)
+
+    @staticmethod
+    def _died(dead: list[tuple[int, int | None]], also: str = "") -> RankFailedError:
+        rank, code = dead[0]
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return RankFailedError(f"rank {rank} exited unexpectedly ({how}); the request was abandoned and all ranks "
+                               f"have been stopped" + (f" ({also})" if also else ""))
+
+    def shutdown(self, kill: bool = False) -> None:
+        """Stop the ranks: asked to finish (up to 10 s in all), or killed at once (`kill`: after a
+        failure, when survivors may be blocked in a collective with a dead rank)."""
         self._local = None
         if not self._procs:
             return
-        if any(p.is_alive() for p in self._procs):
+        if not kill and any(p.is_alive() for p in self._procs):
             try:
                 self._requests.put(None)
             except (OSError, ValueError):
                 pass
-        for p in self._procs:
-            p.join(timeout=10)
+            deadline = time.monotonic() + 10
+            for p in self._procs:
+                p.join(timeout=max(0.0, deadline - time.monotonic()))
         for p in self._procs:
             if p.is_alive():
                 p.kill()

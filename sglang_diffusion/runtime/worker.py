@@ -97,7 +97,7 @@ def rank_main(rank: int, world_size: int, args: ServerArgs, init_addr: str, requ
     Rank 0 reports per-step progress; every rank watches the engine's shared cancel event."""
     import torch.distributed as dist
 
-    from sglang_diffusion.distributed.parallel_state import destroy_world, init_world
+    from sglang_diffusion.distributed.parallel_state import any_rank, destroy_world, init_world
     from sglang_diffusion.log import configure_logging
 
     # Ctrl-C reaches the whole process group; the engine, not the signal, decides when ranks stop,
@@ -106,7 +106,10 @@ def rank_main(rank: int, world_size: int, args: ServerArgs, init_addr: str, requ
     configure_logging(args.log_level if rank == 0 else "warning", prefix=f"[rank {rank}] ")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
-        init_world(rank, world_size, init_addr, Platform.current(rank).dist_backend)
+        platform = Platform.current(rank)
+        if platform.device.type == "cuda":
+            torch.cuda.set_device(platform.device)  # NCCL: one device per rank
+        init_world(rank, world_size, init_addr, platform.dist_backend)
         worker = RankWorker(args, rank, world_size)
         dist.barrier()
         responses.put(("ready", rank, worker.describe()))
@@ -120,7 +123,8 @@ def rank_main(rank: int, world_size: int, args: ServerArgs, init_addr: str, requ
             hooks = StepHooks(
                 on_progress=(lambda done, total, rid=request_id: responses.put(("progress", rid, done, total)))
                 if rank == 0 else None,
-                is_cancelled=cancel_event.is_set)
+                # agreed by all ranks, so that none stops while the others wait for it in a collective
+                is_cancelled=lambda: any_rank(cancel_event.is_set()))
             try:
                 result = work.run(worker) if isinstance(work, RankCall) else worker.run(work, hooks)
             except Exception as e:  # reported to the caller; the rank stays up for the next request

@@ -1,6 +1,7 @@
-"""`sglang generate` on the four tiny Wan variants with backend auto: it runs natively (the log
-names the pipeline and the attention backend), writes the MP4, and matches `--backend diffusers`
-with the same seed."""
+"""`sglang generate` on the tiny Wan models with backend auto: it runs natively (the log names the
+pipeline and the attention backend), writes the MP4, and matches `--backend diffusers` with the
+same seed. The Wan2.2 variants go through the same Engine in-process; their pipelines are checked
+against diffusers in test_wan_pipelines.py."""
 
 from __future__ import annotations
 
@@ -31,16 +32,31 @@ def generate(model, out, *extra):
     return proc, iio.imread(out / "v.mp4", plugin="pyav")
 
 
-@pytest.mark.parametrize("family", VARIANTS)
+@pytest.mark.parametrize("family", ["wan2.1-t2v", "wan2.1-i2v"])
 def test_generate_runs_natively_and_writes_the_mp4(family, tiny_model, tmp_path):
     extra = ()
-    if family in ("wan2.1-i2v", "wan2.2-ti2v-5b"):
+    if family == "wan2.1-i2v":
         Image.new("RGB", (64, 64), (220, 120, 20)).save(tmp_path / "first.png")
         extra = ("--image-path", tmp_path / "first.png")
     proc, frames = generate(tiny_model(family), tmp_path, *extra)
     assert frames.shape == (9, 64, 64, 3)
     assert f"pipeline {VARIANTS[family]} on sglang backend (family {family}), attention: " in proc.stderr
     assert "denoising" in proc.stdout
+
+
+@pytest.mark.parametrize("family", ["wan2.2-t2v-a14b", "wan2.2-ti2v-5b"])
+def test_engine_runs_wan22_natively_and_writes_the_mp4(family, tiny_model, tmp_path, caplog):
+    """The same Engine as the CLI's, in this process (each CLI run costs a fresh interpreter)."""
+    import logging
+
+    from sglang_diffusion.api import DiffGenerator
+
+    request = dict(zip([a.removeprefix("--").replace("-", "_") for a in ARGS[::2]], ARGS[1::2]))
+    with caplog.at_level(logging.INFO), DiffGenerator.from_pretrained(str(tiny_model(family))) as gen:
+        result = gen.generate(**request, output_path=str(tmp_path), output_file_name="v.mp4")
+    assert result.files == [tmp_path / "v.mp4"] or [str(f) for f in result.files] == [str(tmp_path / "v.mp4")]
+    assert iio.imread(tmp_path / "v.mp4", plugin="pyav").shape == (9, 64, 64, 3)
+    assert f"pipeline WanPipeline on sglang backend (family {family}), attention: " in caplog.text
 
 
 def test_native_and_diffusers_backends_write_the_same_video(tiny_model, tmp_path):

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 def test_no_request_from_the_schema_gets_a_server_error(flux_server, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", flux_server.url + "/openapi.json", "--header", f"Authorization: Bearer {API_KEY}",
+        [sys.executable, "-m", "schemathesis.cli", "run", flux_server.url + "/openapi.json",
+         "--header", f"Authorization: Bearer {API_KEY}",
          "--checks", "not_a_server_error", "--phases", "coverage,fuzzing", "--max-examples", "10",
          "--max-time", "30", "--workers", "1", "--seed", "1", "--generation-database", "none",
          "--request-timeout", "60", "--no-color"],
