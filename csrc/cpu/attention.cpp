@@ -27,8 +27,8 @@ void attention(const AttentionParams& params, Isa isa) {
     items_fn = &AVX2::attention_items;
   }
 #endif
-  // Query blocks of 96 rows keep the score tile and the packed Q^T in L2 and give the
-  // micro-kernels long runs; 48 when that would leave threads idle (short sequences).
+  // Query blocks of kAttnBlockQ rows keep the score tile, Q^T and O^T in L2 and give the
+  // micro-kernels long runs; half that when whole blocks would leave threads idle.
   const int64_t threads = at::get_num_threads();
   int64_t block_q = kAttnBlockQ;
   const auto items_for = [&](int64_t bq) {

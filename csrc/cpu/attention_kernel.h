@@ -4,11 +4,10 @@
 // FlashAttention-2's online softmax (Dao, 2023) with CPU tiling. A work item is one
 // (batch, head, block of BQ queries); for each block of BK keys:
 //
-//   0. copy the key and value rows of the block into contiguous scratch
 //   1. S^T[n, i] = k[n] . (scale * q[i]), and its max over n  micro-tiles of 6 keys x 16 queries
 //   2. m_new[i] = max(m[i], max_n S^T[n, i]);  alpha[i] = exp(m[i] - m_new[i])
 //      P^T[n, i] = exp(S^T[n, i] - m_new[i]);   l[i] = alpha[i] l[i] + sum_n P^T[n, i]
-//   3. O^T[d, i] = alpha[i] O^T[d, i] + sum_n v[n, d] P^T[n, i]  micro-tiles of 6 dims x 16 queries
+//   3. O^T[d, i] = alpha[i] O^T[d, i] + sum_n v[n, d] P^T[n, i]   micro-tiles of 6 dims x 16 queries
 //
 // and at the end out[i] = O^T[:, i] / l[i], lse[i] = m[i] + log l[i].
 //
@@ -16,8 +15,9 @@
 // then per-lane vectors, so step 2 is vertical SIMD with no horizontal reductions, and the
 // rescale by alpha in step 3 is one vector multiply per accumulator. Both products are the
 // same 6x16 micro-kernel (the BLIS shape for AVX2's 16 registers: 12 accumulators, 8 loads per
-// 12 FMAs), broadcasting from a packed operand and loading vectors of queries. Q^T is packed
-// once per work item (pre-scaled, zero-padded to BQ); K and V rows may have any strides.
+// 12 FMAs), broadcasting from K or V rows, read in place (any row stride: copying them per
+// work item measured slower), and loading vectors of queries from Q^T, packed once per work
+// item (pre-scaled, zero-padded to BQ), or from P^T.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -113,41 +113,27 @@ inline void micro_tile_rows(int64_t rows, const float* a, int64_t lda, const flo
   }
 }
 
-// The thread's scratch: packed Q^T, the K and V rows of one key block, the score tile, the
-// O^T accumulator and the softmax statistics.
+// The thread's scratch: packed Q^T, the score tile, the O^T accumulator and the softmax
+// statistics.
 struct Scratch {
   explicit Scratch(int64_t bq, int64_t dim)
       : qt(new float[dim * bq]),
-        kp(new float[kAttnBlockK * dim]),
-        vp(new float[kAttnBlockK * dim]),
         st(new float[kAttnBlockK * bq]),
         ot(new float[dim * bq]),
         m(new float[bq]),
         l(new float[bq]),
         mx(new float[bq]),
         alpha(new float[bq]) {}
-  std::unique_ptr<float[]> qt, kp, vp, st, ot, m, l, mx, alpha;
+  std::unique_ptr<float[]> qt, st, ot, m, l, mx, alpha;
 };
 
-// Copies keys and values [n0, n0 + nk) out of their strided rows into contiguous blocks (two
-// memcpy per key): the micro-kernels then walk 128 KiB that L2 holds, instead of touching one
-// page per key row (rows are H*D apart in [B, S, H, D]).
-inline void pack_block(const AttentionParams& p, const float* kbase, const float* vbase, int64_t n0,
-                       int64_t nk, Scratch& s) {
-  const int64_t dim = p.head_dim;
-  for (int64_t n = 0; n < nk; ++n) {
-    std::copy_n(kbase + (n0 + n) * p.k_stride_s, dim, s.kp.get() + n * dim);
-    std::copy_n(vbase + (n0 + n) * p.v_stride_s, dim, s.vp.get() + n * dim);
-  }
-}
-
-// Step 1 for the packed key block: st[n, i] for all bq (padded) queries, and mx[i], their
-// maximum over the block.
-inline void scores(int64_t dim, int64_t nk, int64_t bq, Scratch& s) {
+// Step 1 for keys k[0, nk) (rows ldk apart): st[n, i] for all bq (padded) queries, and mx[i],
+// their maximum over the block.
+inline void scores(const float* k, int64_t ldk, int64_t dim, int64_t nk, int64_t bq, Scratch& s) {
   std::fill_n(s.mx.get(), bq, -std::numeric_limits<float>::infinity());
   for (int64_t i = 0; i < bq; i += kNR) {
     for (int64_t n = 0; n < nk; n += kMR) {
-      micro_tile_rows<true>(std::min<int64_t>(kMR, nk - n), s.kp.get() + n * dim, dim, s.qt.get() + i, bq,
+      micro_tile_rows<true>(std::min<int64_t>(kMR, nk - n), k + n * ldk, ldk, s.qt.get() + i, bq,
                             dim, s.st.get() + n * bq + i, bq, nullptr, s.mx.get() + i);
     }
   }
@@ -182,12 +168,12 @@ inline void online_softmax(float* st, int64_t nk, int64_t bq, Scratch& s, bool f
   }
 }
 
-// Step 3 for the packed value block: O^T[d, i] = alpha[i] O^T[d, i] + sum_n V[n, d] P^T[n, i].
-inline void accumulate(int64_t dim, int64_t nk, int64_t bq, Scratch& s, bool first) {
+// Step 3 for values v[0, nk) (rows ldv apart): O^T[d, i] = alpha[i] O^T[d, i] + sum_n v[n, d] P^T[n, i].
+inline void accumulate(const float* v, int64_t ldv, int64_t dim, int64_t nk, int64_t bq, Scratch& s, bool first) {
   for (int64_t i = 0; i < bq; i += kNR) {
     const float* alpha = first ? nullptr : s.alpha.get() + i;
     for (int64_t d = 0; d < dim; d += kMR) {
-      micro_tile_rows<false>(std::min<int64_t>(kMR, dim - d), s.vp.get() + d, dim, s.st.get() + i, bq, nk,
+      micro_tile_rows<false>(std::min<int64_t>(kMR, dim - d), v + d, ldv, s.st.get() + i, bq, nk,
                              s.ot.get() + d * bq + i, bq, alpha, nullptr);
     }
   }
@@ -216,10 +202,9 @@ inline void attention_item(const AttentionParams& p, int64_t bq, int64_t item, S
   for (int64_t n0 = 0; n0 < p.seq_k; n0 += kAttnBlockK) {
     const int64_t nk = std::min(kAttnBlockK, p.seq_k - n0);
     const bool first = n0 == 0;
-    pack_block(p, kbase, vbase, n0, nk, s);
-    scores(dim, nk, bq, s);
+    scores(kbase + n0 * p.k_stride_s, p.k_stride_s, dim, nk, bq, s);
     online_softmax(s.st.get(), nk, bq, s, first);
-    accumulate(dim, nk, bq, s, first);
+    accumulate(vbase + n0 * p.v_stride_s, p.v_stride_s, dim, nk, bq, s, first);
   }
 
   // out[i, d] = O^T[d, i] / l[i]: one transposing pass per work item.

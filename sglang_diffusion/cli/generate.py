@@ -53,6 +53,8 @@ def run(argv: Sequence[str]) -> int:
     from sglang_diffusion.runtime.engine import Engine
 
     with Engine(server_args) as engine:
+        if engine.follower:  # another machine's (or torchrun rank's) rank 0 ran the request and wrote it
+            return 0
         result = engine.generate(sampling)
     print(format_result(result))
     return 0

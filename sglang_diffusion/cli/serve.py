@@ -41,6 +41,8 @@ def run(argv: Sequence[str]) -> int:
 
     s3 = S3Storage(server_args) if server_args.cloud_storage_type == "s3" else None  # before the model loads
     engine = Engine(server_args).start()
+    if engine.follower:  # its ranks served the rank 0 of another machine (or torchrun rank) until it stopped
+        return 0
     try:
         state = build_state(server_args, defaults, engine, s3)
     except BaseException:

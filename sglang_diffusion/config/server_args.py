@@ -23,6 +23,7 @@ DEFAULT_PORT = 30010
 NATIVE_ATTENTION_BACKENDS = {"fa": "flash", "torch_sdpa": "native", "sage_attn": "sage"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 CLOUD_STORAGE_TYPES = ("local", "s3")
+LAUNCHERS = ("auto", "spawn", "torchrun")
 
 
 def _env(name: str, default: str | None = None):
@@ -41,6 +42,13 @@ def _env_flag(name: str):
         return value in _TRUE
 
     return read
+
+
+def _torchrun_world_size() -> int:
+    """num_gpus' default: torchrun's WORLD_SIZE when this process is one of its ranks, else 1."""
+    if "TORCHELASTIC_RUN_ID" in os.environ and os.environ.get("WORLD_SIZE", "").isdigit():
+        return int(os.environ["WORLD_SIZE"])
+    return 1
 
 
 @dataclass
@@ -68,7 +76,9 @@ class ServerArgs:
                                    metavar="PATH")
     lora_nickname: str = option("default", "Nickname of the LoRA adapter.")
     # Parallelism
-    num_gpus: int = option(1, "Number of GPUs (rank processes; on a CPU, processes) to use.")
+    num_gpus: int = option(1, "Number of GPUs (rank processes; on a CPU, processes) to use, on all machines "
+                           "together. Under torchrun the default is its WORLD_SIZE.",
+                           default_factory=_torchrun_world_size)
     tp_size: int = option(1, "Tensor parallel size, for the text encoder only.")
     sp_degree: int | None = option(None, "Sequence parallel size: ulysses_degree x ring_degree "
                                    "(default: their product).", aliases=("sp_size",))
@@ -77,7 +87,15 @@ class ServerArgs:
     enable_cfg_parallel: bool = option(False, "Run the conditional and unconditional branches of "
                                        "classifier-free guidance on different ranks.")
     dist_init_addr: str | None = option(None, "host:port of rank 0 for torch.distributed "
-                                        "(default: a free port on this machine).")
+                                        "(default: a free port on this machine; needed with nnodes > 1).")
+    nnodes: int = option(1, "Machines the ranks span: run the same command on each with its --node-rank; "
+                         "num_gpus counts the ranks of all of them.")
+    node_rank: int = option(0, "This machine's index among nnodes; node 0 takes the requests, the others "
+                            "serve its ranks until it stops.")
+    launcher: str = option("auto", "How the rank processes start. spawn: this process starts one per rank "
+                           "of this machine; torchrun: this process is one rank, started by torchrun (RANK, "
+                           "WORLD_SIZE, MASTER_ADDR, MASTER_PORT from its environment); auto: torchrun when "
+                           "launched by it.", choices=LAUNCHERS)
     # Attention and kernels
     attention_backend: str = option("auto", "Attention backend: for native pipelines fa, torch_sdpa, "
                                     "sage_attn, ...; for diffusers pipelines a diffusers backend name.")
@@ -172,6 +190,11 @@ class ServerArgs:
         return 2 if self.enable_cfg_parallel else 1
 
     @property
+    def under_torchrun(self) -> bool:
+        """Whether this process is one rank of a torchrun launch (launcher, or auto and its environment)."""
+        return self.launcher == "torchrun" or (self.launcher == "auto" and "TORCHELASTIC_RUN_ID" in os.environ)
+
+    @property
     def cache_dit_enabled(self) -> bool:
         """Cache-DiT runs when asked for, or when given a config."""
         return self.enable_cache_dit or self.cache_dit_config is not None
@@ -216,6 +239,16 @@ def validate_server_args(args: ServerArgs) -> None:
             f"num_gpus ({args.num_gpus})")
     if args.num_gpus % args.tp_size:
         raise ConfigError(f"tp_size ({args.tp_size}) does not divide num_gpus ({args.num_gpus})")
+    if args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:
+        raise ConfigError(f"node_rank must be in [0, nnodes), got node_rank {args.node_rank} with nnodes {args.nnodes}")
+    if args.num_gpus % args.nnodes:
+        raise ConfigError(f"nnodes ({args.nnodes}) does not divide num_gpus ({args.num_gpus}): each machine runs "
+                          "num_gpus / nnodes ranks")
+    if args.nnodes > 1 and not args.dist_init_addr:
+        raise ConfigError("nnodes > 1 needs dist_init_addr: host:port of node 0, reachable from every machine")
+    if args.nnodes > 1 and args.launcher == "torchrun":
+        raise ConfigError("launcher torchrun: torchrun places the ranks on machines itself (its --nnodes, "
+                          "--node-rank); nnodes and node_rank are for launcher spawn")
     if args.tp_size > 1 and args.text_encoder_cpu_offload:
         raise ConfigError("tp_size > 1 cannot be combined with text_encoder_cpu_offload "
                           "(layer-wise offload with prefetch is faster; use one or the other)")

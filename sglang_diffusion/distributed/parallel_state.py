@@ -24,8 +24,8 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -38,9 +38,15 @@ logger = logging.getLogger(__name__)
 # ---- the world -------------------------------------------------------------------------------
 
 
-def init_world(rank: int, world_size: int, init_addr: str, backend: str, timeout_s: float = 600) -> None:
-    dist.init_process_group(backend=backend, init_method=f"tcp://{init_addr}", rank=rank,
-                            world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
+def init_world(rank: int, world_size: int, init_addr: str | None, backend: str, timeout_s: float = 600) -> None:
+    """Join the world as `rank` of `world_size`, rank 0 listening at `init_addr` (host:port);
+    None: torchrun's environment gives all three (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if init_addr is None:
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, init_method=f"tcp://{init_addr}", rank=rank,
+                                world_size=world_size, timeout=timeout)
 
 
 def destroy_world() -> None:
@@ -142,7 +148,7 @@ class RankGroup:
         return len(self.ranks)
 
     @classmethod
-    def alone(cls) -> "RankGroup":
+    def alone(cls) -> RankGroup:
         return cls((world_rank(),), 0, None)
 
 
@@ -156,7 +162,7 @@ class ParallelGroups:
     cfg: RankGroup
 
     @classmethod
-    def single(cls) -> "ParallelGroups":
+    def single(cls) -> ParallelGroups:
         alone = RankGroup.alone()
         return cls(ParallelLayout(world_size()), alone, alone, alone, alone, alone)
 

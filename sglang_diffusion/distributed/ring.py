@@ -19,7 +19,7 @@ reads only those (a block with none is skipped), which masks the padding out exa
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 
 from sglang_diffusion.distributed.parallel_state import ParallelGroups
-from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.distributed.ring import ring_attention
 from sglang_diffusion.distributed.ulysses import ulysses_attention
-
+from sglang_diffusion.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ class ColumnParallelLinear(nn.Module):
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group) -> "ColumnParallelLinear":
+    def from_linear(cls, linear: nn.Linear, group) -> ColumnParallelLinear:
         rows = _part(linear.out_features, group, f"{linear.out_features} output features")
         bias = linear.bias.data[rows].clone() if linear.bias is not None else None
         return cls(linear.weight.data[rows].clone(), bias, group)
@@ -59,7 +59,7 @@ class RowParallelLinear(nn.Module):
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group) -> "RowParallelLinear":
+    def from_linear(cls, linear: nn.Linear, group) -> RowParallelLinear:
         cols = _part(linear.in_features, group, f"{linear.in_features} input features")
         bias = linear.bias.data.clone() if linear.bias is not None else None
         return cls(linear.weight.data[:, cols].contiguous(), bias, group)
@@ -80,7 +80,7 @@ class VocabParallelEmbedding(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)  # [vocab / tp (last: the rest), dim]
 
     @classmethod
-    def from_embedding(cls, embedding: nn.Embedding, group) -> "VocabParallelEmbedding":
+    def from_embedding(cls, embedding: nn.Embedding, group) -> VocabParallelEmbedding:
         # vocabularies rarely divide evenly: ceil-sized parts, the last one shorter
         n = embedding.num_embeddings
         size = -(-n // group.size)

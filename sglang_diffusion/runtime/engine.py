@@ -4,6 +4,12 @@ With one rank the pipeline lives in this process. With several, one process per 
 spawned; rank 0 takes each request from the engine and broadcasts it, and every rank
 builds the same pipeline. A rank that dies or fails surfaces as an error here, never a
 hang: while waiting, the engine watches its rank processes.
+
+Several machines: either the same command on each (`--nnodes N --node-rank i
+--dist-init-addr host:port`; each spawns its num_gpus / N ranks; node 0 takes the requests and
+the others' engines follow, `start()` returning when node 0 stops), or torchrun, which starts
+every rank itself: this process is then one rank (rank 0 in-process takes the requests; `start()`
+of any other rank serves rank 0 until it stops). `follower` says that this engine takes none.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from sglang_diffusion.config.support import check_supported
 from sglang_diffusion.distributed.launch import free_port, spawn_ranks
 from sglang_diffusion.errors import ConfigError, RankFailedError
 from sglang_diffusion.pipelines.hooks import StepHooks
+from sglang_diffusion.platform import Platform
 from sglang_diffusion.runtime.result import GenerationResult
 from sglang_diffusion.runtime.worker import RankCall, RankWorker, rank_main
 
@@ -48,16 +55,24 @@ class Engine:
         self._procs: list[mp.Process] = []
         self._requests = self._responses = self._cancel = None
         self._lock = threading.Lock()  # one request at a time through the ranks
+        self._torchrun = False  # this process is rank 0 of a torchrun launch
+        self.follower = False  # this engine served another node's rank 0 and takes no requests
         self.info: dict = {}
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> "Engine":
         check_supported(self.args)
-        n = self.args.num_gpus
-        if torch.cuda.is_available() and n > torch.cuda.device_count():
-            raise ConfigError(f"num_gpus={n} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        if self.args.under_torchrun:
+            return self._start_torchrun()
+        n, nodes, node = self.args.num_gpus, self.args.nnodes, self.args.node_rank
+        local = n // nodes
+        if torch.cuda.is_available() and local > torch.cuda.device_count():
+            raise ConfigError(f"num_gpus={n} over {nodes} machine(s) needs {local} CUDA devices here, but only "
+                              f"{torch.cuda.device_count()} are visible")
         if n > 1:  # the pipeline resolves the layout (defaults, what its backend can split) and logs it
-            logger.info("starting %d rank processes", n)
+            logger.info("starting %d rank processes%s", local,
+                        f" (ranks {node * local}-{node * local + local - 1} of {n}, node {node} of {nodes})"
+                        if nodes > 1 else "")
         if n == 1:
             self._local = RankWorker(self.args)
             self.info = self._local.describe()
@@ -65,20 +80,75 @@ class Engine:
         ctx = mp.get_context("spawn")
         self._requests, self._responses, self._cancel = ctx.Queue(), ctx.Queue(), ctx.Event()
         init_addr = self.args.dist_init_addr or f"127.0.0.1:{free_port()}"
+        first = node * local
         self._procs = spawn_ranks(
-            rank_main, n,
-            lambda r: (r, n, self.args, init_addr, self._requests, self._responses, self._cancel), ctx)
+            rank_main, local,
+            lambda i: (first + i, n, self.args, init_addr, self._requests, self._responses, self._cancel), ctx)
         ready = 0
         try:
-            while ready < n:
+            while ready < local:
                 kind, rank, *payload = self._wait()
                 if kind == "ready":
                     ready += 1
-                    if rank == 0:
+                    if rank == first:
                         self.info = payload[0]
+            if node > 0:
+                self._follow_node()
         except BaseException:
             self.shutdown()
             raise
+        return self
+
+    def _follow_node(self) -> None:
+        """A node other than 0: its ranks serve node 0's rank 0; return when they have all ended."""
+        logger.info("node %d: ranks ready; serving node 0 until it stops", self.args.node_rank)
+        self.follower = True
+        while any(p.is_alive() for p in self._procs):
+            try:
+                msg = self._responses.get(timeout=_POLL_S)
+            except queue.Empty:
+                failed = [(r, p.exitcode) for r, p in enumerate(self._procs) if p.exitcode not in (None, 0)]
+                if failed:
+                    self.shutdown(kill=True)
+                    raise self._died(failed)
+                continue
+            if msg[0] == "fatal":
+                _, rank, name, message, is_user_error, tb = msg
+                self.shutdown(kill=True)
+                raise _rebuild_error(rank, name, message, is_user_error, tb)
+        self._procs = []
+
+    def _start_torchrun(self) -> "Engine":
+        """This process is one rank of a torchrun launch; rank 0 keeps the pipeline in-process."""
+        import torch.distributed as dist
+
+        from sglang_diffusion.distributed.parallel_state import destroy_world, init_world
+        from sglang_diffusion.runtime.worker import follow
+
+        init_world(0, 0, None, "nccl" if torch.cuda.is_available() else "gloo")  # torchrun's environment
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if rank != 0:
+            from sglang_diffusion.log import configure_logging
+
+            configure_logging("warning", prefix=f"[rank {rank}] ")
+        if self.args.num_gpus != world:
+            destroy_world()
+            raise ConfigError(f"num_gpus={self.args.num_gpus}, but torchrun started {world} ranks (WORLD_SIZE); "
+                              "leave num_gpus out under torchrun")
+        platform = Platform.current(rank)  # rank % devices: the local rank when every machine has as many
+        if platform.device.type == "cuda":
+            torch.cuda.set_device(platform.device)
+        worker = RankWorker(self.args, rank, world)
+        dist.barrier()
+        self.info = worker.describe()
+        if rank == 0:
+            self._local, self._torchrun = worker, True
+            return self
+        self.follower = True
+        try:
+            follow(worker)
+        finally:
+            destroy_world()
         return self
 
     def _wait(self, cancel: threading.Event | None = None):
@@ -124,6 +194,15 @@ class Engine:
     def shutdown(self, kill: bool = False) -> None:
         """Stop the ranks: asked to finish (up to 10 s in all), or killed at once (`kill`: after a
         failure, when survivors may be blocked in a collective with a dead rank)."""
+        if self._torchrun:
+            from sglang_diffusion.distributed.parallel_state import destroy_world
+            from sglang_diffusion.runtime.worker import next_work
+
+            self._torchrun = False
+            try:
+                next_work(0, lambda: None)  # the other ranks' follow() returns
+            finally:
+                destroy_world()
         self._local = None
         if not self._procs:
             return
@@ -153,6 +232,8 @@ class Engine:
         """Run one request. `on_progress(done, total)` is called after each denoising step;
         setting `cancel` stops the request at the next step with `RequestCancelled`."""
         with self._lock:
+            if self._torchrun:
+                return self._in_process_rank0(params, on_progress, cancel)
             if self._local is not None:
                 hooks = StepHooks(on_progress, cancel.is_set if cancel is not None else None)
                 return self._local.run(params, hooks)
@@ -163,9 +244,24 @@ class Engine:
         result: for control operations (loading a LoRA, ...) that every rank must apply alike.
         `fn` must be a module-level function, since it is pickled by name for rank processes."""
         with self._lock:
+            if self._torchrun:
+                return self._in_process_rank0(RankCall(fn, args))
             if self._local is not None:
                 return fn(self._local.pipeline, *args)
             return self._on_ranks(RankCall(fn, args))
+
+    def _in_process_rank0(self, work: SamplingParams | RankCall, on_progress=None, cancel=None):
+        """torchrun: this process is rank 0; broadcast the work, run it here with the others."""
+        from sglang_diffusion.runtime.worker import agreed_cancel, next_work, serve_work
+
+        request_id = uuid.uuid4().hex
+        next_work(0, lambda: (request_id, work))
+        hooks = StepHooks(on_progress, agreed_cancel(cancel.is_set if cancel is not None else lambda: False))
+        result, failed = serve_work(self._local, work, hooks)
+        if failed:
+            rank, (name, message, is_user_error, tb) = failed
+            raise _rebuild_error(rank, name, message, is_user_error, tb)
+        return result
 
     def _on_ranks(self, work: SamplingParams | RankCall, on_progress=None, cancel=None):
         """Broadcast one piece of work to the rank processes and wait for rank 0's answer."""

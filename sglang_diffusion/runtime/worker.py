@@ -90,6 +90,58 @@ def _error_report(e: BaseException) -> tuple[str, str, bool, str]:
     return (type(e).__name__, str(e), isinstance(e, SGLangDiffusionError), traceback.format_exc())
 
 
+def next_work(rank: int, get: Callable | None):
+    """Every rank: rank 0's next piece of work, `get()` there, broadcast to all (None: stop)."""
+    import torch.distributed as dist
+
+    box = [get() if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def serve_work(worker: RankWorker, work, hooks: StepHooks | None):
+    """Every rank: run one broadcast piece of work, then agree on its outcome. Returns (rank 0's
+    result, None) or (None, (rank, error report)) of the first rank that failed."""
+    import torch.distributed as dist
+
+    result, status = None, None
+    try:
+        result = work.run(worker) if isinstance(work, RankCall) else worker.run(work, hooks)
+    except Exception as e:  # reported to the caller; the rank stays up for the next request
+        status = _error_report(e)
+    statuses = [None] * worker.world_size
+    dist.all_gather_object(statuses, status)
+    failed = next(((r, s) for r, s in enumerate(statuses) if s is not None), None)
+    return (None, failed) if failed else (result, None)
+
+
+def agreed_cancel(is_set: Callable[[], bool]) -> Callable[[], bool]:
+    """A cancellation check agreed by all ranks, so that none stops while the others wait for it
+    in a collective."""
+    from sglang_diffusion.distributed.parallel_state import any_rank
+
+    return lambda: any_rank(is_set())
+
+
+def follow(worker: RankWorker) -> None:
+    """A rank other than 0, in-process (torchrun): serve rank 0's broadcast work until it stops."""
+    while (item := next_work(worker.rank, None)) is not None:
+        _, work = item
+        serve_work(worker, work, StepHooks(is_cancelled=agreed_cancel(lambda: False)))
+
+
+def init_rank(rank: int, world_size: int, init_addr: str | None) -> Platform:
+    """This process's device (NCCL: one per rank) and its place in the world (`init_addr`
+    host:port, or torchrun's environment when None)."""
+    from sglang_diffusion.distributed.parallel_state import init_world
+
+    platform = Platform.current(rank)
+    if platform.device.type == "cuda":
+        torch.cuda.set_device(platform.device)
+    init_world(rank, world_size, init_addr, platform.dist_backend)
+    return platform
+
+
 def rank_main(rank: int, world_size: int, args: ServerArgs, init_addr: str, requests, responses,
               cancel_event) -> None:
     """Body of a rank process: load, report ready, then serve broadcast requests until None.
@@ -97,42 +149,27 @@ def rank_main(rank: int, world_size: int, args: ServerArgs, init_addr: str, requ
     Rank 0 reports per-step progress; every rank watches the engine's shared cancel event."""
     import torch.distributed as dist
 
-    from sglang_diffusion.distributed.parallel_state import any_rank, destroy_world, init_world
+    from sglang_diffusion.distributed.parallel_state import destroy_world
     from sglang_diffusion.log import configure_logging
 
     # Ctrl-C reaches the whole process group; the engine, not the signal, decides when ranks stop,
     # so that a server can finish (drain) the request in flight.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(args.log_level if rank == 0 else "warning", prefix=f"[rank {rank}] ")
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) * args.nnodes // world_size))
     try:
-        platform = Platform.current(rank)
-        if platform.device.type == "cuda":
-            torch.cuda.set_device(platform.device)  # NCCL: one device per rank
-        init_world(rank, world_size, init_addr, platform.dist_backend)
+        init_rank(rank, world_size, init_addr)
         worker = RankWorker(args, rank, world_size)
         dist.barrier()
         responses.put(("ready", rank, worker.describe()))
-        while True:
-            box = [requests.get() if rank == 0 else None]
-            dist.broadcast_object_list(box, src=0)
-            if box[0] is None:
-                break
-            request_id, work = box[0]
-            result, status = None, None
+        while (item := next_work(rank, requests.get)) is not None:
+            request_id, work = item
             hooks = StepHooks(
                 on_progress=(lambda done, total, rid=request_id: responses.put(("progress", rid, done, total)))
                 if rank == 0 else None,
-                # agreed by all ranks, so that none stops while the others wait for it in a collective
-                is_cancelled=lambda: any_rank(cancel_event.is_set()))
-            try:
-                result = work.run(worker) if isinstance(work, RankCall) else worker.run(work, hooks)
-            except Exception as e:  # reported to the caller; the rank stays up for the next request
-                status = _error_report(e)
-            statuses = [None] * world_size
-            dist.all_gather_object(statuses, status)
+                is_cancelled=agreed_cancel(cancel_event.is_set))
+            result, failed = serve_work(worker, work, hooks)
             if rank == 0:
-                failed = next(((r, s) for r, s in enumerate(statuses) if s is not None), None)
                 responses.put(("error", request_id, *failed) if failed else ("result", request_id, result))
     except BaseException as e:  # the engine turns this into RankFailedError and stops the others
         responses.put(("fatal", rank, *_error_report(e)))

@@ -25,22 +25,76 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def test_guide_usp_command_gives_the_single_rank_video(tiny_model, tmp_path):
-    common = ["generate", "--model-path", tiny_model("wan2.1-t2v"), "--prompt", "A curious raccoon",
-              "--num-frames", 9, "--height", 64, "--width", 64, "--num-inference-steps", 4, "--seed", 7,
-              "--output-file-name", "raccoon.mp4"]
-    one = run_cli(*common, "--num-gpus", 1, "--output-path", tmp_path / "one")
-    four = run_cli(*common, "--num-gpus", 4, "--ulysses-degree=2", "--ring-degree=2", "--output-path",
-                   tmp_path / "four", timeout=600)
-    assert one.returncode == 0, one.stderr
-    assert four.returncode == 0, four.stderr
-    assert "sp=4 (ulysses=2 x ring=2)" in four.stderr  # the layout is logged
-    a = iio.imread(tmp_path / "one" / "raccoon.mp4", plugin="pyav")
-    b = iio.imread(tmp_path / "four" / "raccoon.mp4", plugin="pyav")
-    assert a.shape == b.shape == (9, 64, 64, 3)
+REQUEST = dict(prompt="A curious raccoon", num_frames=9, height=64, width=64, num_inference_steps=4, seed=7,
+               output_file_name="raccoon.mp4")
+
+
+def cli_args(model, out) -> list:
+    flags = [(f"--{k.replace('_', '-')}", v) for k, v in REQUEST.items()]
+    return ["generate", "--model-path", model, *[x for pair in flags for x in pair], "--output-path", out]
+
+
+@pytest.fixture(scope="module")
+def single_rank_video(tiny_model, tmp_path_factory):
+    """The video `--num-gpus 1` writes (through the same Engine, in this process)."""
+    out = tmp_path_factory.mktemp("one-rank")
+    with DiffGenerator.from_pretrained(str(tiny_model("wan2.1-t2v"))) as gen:
+        gen.generate(**REQUEST, output_path=str(out))
+    return iio.imread(out / "raccoon.mp4", plugin="pyav")
+
+
+def assert_same_video(path, want):
+    got = iio.imread(path, plugin="pyav")
+    assert got.shape == want.shape == (9, 64, 64, 3)
     # The latents agree to ~1e-6 relative; a handful of the uint8 frame values round the other
     # way (6 of 110592 by one level, measured), which H.264 then spreads over their block.
-    assert psnr(a, b) >= MIN_PSNR, psnr(a, b)
+    assert psnr(got, want) >= MIN_PSNR, psnr(got, want)
+
+
+def test_guide_usp_command_gives_the_single_rank_video(tiny_model, tmp_path, single_rank_video):
+    four = run_cli(*cli_args(tiny_model("wan2.1-t2v"), tmp_path), "--num-gpus", 4, "--ulysses-degree=2",
+                   "--ring-degree=2", timeout=600)
+    assert four.returncode == 0, four.stderr
+    assert "sp=4 (ulysses=2 x ring=2)" in four.stderr  # the layout is logged
+    assert_same_video(tmp_path / "raccoon.mp4", single_rank_video)
+
+
+def test_two_machines_with_node_rank_options_give_the_single_rank_video(tiny_model, tmp_path, single_rank_video):
+    from sglang_diffusion.distributed.launch import free_port
+
+    common = [*cli_args(tiny_model("wan2.1-t2v"), tmp_path), "--num-gpus", 2, "--ulysses-degree", 2, "--nnodes", 2,
+              "--dist-init-addr", f"127.0.0.1:{free_port()}"]
+    node1 = run_cli_background(*common, "--node-rank", 1)
+    node0 = run_cli(*common, "--node-rank", 0, timeout=600)
+    out1, err1 = node1.communicate(timeout=120)
+    assert node0.returncode == 0, node0.stderr
+    assert node1.returncode == 0, err1
+    assert "node 1: ranks ready; serving node 0" in err1 and "saved" not in out1  # node 0 wrote the video
+    assert_same_video(tmp_path / "raccoon.mp4", single_rank_video)
+
+
+def test_torchrun_launch_gives_the_single_rank_video(tiny_model, tmp_path, single_rank_video):
+    import subprocess
+    import sys
+
+    from sglang_diffusion.distributed.launch import free_port
+
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(free_port()), "-m", "sglang_diffusion",
+                           *map(str, cli_args(tiny_model("wan2.1-t2v"), tmp_path)), "--ring-degree", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 rank(s): sp=2 (ulysses=1 x ring=2)" in proc.stderr  # num_gpus from torchrun's WORLD_SIZE
+    assert proc.stdout.count("saved") == 1  # rank 0 wrote it
+    assert_same_video(tmp_path / "raccoon.mp4", single_rank_video)
+
+
+def run_cli_background(*args):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "sglang_diffusion", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.timeout(300)

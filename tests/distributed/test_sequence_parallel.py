@@ -47,7 +47,7 @@ def ring_case(ring_sizes, seq_lens, b=2, h=3, d=16):
             s = math.ceil(s_total / r)
             valid = [max(0, min(s, s_total - j * s)) for j in range(r)]
 
-            def shard(t, j):
+            def shard(t, j, s=s, valid=valid):
                 part = t[:, j * s:j * s + valid[j]]
                 return torch.cat([part, part.new_zeros(b, s - valid[j], h, d)], dim=1)
 

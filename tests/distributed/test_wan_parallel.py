@@ -6,7 +6,6 @@ token count that divides the ranks and one that does not (48x48: 27 tokens)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs

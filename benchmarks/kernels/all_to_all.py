@@ -1,0 +1,71 @@
+"""Benchmark: the Ulysses layout changes around all_to_all_single, each one pass, against the
+reshape/permute/contiguous chains they replace (no communication is timed).
+
+    python benchmarks/kernels/all_to_all.py [--seq-len 8192 --heads 12 --head-dim 128 --world-size 2]
+
+For each change (seq_to_head_send/recv, head_to_seq_send/recv): eager (the reference chain)
+and native (the _C kernel through ops.all_to_all); with B = 1 the two middle changes are views.
+GB/s counts the bytes read and written; the JSON also holds this machine's copy bandwidth.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+from sglang_diffusion.ops.all_to_all import KINDS, ulysses_permute, ulysses_permute_reference  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq-len", type=int, default=8192, help="the full sequence S")
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--world-size", type=int, default=2)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--out-dir", type=Path, default=harness.REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    b, s, h, d, p = args.batch, args.seq_len, args.heads, args.head_dim, args.world_size
+    inputs = {
+        "seq_to_head_send": (b, s // p, h, d),
+        "seq_to_head_recv": (p, b, s // p, h // p, d),
+        "head_to_seq_send": (b, s, h // p, d),
+        "head_to_seq_recv": (p, b, s // p, h // p, d),
+    }
+    fns, nbytes = {}, 0
+    for kind in KINDS:
+        x = torch.randn(inputs[kind], device=device).to(dtype)
+        assert torch.equal(ulysses_permute(x, p, kind), ulysses_permute_reference(x, p, kind))
+        fns[f"{kind}:eager"] = lambda x=x, kind=kind: ulysses_permute_reference(x, p, kind)
+        fns[f"{kind}:native"] = lambda x=x, kind=kind: ulysses_permute(x, p, kind)
+        nbytes = 2 * x.numel() * x.element_size()
+    with torch.inference_mode():
+        results = harness.time_providers(fns, args.warmup, args.reps, device)
+    copy_gbs = harness.copy_bandwidth_gbs(nbytes // 2, device)
+    for r in results.values():
+        r["gbs"] = nbytes / r["median_ms"] / 1e6
+    speedup = {kind: results[f"{kind}:eager"]["median_ms"] / results[f"{kind}:native"]["median_ms"] for kind in KINDS}
+    rec = harness.record("all_to_all_layout", device, shapes={k: list(v) for k, v in inputs.items()}, world_size=p,
+                         dtype=args.dtype, bytes_moved=nbytes, copy_gbs=copy_gbs, results=results,
+                         speedup_vs_eager=speedup)
+    path = harness.write(rec, "all_to_all", args.out_dir)
+    print(f"Ulysses layout changes, S={s} H={h} D={d} B={b} P={p} {args.dtype} on {device}; copy {copy_gbs:.1f} GB/s")
+    for kind in KINDS:
+        e, n = results[f"{kind}:eager"], results[f"{kind}:native"]
+        print(f"{kind:>18}: eager {e['median_ms']:7.3f} ms, native {n['median_ms']:7.3f} ms ({n['gbs']:.1f} GB/s), "
+              f"{speedup[kind]:.2f}x")
+    print(f"wrote {path.relative_to(harness.REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""What the kernel benchmarks share: interleaved timing, the run's record, the JSON file.
+
+Timing: every provider is warmed up, then the providers take turns within each repetition,
+so a change in the machine's load hits them alike; wall time per call on the CPU, CUDA events
+on a GPU (after a synchronize). Reported per provider: median, p20, p80 (ms).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from machine import machine_info  # noqa: E402
+
+
+def time_providers(fns: dict, warmup: int, reps: int, device: torch.device) -> dict:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in fns}
+    cuda = device.type == "cuda"
+    for _ in range(reps):
+        for name, fn in fns.items():
+            if cuda:
+                torch.cuda.synchronize(device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                samples[name].append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    results = {}
+    for name, ms in samples.items():
+        q = statistics.quantiles(ms, n=10) if len(ms) > 1 else [ms[0]] * 9  # deciles: q[1] p20, q[7] p80
+        results[name] = {"median_ms": statistics.median(ms), "p20_ms": q[1], "p80_ms": q[7], "reps": reps}
+    return results
+
+
+def copy_bandwidth_gbs(nbytes: int, device: torch.device, reps: int = 10) -> float:
+    """This machine's copy bandwidth (read + write) on a buffer of ``nbytes``: the ceiling of
+    the memory-bound ops."""
+    src = torch.randn(max(1, nbytes // 4), device=device)
+    dst = torch.empty_like(src)
+    ms = time_providers({"copy": lambda: dst.copy_(src)}, 3, reps, device)["copy"]["median_ms"]
+    return 2 * src.numel() * 4 / ms / 1e6
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """This machine's matmul rate at n x n x n: the ceiling of attention's FLOP rate."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    ms = time_providers({"mm": lambda: a @ b}, 2, reps, device)["mm"]["median_ms"]
+    return 2 * n**3 / ms / 1e6
+
+
+def record(benchmark: str, device: torch.device, **fields) -> dict:
+    info = machine_info()
+    info["torch_threads"] = torch.get_num_threads()
+    info["load_avg_1m"] = os.getloadavg()[0]  # other work on the machine skews the timings
+    from sglang_diffusion.ops import _native
+
+    info["cpu_isa"] = _native.native_library().cpu_isa
+    info["card"] = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"benchmark": benchmark, "device": str(device), "machine": info, **fields}
+
+
+def write(rec: dict, name: str, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    where = "cpu" if rec["device"] == "cpu" else rec["machine"]["card"].replace(" ", "_")
+    path = out_dir / f"{name}-{where}-{stamp}.json"
+    path.write_text(json.dumps(rec, indent=2) + "\n")
+    return path
+
+
+def print_results(results: dict, baseline: str, extra=None) -> None:
+    base = results[baseline]["median_ms"]
+    for name, r in results.items():
+        ratio = "" if name == baseline else f"  {base / r['median_ms']:.2f}x {baseline}"
+        more = f"  {extra(name, r)}" if extra else ""
+        print(f"{name:>12}: {r['median_ms']:9.3f} ms (p20 {r['p20_ms']:.3f}, p80 {r['p80_ms']:.3f}){ratio}{more}")

@@ -1,0 +1,92 @@
+"""Benchmark: QK RMS-norm, our kernels against the eager composition they replace.
+
+    python benchmarks/kernels/qk_norm.py [--seq-len 8192 --heads 12 --head-dim 128 --mode across]
+
+Providers:
+- eager:       torch.nn.RMSNorm modules on q and k (Wan's norm_q / norm_k over H*D, or per head)
+- native:      the _C kernel, one call per tensor, into preallocated outputs
+- dispatcher:  sglang_diffusion.ops.qk_norm.qk_rms_norm (custom op + allocation + kernels)
+- triton:      on CUDA
+GB/s counts the bytes read and written; the JSON also holds this machine's copy bandwidth.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+from sglang_diffusion.ops import _dispatch, _native  # noqa: E402
+from sglang_diffusion.ops.qk_norm import qk_rms_norm, qk_rms_norm_reference  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=8192)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--mode", choices=["across", "per_head"], default="across")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--out-dir", type=Path, default=harness.REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    b, s, h, d = args.batch, args.seq_len, args.heads, args.head_dim
+    across = args.mode == "across"
+    width = h * d if across else d
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k = (torch.randn(b, s, h, d, generator=gen, device=device).to(dtype) for _ in range(2))  # [B, S, H, D]
+    norm_q, norm_k = (torch.nn.RMSNorm(width, eps=1e-6).to(device, dtype) for _ in range(2))
+    for m in (norm_q, norm_k):
+        m.weight.data.uniform_(0.5, 1.5)
+    wq, wk = norm_q.weight.detach(), norm_k.weight.detach()
+    q_out, k_out = torch.empty_like(q), torch.empty_like(k)
+
+    if across:
+        fns = {"eager": lambda: (norm_q(q.flatten(2)), norm_k(k.flatten(2)))}
+    else:
+        fns = {"eager": lambda: (norm_q(q), norm_k(k))}
+    if _dispatch.native_why_not(device, "qk_rms_norm_out") is None:
+        ops = _native.native_library().ops
+
+        def native():
+            ops.qk_rms_norm_out(q_out, q, wq, 1e-6, across)
+            ops.qk_rms_norm_out(k_out, k, wk, 1e-6, across)
+
+        fns["native"] = native
+    fns["dispatcher"] = lambda: qk_rms_norm(q, k, wq, wk, 1e-6, across)
+    if _dispatch.triton_why_not(device) is None:
+        fns["triton"] = lambda: qk_rms_norm(q, k, wq, wk, 1e-6, across, impl="triton")
+
+    expected = qk_rms_norm_reference(q, k, wq, wk, 1e-6, across)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for g, e in zip(qk_rms_norm(q, k, wq, wk, 1e-6, across), expected):
+        torch.testing.assert_close(g.float(), e.float(), atol=tol, rtol=tol)
+
+    with torch.inference_mode():
+        results = harness.time_providers(fns, args.warmup, args.reps, device)
+    nbytes = 2 * (q.numel() + k.numel()) * q.element_size()
+    copy_gbs = harness.copy_bandwidth_gbs(nbytes // 2, device)
+    for r in results.values():
+        r["gbs"] = nbytes / r["median_ms"] / 1e6
+    rec = harness.record(
+        "qk_norm", device, shapes={"q": [b, s, h, d], "k": [b, s, h, d]}, dtype=args.dtype, mode=args.mode,
+        bytes_moved=nbytes, copy_gbs=copy_gbs, results=results,
+        speedup_vs_eager={n: results["eager"]["median_ms"] / r["median_ms"] for n, r in results.items() if n != "eager"},
+    )
+    path = harness.write(rec, f"qk_norm-{args.mode}", args.out_dir)
+    print(f"qk_norm ({args.mode}) q, k [B, S, H, D] = {[b, s, h, d]} {args.dtype} on {device}; "
+          f"copy bandwidth {copy_gbs:.1f} GB/s")
+    harness.print_results(results, "eager", lambda n, r: f"{r['gbs']:.1f} GB/s")
+    print(f"wrote {path.relative_to(harness.REPO)}")
+
+
+if __name__ == "__main__":
+    main()
