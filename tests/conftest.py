@@ -1,9 +1,16 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+# Triton fixes interpreter mode when a kernel is defined, i.e. when its module is first
+# imported, which any test may do indirectly. Without a GPU the kernels can only run
+# interpreted, so the mode is set here, before the first test module is collected.
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,6 +11,7 @@ import time
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 
 from sglang_diffusion.api import DiffGenerator
 from sglang_diffusion.errors import RankFailedError
@@ -29,8 +30,19 @@ REQUEST = dict(prompt="A curious raccoon", num_frames=9, height=64, width=64, nu
                output_file_name="raccoon.mp4")
 
 
+# On a CPU fp32 is the default; on GPUs (NCCL) ask for it: the comparison is an fp32 one.
+FP32 = dict(dit_precision="fp32", text_encoder_precisions=["fp32"]) if torch.cuda.is_available() else {}
+
+
+def needs_ranks(n: int):
+    """On CUDA every rank needs a device of its own."""
+    return pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < n,
+                              reason=f"{n} ranks need {n} CUDA devices")
+
+
 def cli_args(model, out) -> list:
     flags = [(f"--{k.replace('_', '-')}", v) for k, v in REQUEST.items()]
+    flags += [(f"--{k.replace('_', '-')}", v if isinstance(v, str) else v[0]) for k, v in FP32.items()]
     return ["generate", "--model-path", model, *[x for pair in flags for x in pair], "--output-path", out]
 
 
@@ -38,7 +50,7 @@ def cli_args(model, out) -> list:
 def single_rank_video(tiny_model, tmp_path_factory):
     """The video `--num-gpus 1` writes (through the same Engine, in this process)."""
     out = tmp_path_factory.mktemp("one-rank")
-    with DiffGenerator.from_pretrained(str(tiny_model("wan2.1-t2v"))) as gen:
+    with DiffGenerator.from_pretrained(str(tiny_model("wan2.1-t2v")), **FP32) as gen:
         gen.generate(**REQUEST, output_path=str(out))
     return iio.imread(out / "raccoon.mp4", plugin="pyav")
 
@@ -51,6 +63,7 @@ def assert_same_video(path, want):
     assert psnr(got, want) >= MIN_PSNR, psnr(got, want)
 
 
+@needs_ranks(4)
 def test_guide_usp_command_gives_the_single_rank_video(tiny_model, tmp_path, single_rank_video):
     four = run_cli(*cli_args(tiny_model("wan2.1-t2v"), tmp_path), "--num-gpus", 4, "--ulysses-degree=2",
                    "--ring-degree=2", timeout=600)
@@ -59,6 +72,7 @@ def test_guide_usp_command_gives_the_single_rank_video(tiny_model, tmp_path, sin
     assert_same_video(tmp_path / "raccoon.mp4", single_rank_video)
 
 
+@needs_ranks(2)
 def test_two_machines_with_node_rank_options_give_the_single_rank_video(tiny_model, tmp_path, single_rank_video):
     from sglang_diffusion.distributed.launch import free_port
 
@@ -73,6 +87,7 @@ def test_two_machines_with_node_rank_options_give_the_single_rank_video(tiny_mod
     assert_same_video(tmp_path / "raccoon.mp4", single_rank_video)
 
 
+@needs_ranks(2)
 def test_torchrun_launch_gives_the_single_rank_video(tiny_model, tmp_path, single_rank_video):
     import subprocess
     import sys
@@ -97,9 +112,10 @@ def run_cli_background(*args):
                             stderr=subprocess.PIPE, text=True)
 
 
+@needs_ranks(2)
 @pytest.mark.timeout(300)
 def test_a_rank_killed_mid_request_ends_it_with_a_clear_error_and_no_hang(tiny_model):
-    gen = DiffGenerator.from_pretrained(str(tiny_model("wan2.1-t2v")), num_gpus=2, ulysses_degree=2)
+    gen = DiffGenerator.from_pretrained(str(tiny_model("wan2.1-t2v")), num_gpus=2, ulysses_degree=2, **FP32)
     try:
         victim = gen.engine._procs[1]
 

@@ -6,6 +6,7 @@ token count that divides the ranks and one that does not (48x48: 27 tokens)."""
 from __future__ import annotations
 
 import pytest
+import torch.distributed as dist
 
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs
@@ -24,9 +25,11 @@ LATENT_TOL = 1e-4
 LAYOUTS = [(2, 2, 1, 1, 1), (2, 1, 2, 1, 1), (4, 2, 2, 1, 1), (2, 1, 1, 2, 1), (2, 1, 1, 1, 2), (4, 2, 1, 2, 1)]
 
 
-def server_args(model_path, num_gpus, ulysses, ring, cfg, tp) -> ServerArgs:
+def server_args(model_path, num_gpus=1, ulysses=None, ring=None, cfg=1, tp=1) -> ServerArgs:
+    # fp32 everywhere (a GPU's default is bf16): the tolerance is an fp32 one
     return ServerArgs(model_path=str(model_path), backend="sglang", num_gpus=num_gpus, ulysses_degree=ulysses,
-                      ring_degree=ring, enable_cfg_parallel=cfg == 2, tp_size=tp)
+                      ring_degree=ring, enable_cfg_parallel=cfg == 2, tp_size=tp, dit_precision="fp32",
+                      text_encoder_precisions=["fp32"])
 
 
 def rel_err(a, b) -> float:
@@ -41,7 +44,7 @@ def layout_case(layout, model_paths):
         return None
     out = {}
     for family in FAMILIES:
-        pipe = build_pipeline(server_args(model_paths[family], *layout), Platform.current())
+        pipe = build_pipeline(server_args(model_paths[family], *layout), Platform.current(dist.get_rank()))
         for name, request in REQUESTS.items():
             out[(family, name)] = pipe.run(SamplingParams(**request)).latents.cpu()
         out[(family, "describe")] = pipe.describe()["parallel"]
@@ -53,7 +56,7 @@ def single_rank(tiny_model):
     """The single-rank latents, the reference."""
     out = {}
     for family in FAMILIES:
-        pipe = build_pipeline(ServerArgs(model_path=str(tiny_model(family)), backend="sglang"), Platform.current())
+        pipe = build_pipeline(server_args(tiny_model(family)), Platform.current())
         for name, request in REQUESTS.items():
             out[(family, name)] = pipe.run(SamplingParams(**request)).latents
     return out

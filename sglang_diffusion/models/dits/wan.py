@@ -31,7 +31,7 @@ from torch import nn
 
 from sglang_diffusion.errors import ModelLoadError
 from sglang_diffusion.layers.adanorm import AdaNorm
-from sglang_diffusion.layers.attention import Attention
+from sglang_diffusion.layers.attention import Attention, keys_with_bias, masked_keys, query_for_key_bias
 from sglang_diffusion.layers.embeddings import TextProjection, TimestepEmbedding, timestep_features
 from sglang_diffusion.layers.mlp import FeedForward
 from sglang_diffusion.layers.rotary import RotaryEmbedding3D
@@ -112,15 +112,36 @@ class WanSelfAttention(nn.Module):
 
 @dataclass
 class CrossKV:
-    """One block's cross-attention keys and values [B, L, H, D]: text, and image (I2V)."""
+    """One block's cross-attention keys and values [B, L, H, D]: text, and image (I2V).
+
+    `scale` is set when the text keys carry a logit bias in extra channels (`fold_padding`):
+    then k, v are [B, L', H, D + 8] and attention runs with this explicit scale."""
 
     k: torch.Tensor
     v: torch.Tensor
     k_img: torch.Tensor | None = None
     v_img: torch.Tensor | None = None
+    scale: float | None = None
 
-    def tensors(self) -> list[torch.Tensor | None]:
-        return [self.k, self.v, self.k_img, self.v_img]
+
+def fold_padding(text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Text states [B, L, C], zero after each prompt's tokens (as the text stage pads them) ->
+    (the first L' rows, log-multiplicity bias [B, L'] or None when nothing repeats).
+
+    Every zero row embeds to the same key and value, so n of them attend exactly like one key
+    whose logit is raised by log(n): a 20-token prompt padded to 512 attends over 21 keys, not
+    512. Rows r_b.. L'-1 of element b stand for its L - r_b padding rows, log((L - r_b) / (L' - r_b))
+    each."""
+    b, length, _ = text.shape
+    positions = torch.arange(1, length + 1, device=text.device)
+    real = (text.ne(0).any(-1) * positions).amax(-1)  # [B]: tokens before the zero padding
+    kept = min(int(real.max()) + 1, length)
+    if kept >= length:
+        return text, None
+    slots = positions[:kept].sub(1)[None, :] >= real[:, None]  # [B, L']: padding slots
+    per_slot = (length - real).double() / (kept - real).clamp_min(1).double()  # [B]
+    bias = torch.where(slots, per_slot.log()[:, None], torch.zeros((), dtype=torch.float64, device=text.device))
+    return text[:, :kept], bias.float()
 
 
 class WanCrossAttention(nn.Module):
@@ -143,9 +164,14 @@ class WanCrossAttention(nn.Module):
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(2, (self.num_heads, self.head_dim))  # [B, L, H*D] -> [B, L, H, D]
 
-    def project_context(self, text: torch.Tensor, image: torch.Tensor | None) -> CrossKV:
-        """Keys and values of the (embedded) text [B, L, C] and image [B, L', C] tokens."""
+    def project_context(self, text: torch.Tensor, image: torch.Tensor | None,
+                        text_bias: torch.Tensor | None = None) -> CrossKV:
+        """Keys and values of the (embedded) text [B, L, C] and image [B, L', C] tokens;
+        `text_bias` [B, L]: a logit bias per text key (see `fold_padding`)."""
         kv = CrossKV(self._heads(self.norm_k(self.to_k(text))), self._heads(self.to_v(text)))
+        if text_bias is not None:
+            kv.scale = self.attn.scale
+            kv.k, kv.v = keys_with_bias(kv.k, kv.v, text_bias, kv.scale)
         if image is not None:
             if self.add_k_proj is None:
                 raise ValueError("image features given to a Wan transformer without image cross-attention "
@@ -157,7 +183,10 @@ class WanCrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, kv: CrossKV) -> torch.Tensor:
         b, s, _ = x.shape
         q = self.norm_q(self.to_q(x)).view(b, s, self.num_heads, self.head_dim)  # [B, S, H, D]
-        out = self.attn(q, kv.k, kv.v)
+        if kv.scale is None:
+            out = self.attn(q, kv.k, kv.v)
+        else:  # text keys with a logit bias in their extra channels
+            out = self.attn(query_for_key_bias(q), kv.k, kv.v, scale=kv.scale)[..., :self.head_dim]
         if kv.k_img is not None:
             out = out + self.attn(q, kv.k_img, kv.v_img)
         return self.to_out(out.reshape(b, s, -1))
@@ -268,11 +297,26 @@ class WanContext:
 
     @staticmethod
     def cat(contexts: list["WanContext"]) -> "WanContext":
-        """Along the batch (classifier-free guidance in one forward)."""
+        """Along the batch (classifier-free guidance in one forward). Folded text keys of
+        different lengths are filled up with masked keys."""
         blocks = []
         for parts in zip(*(c.kv for c in contexts)):
-            fields = [None if p[0] is None else torch.cat(p) for p in zip(*(kv.tensors() for kv in parts))]
-            blocks.append(CrossKV(*fields))
+            scale = next((kv.scale for kv in parts if kv.scale is not None), None)
+            length = max(kv.k.shape[1] for kv in parts)
+            ks, vs = [], []
+            for kv in parts:
+                k, v = kv.k, kv.v
+                if scale is not None and kv.scale is None:  # the same keys with a zero bias
+                    k, v = keys_with_bias(k, v, k.new_zeros(k.shape[:2]), scale)
+                if k.shape[1] < length:
+                    mk, mv = masked_keys(k, v, length - k.shape[1], scale)
+                    k, v = torch.cat([k, mk], dim=1), torch.cat([v, mv], dim=1)
+                ks.append(k)
+                vs.append(v)
+            image = parts[0].k_img is not None
+            blocks.append(CrossKV(torch.cat(ks), torch.cat(vs),
+                                  torch.cat([kv.k_img for kv in parts]) if image else None,
+                                  torch.cat([kv.v_img for kv in parts]) if image else None, scale))
         return WanContext(blocks)
 
 
@@ -281,6 +325,8 @@ class WanTransformer3DModel(nn.Module):
     # and keys of some checkpoints that no layer reads.
     keep_in_fp32 = ("condition_embedder.time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
     ignored_checkpoint_keys = ("norm_added_q",)
+    # Cross-attend to one key per run of zero-padded text tokens (exact; see fold_padding).
+    fold_text_padding = True
     # Sequence-parallel plan: tokens split along dim 1 before the blocks (per-token timestep
     # embeddings with them), RoPE tables along dim 0; self-attention spans the ranks; after
     # proj_out each rank's tokens go back in place (the loop gathers latents once, at the end).
@@ -323,13 +369,16 @@ class WanTransformer3DModel(nn.Module):
                        encoder_hidden_states_image: torch.Tensor | None = None) -> WanContext:
         """Text [B, L, text_dim] (and CLIP image [B, L', image_dim]) features -> every block's
         cross-attention K/V. Depends only on the request, so it runs once, not per step."""
-        text = self.condition_embedder.text_embedder(encoder_hidden_states.to(self.dtype))
+        text, text_bias = encoder_hidden_states.to(self.dtype), None
+        if self.fold_text_padding and self.blocks[0].attn2.attn.takes_key_bias(text.device, text.dtype):
+            text, text_bias = fold_padding(text)
+        text = self.condition_embedder.text_embedder(text)
         image = None
         if encoder_hidden_states_image is not None:
             if self.condition_embedder.image_embedder is None:
                 raise ValueError("image features given to a Wan transformer without an image embedder (image_dim)")
             image = self.condition_embedder.image_embedder(encoder_hidden_states_image.to(self.dtype))
-        return WanContext([block.attn2.project_context(text, image) for block in self.blocks])
+        return WanContext([block.attn2.project_context(text, image, text_bias) for block in self.blocks])
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
                 encoder_hidden_states: torch.Tensor | None = None,
