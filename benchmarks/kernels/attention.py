@@ -8,7 +8,9 @@ Providers (each [B, S, H, D] in, as the attention backends take it):
 - dispatcher:  sglang_diffusion.ops.attention.attention (custom op + allocation + kernel)
 - triton, sage_triton, flash_attn: on CUDA (the last when the package is installed)
 GFLOP/s counts 4 B H Sq Sk D; the JSON also holds this machine's measured matmul rate in the
-same dtype, the ceiling. One JSON file per run in benchmarks/results/.
+same dtype, the ceiling. On the CPU a second table times sdpa and native on one thread by the
+thread's CPU time (harness.py), which other work on a shared machine does not inflate.
+One JSON file per run in benchmarks/results/.
 """
 
 import argparse
@@ -80,14 +82,36 @@ def main() -> None:
     for r in results.values():
         r["gflops"] = flops / r["median_ms"] / 1e6
         r["fraction_of_matmul"] = r["gflops"] / peak
+    single = single_matmul = None
+    if device.type == "cpu" and "native" in fns:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                single = harness.time_providers({n: fns[n] for n in ("sdpa", "native")}, 1, args.reps, device,
+                                                clock="thread")
+                n = 2048
+                a, m = torch.randn(n, n), torch.randn(n, n)
+                mm = harness.time_providers({"mm": lambda: a @ m}, 1, args.reps, device, clock="thread")["mm"]
+        finally:
+            torch.set_num_threads(threads)
+        for r in single.values():
+            r["gflops"] = flops / r["median_ms"] / 1e6
+            r["fraction_of_matmul"] = r["gflops"] / (2 * n**3 / mm["median_ms"] / 1e6)
+        single_matmul = {**mm, "gflops": 2 * n**3 / mm["median_ms"] / 1e6}
     rec = harness.record(
         "attention", device, shapes={"q": [b, s, h, d], "k": [b, s, h, d], "v": [b, s, h, d]}, dtype=args.dtype,
         flops=flops, matmul_gflops=peak, results=results,
         speedup_vs_sdpa={n: results["sdpa"]["median_ms"] / r["median_ms"] for n, r in results.items() if n != "sdpa"},
+        single_thread_cpu_time=single, single_thread_matmul_2048=single_matmul,
     )
     path = harness.write(rec, "attention", args.out_dir)
     print(f"attention [B, S, H, D] = {[b, s, h, d]} {args.dtype} on {device}; matmul ceiling {peak:.1f} GFLOP/s")
     harness.print_results(results, "sdpa", lambda n, r: f"{r['gflops']:.1f} GFLOP/s ({100 * r['fraction_of_matmul']:.0f}% of matmul)")
+    if single:
+        print(f"one thread, CPU time per call (matmul ceiling {single_matmul['gflops']:.1f} GFLOP/s):")
+        harness.print_results(single, "sdpa", lambda n, r: f"{r['gflops']:.1f} GFLOP/s "
+                                                           f"({100 * r['fraction_of_matmul']:.0f}% of matmul)")
     print(f"wrote {path.relative_to(harness.REPO)}")
 
 

@@ -8,7 +8,7 @@ request builds them once, not once per step and layer.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ class RotaryEmbedding3D:
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def for_head_dim(cls, head_dim: int, theta: float = 10000.0) -> "RotaryEmbedding3D":
+    def for_head_dim(cls, head_dim: int, theta: float = 10000.0) -> RotaryEmbedding3D:
         """Wan's split: height and width get 2 * (D // 6) channels each, frames the rest."""
         hw = 2 * (head_dim // 6)
         return cls((head_dim - 2 * hw, hw, hw), theta)

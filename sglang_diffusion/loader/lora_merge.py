@@ -146,7 +146,7 @@ def _aliases(module: str) -> list[str]:
     return [*names, *(n.replace(".", "_") for n in names)]
 
 
-def _strip(module: str, component: str) -> tuple[str | None, str]:
+def _strip(module: str) -> tuple[str | None, str]:
     """(component the key is for, or None when it names none; the module path without prefixes)."""
     target = None
     for name in ("transformer_2", "transformer"):
@@ -182,7 +182,9 @@ def _scale(lora: LoraFile, component: str, name: str, layer: LoraLayer) -> float
 def merge_lora(state: dict[str, torch.Tensor], lora: LoraFile, component: str = "transformer",
                strength: float = 1.0) -> int:
     """Merge `lora` into `state` (a checkpoint with diffusers keys) in place, for the layers whose
-    keys name `component` or no component. Returns how many layers were changed."""
+    keys name `component`; keys naming no component are `transformer`'s (as diffusers loads them:
+    a Wan2.2 A14B LoRA reaches `transformer_2` only through `transformer_2.` keys). Returns how
+    many layers were changed."""
     by_alias = {}
     for key in state:
         if key.endswith(".weight"):
@@ -191,8 +193,8 @@ def merge_lora(state: dict[str, torch.Tensor], lora: LoraFile, component: str = 
                 by_alias.setdefault(alias, module)
     merged, unmatched = 0, []
     for name, layer in lora.layers.items():
-        target, path = _strip(name, component)
-        if target not in (None, component):
+        target, path = _strip(name)
+        if (target or "transformer") != component:
             continue
         module = by_alias.get(path)
         if module is None:

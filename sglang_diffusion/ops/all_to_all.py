@@ -10,14 +10,16 @@ equal chunks of dim 0 to rank i, so each side of the exchange needs one copy:
     head -> seq   send = head_to_seq_send(y, P)       [B, S, H/P, D]   -> [P, B, S/P, H/P, D]
                   x    = head_to_seq_recv(recv, P)    [P, B, S/P, H/P, D] -> [B, S/P, H, D]
 
-Each function is a single strided copy (the native kernel copies D-contiguous rows in parallel)
-instead of the usual reshape/permute/contiguous chains; when B == 1, seq_to_head_recv and
-head_to_seq_send are pure views and copy nothing. ``all_to_all_seq_to_head`` and
+Each function is a single strided copy, never a chain of reshape/permute/contiguous copies;
+when B == 1, seq_to_head_recv and head_to_seq_send are pure views and copy nothing. The copy
+is torch's on the CPU (measured as fast as or faster than the native row copy) and the native
+kernel (csrc/cuda/all_to_all.cu) on CUDA when _C is built with it. ``all_to_all_seq_to_head`` and
 ``all_to_all_head_to_seq`` run the whole exchange on a process group.
 
 - ``*_reference``: plain torch (reshape + permute + contiguous), the spec.
-- the dispatched functions: native (csrc/cpu/all_to_all.cpp, csrc/cuda/all_to_all.cu) or torch,
-  through the custom ops ``torch.ops.sglang_diffusion.ulysses_permute`` (with a fake).
+- the dispatched functions: native (csrc/cuda/all_to_all.cu; csrc/cpu/all_to_all.cpp when asked
+  for) or torch, through the custom op ``torch.ops.sglang_diffusion.ulysses_permute`` (with a
+  fake).
 """
 
 from __future__ import annotations
@@ -89,12 +91,20 @@ def _why_not(x: torch.Tensor) -> dict[str, Optional[str]]:
 @torch.library.custom_op("sglang_diffusion::ulysses_permute", mutates_args=())
 def _ulysses_permute_op(x: torch.Tensor, world_size: int, kind: str, impl: Optional[str]) -> torch.Tensor:
     view, perm, out_shape = _plan(kind, x, world_size)
-    chosen = _dispatch.choose("ulysses_permute", impl, _why_not(x), f"{x.device.type} {x.dtype}")
+    if impl is None and x.device.type == "cpu":
+        # Measured: on the CPU torch's strided copy is as fast or faster (the native row copy
+        # ran at 0.84-0.93x, benchmarks/kernels/all_to_all.py), so it is the CPU default.
+        chosen = "torch"
+        if not torch.compiler.is_compiling():
+            _dispatch.log_choice("ulysses_permute", "torch", "cpu: torch's strided copy measured fastest")
+    else:
+        chosen = _dispatch.choose("ulysses_permute", impl, _why_not(x), f"{x.device.type} {x.dtype}")
+    out = torch.empty(out_shape, dtype=x.dtype, device=x.device)  # never an alias of x
+    src = view.permute(perm)  # [.., D] in the output's order, strided
     if chosen == "torch":
-        return view.permute(perm).contiguous().reshape(out_shape)
-    out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
-    # The kernel writes out (viewed in the permuted order) from the 5-D view, D-rows at a time.
-    _native.native_library().ops.permute_rows_out(out.view(view.permute(perm).shape), view.permute(perm))
+        out.view(src.shape).copy_(src)
+    else:  # the kernel copies D-rows at a time
+        _native.native_library().ops.permute_rows_out(out.view(src.shape), src)
     return out
 
 

@@ -18,8 +18,10 @@ import torch
 from sglang_diffusion.config.families import detect_family
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import ConfigError, ModelLoadError
+from sglang_diffusion.layers.conv import use_onednn_conv3d
 from sglang_diffusion.loader.components import component_dtypes, load_component
 from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
+from sglang_diffusion.models.vaes.wan import accelerate_wan_vae
 from sglang_diffusion.pipelines.stages.base import StagedPipeline
 from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
 from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
@@ -80,6 +82,8 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
     # Components from diffusers / transformers classes
     vae = load_component("vae", index, args, dtypes["vae"]).to(device).eval()
     configure_vae(vae, args)
+    if platform.is_cpu:
+        accelerate_wan_vae(vae)
     scheduler = load_component("scheduler", index, args, None)
     tokenizer = load_component("tokenizer", index, args, None)
     text_encoder = load_component("text_encoder", index, args, dtypes["text_encoder"]).eval()
@@ -118,6 +122,8 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
             config=args.attention_backend_config))
     for expert in experts:
         expert.set_attention_backend(backend)
+        if platform.is_cpu:
+            use_onednn_conv3d(expert)  # the patch embedding
         if args.enable_torch_compile:
             for block in expert.blocks:
                 block.compile()

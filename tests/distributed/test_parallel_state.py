@@ -81,3 +81,18 @@ def test_parallel_options_pass_for_native_pipelines_and_are_refused_on_the_diffu
     with pytest.raises(NotSupportedYetError, match=r"sequence parallelism .*tp_size=2 .* on the diffusers backend"):
         check_pipeline_supported(args, _DiffusersPipeline())
     check_pipeline_supported(ServerArgs(num_gpus=2), _DiffusersPipeline())  # replicas are fine
+
+
+class _Backend:
+    def __init__(self, name, returns_lse):
+        self.name, self.returns_lse = name, returns_lse
+
+
+def test_ring_refuses_a_named_backend_without_lse_and_auto_switches_to_fa():
+    from sglang_diffusion.distributed.sharding import backend_for_ring
+
+    fa = _Backend("fa", True)
+    assert backend_for_ring(fa, "fa", lambda name: None) is fa
+    assert backend_for_ring(_Backend("torch_sdpa", False), "auto", lambda name: _Backend(name, True)).name == "fa"
+    with pytest.raises(ConfigError, match="attention_backend torch_sdpa: ring attention .* log-sum-exp"):
+        backend_for_ring(_Backend("torch_sdpa", False), "torch_sdpa", lambda name: fa)

@@ -150,3 +150,26 @@ def test_fp32_modules_stay_fp32_in_reduced_precision(pair):
     assert model.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
     assert model.blocks[0].norm2.weight.dtype == torch.float32
     assert model.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+
+
+def test_zero_padded_text_folds_to_one_key_per_padding_run_exactly(pair):
+    """The text stage pads prompts with zero rows; those all embed to one key/value, which the
+    model attends to once with a log-multiplicity bias instead of once per row."""
+    ref, ours, _ = pair("i2v")
+    x, t, text, img = inputs(VARIANTS["i2v"], 3, 10, 14, image=True)
+    text[0, 20:] = 0  # a 20-token prompt
+    text[1, 2:] = 0  # an almost empty negative prompt
+    with torch.no_grad():
+        expected = ref(x, t, text, img, return_dict=False)[0]
+        context = ours.encode_context(text, img)
+        assert context.kv[0].k.shape[1] == 21 and context.kv[0].scale is not None
+        assert rel_err(expected, ours(x, t, context=context)) <= TOL
+        # batched CFG: folded contexts of different lengths, and a folded with an unfolded one
+        halves = [ours.encode_context(text[:1], img[:1]), ours.encode_context(text[1:], img[1:])]
+        assert rel_err(expected, ours(x, t, context=WanContext.cat(halves))) <= TOL
+        full = text.clone()
+        full[0] = torch.randn(512, VARIANTS["i2v"]["text_dim"])  # no padding: nothing to fold
+        expected = ref(x, t, full, img, return_dict=False)[0]
+        halves = [ours.encode_context(full[:1], img[:1]), ours.encode_context(full[1:], img[1:])]
+        assert halves[0].kv[0].scale is None and halves[1].kv[0].scale is not None
+        assert rel_err(expected, ours(x, t, context=WanContext.cat(halves))) <= TOL

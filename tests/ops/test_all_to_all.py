@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from sglang_diffusion.ops import _native
 from sglang_diffusion.ops.all_to_all import (
     KINDS,
     all_to_all_head_to_seq,

@@ -75,6 +75,16 @@ def test_native_reads_views_into_a_fused_qkv_projection():
 
 
 @requires_native
+def test_native_reads_head_major_memory_in_place():
+    """[B, H, S, D] storage viewed as [B, S, H, D]: key rows are contiguous, read without a copy."""
+    q, k, v = (randn((2, 3, n, 64), seed).transpose(1, 2) for seed, n in ((0, 70), (1, 300), (2, 300)))
+    out, lse = attention(q, k, v, backend="native")
+    expected, expected_lse = attention_reference(q, k, v)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, expected_lse, atol=1e-5, rtol=1e-5)
+
+
+@requires_native
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(2, 37, 29, 3, 64), (1, 97, 300, 2, 128)])
 def test_native_low_precision_within_twice_torch_error(shape, dtype):

@@ -151,3 +151,8 @@ def test_bias_and_full_weight_deltas_are_added_as_they_are():
     torch.testing.assert_close(state["blocks.0.attn1.to_q.weight"], before["blocks.0.attn1.to_q.weight"] + 0.5 * diff)
     torch.testing.assert_close(state["blocks.0.attn1.to_q.bias"], 0.5 * diff_b)
     assert torch.equal(state["proj_out.weight"], before["proj_out.weight"])
+    # Wan2.2 A14B: keys without a component are transformer's, as diffusers loads them
+    second = {k: v.clone() for k, v in before.items()}
+    assert merge_lora(second, lora, "transformer_2") == 1
+    torch.testing.assert_close(second["proj_out.weight"], before["proj_out.weight"] + diff)
+    assert torch.equal(second["blocks.0.attn1.to_q.weight"], before["blocks.0.attn1.to_q.weight"])

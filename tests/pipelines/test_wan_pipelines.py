@@ -114,19 +114,26 @@ def test_batched_and_two_pass_cfg_give_the_same_latents(native):
     assert rel_err(results["two_pass"], results["batched"]) <= 1e-5
 
 
-def test_auto_cfg_layout_times_both_after_warmup_and_keeps_the_faster():
-    cfg = CfgLayout("auto")
-    key = ("cpu", (1, 16, 3, 8, 8), (1,))
-    cost = {"two_pass": 2.0, "batched": 3.0}
-    layouts = []
-    for _ in range(len(CfgLayout.PLAN)):
-        layout, timed = cfg.next(key)
-        layouts.append(layout)
-        cfg.record(key, layout, cost[layout] if timed else None)
-    assert set(layouts) == {"two_pass", "batched"}
-    assert cfg.chosen[key] == "two_pass" and cfg.next(key) == ("two_pass", False)
-    other = ("cpu", (1, 16, 5, 8, 8), (1,))  # another shape is measured anew
-    assert cfg.next(other) == (CfgLayout.PLAN[0], False)
+def test_auto_cfg_layout_is_measured_once_per_shape_before_any_step_and_kept(tmp_path):
+    calls = []
+
+    def probe(layout):
+        calls.append(layout)
+        return {"two_pass": 2.0, "batched": 3.0}[layout]
+
+    cfg = CfgLayout("auto", cache_dir=tmp_path)
+    assert cfg.choose("cpu|shape A", probe) == "two_pass"
+    assert calls == ["two_pass", "batched"] * 3  # a warm-up of each, then two timed rounds
+    assert cfg.choose("cpu|shape A", probe) == "two_pass" and len(calls) == 6  # kept, not measured again
+    again = CfgLayout("auto", cache_dir=tmp_path)  # another process: read from the cache file
+    assert again.choose("cpu|shape A", lambda layout: 1 / 0) == "two_pass"
+    assert CfgLayout("batched", cache_dir=tmp_path).choose("cpu|shape B", lambda layout: 1 / 0) == "batched"
+
+
+def test_auto_cfg_layout_gives_the_same_output_on_every_request(native):
+    pipe = native("wan2.1-t2v")
+    first, second = (pipe.run(SamplingParams(**REQUEST)).latents for _ in range(2))
+    assert torch.equal(first, second)
 
 
 def test_a14b_runs_high_noise_expert_above_boundary_and_low_noise_below(native):

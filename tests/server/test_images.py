@@ -136,7 +136,9 @@ def test_models_and_model_info(client, server):
 
 
 def test_concurrent_requests_within_the_queue_are_all_answered(server):
-    seeds = list(range(QUEUE + 1))
+    # QUEUE requests fit in the queue even when none has started yet; one more fits only if the
+    # worker took the first before the last arrived, which is a race under load.
+    seeds = list(range(QUEUE))
     with ThreadPoolExecutor(len(seeds)) as pool:
         responses = list(pool.map(lambda s: _post(server, {"prompt": "a cat", "size": "32x32", "seed": s}), seeds))
     assert [r.status_code for r in responses] == [200] * len(seeds)

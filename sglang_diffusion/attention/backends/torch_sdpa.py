@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 
 from sglang_diffusion.attention.backends.base import AttentionBackend

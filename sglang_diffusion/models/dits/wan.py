@@ -132,7 +132,7 @@ def fold_padding(text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]
     whose logit is raised by log(n): a 20-token prompt padded to 512 attends over 21 keys, not
     512. Rows r_b.. L'-1 of element b stand for its L - r_b padding rows, log((L - r_b) / (L' - r_b))
     each."""
-    b, length, _ = text.shape
+    length = text.shape[1]
     positions = torch.arange(1, length + 1, device=text.device)
     real = (text.ne(0).any(-1) * positions).amax(-1)  # [B]: tokens before the zero padding
     kept = min(int(real.max()) + 1, length)
@@ -212,7 +212,7 @@ class WanImageEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pos_embed is not None:  # first-last-frame models: two images' tokens side by side
-            b, s, c = x.shape
+            _, s, c = x.shape
             x = x.view(-1, 2 * s, c) + self.pos_embed
         return self._fp32_norm(self.norm2, self.ff(self._fp32_norm(self.norm1, x)))
 
@@ -383,14 +383,15 @@ class WanTransformer3DModel(nn.Module):
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
                 encoder_hidden_states: torch.Tensor | None = None,
                 encoder_hidden_states_image: torch.Tensor | None = None,
-                context: WanContext | None = None, seq=None) -> torch.Tensor:
+                context: WanContext | None = None, seq=None, num_blocks: int | None = None) -> torch.Tensor:
         """hidden_states [B, C, F, H, W], timestep [B] or [B, S] -> the flow prediction
         [B, C_out, F', H', W'] (F', H', W' the sizes rounded down to the patch). Give either the
         encoder states (diffusers' signature) or a `context` from `encode_context`.
 
         `seq` (a `distributed.sharding.SequenceShard` over the S tokens): sequence parallelism.
         This rank runs the blocks on its shard of the tokens only; the prediction is right at
-        its tokens' patches and zero elsewhere (`seq.gather_latents` puts the ranks' parts together)."""
+        its tokens' patches and zero elsewhere (`seq.gather_latents` puts the ranks' parts together).
+        `num_blocks`: run only the first blocks (timing probes; the output is then meaningless)."""
         if context is None:
             context = self.encode_context(encoder_hidden_states, encoder_hidden_states_image)
         b, _, frames, height, width = hidden_states.shape
@@ -406,7 +407,7 @@ class WanTransformer3DModel(nn.Module):
             if temb.dim() == 3:
                 temb, mod = seq.split(temb, 1), seq.split(mod, 1)
 
-        for block, kv in zip(self.blocks, context.kv):
+        for block, kv in zip(self.blocks[:num_blocks], context.kv):
             x = block(x, kv, mod, cos, sin, seq)
 
         # 5. Output norm, projection & unpatchify

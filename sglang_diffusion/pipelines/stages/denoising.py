@@ -10,8 +10,8 @@ once per request, on the expert's first step.
 Classifier-free guidance runs the conditional and unconditional branches either as one forward
 of batch 2B ("batched") or as two forwards of batch B ("two_pass"). Which is faster depends on
 the device and the shapes (on a 2-core CPU two passes measured faster, on a GPU the batch
-usually wins), so with "auto" both are measured on the first steps of a shape and the faster one
-is kept for that shape (`CfgLayout`).
+usually wins), so with "auto" both are measured before the first step of a shape and the faster
+one is kept for that shape (`CfgLayout`).
 
 Several ranks (`parallel`, the process groups): with sequence parallelism each rank runs the DiT
 on its shard of the tokens (`SequenceShard`); the scheduler steps the latents elementwise, so each
@@ -22,9 +22,14 @@ per step.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -38,40 +43,74 @@ CFG_LAYOUTS = ("auto", "batched", "two_pass")
 
 
 class CfgLayout:
-    """Per input shape: warm both layouts up, time each twice, keep the faster."""
+    """Which classifier-free-guidance layout runs, per device and input shapes.
 
-    PLAN = ("two_pass", "batched", "two_pass", "batched", "two_pass", "batched")  # first two: warm-up
-    WARMUP = 2
+    With "auto" the choice is made before the first step of the first request of a shape: both
+    layouts run the DiT cut to its first block (`probe`), once to warm up and twice timed, and
+    the faster is kept, in memory and in `cfg_layout.json` under `cache_dir`. Deciding before
+    any step, and keeping the decision, means every request of a shape runs one layout: the same
+    seed gives the same output bit for bit (the layouts agree only to float rounding)."""
 
-    def __init__(self, mode: str = "auto"):
+    CACHE_FILE = "cfg_layout.json"
+
+    def __init__(self, mode: str = "auto", cache_dir: Path | str | None = None):
         if mode not in CFG_LAYOUTS:
             raise ValueError(f"cfg layout must be one of {CFG_LAYOUTS}, got {mode!r}")
         self.mode = mode
-        self.chosen: dict[tuple, str] = {}
-        self._seen: dict[tuple, int] = {}
-        self._seconds: dict[tuple, dict[str, float]] = {}
+        self.cache = Path(cache_dir or Path.home() / ".cache" / "sglang_diffusion") / self.CACHE_FILE
+        self.chosen: dict[str, str] = {}
 
-    def next(self, key: tuple) -> tuple[str, bool]:
-        """(layout for this step, whether to time it)."""
+    def choose(self, key: str, probe: Callable[[str], float]) -> str:
+        """The layout for `key`; `probe(layout)` runs one cut-down step in it and returns seconds."""
         if self.mode != "auto":
-            return self.mode, False
+            return self.mode
         if key in self.chosen:
-            return self.chosen[key], False
-        n = self._seen.get(key, 0)
-        return self.PLAN[n], n >= self.WARMUP
+            return self.chosen[key]
+        entry = self._read().get(key)
+        if isinstance(entry, dict) and entry.get("layout") in ("batched", "two_pass"):
+            self.chosen[key] = entry["layout"]
+            logger.info("classifier-free guidance: %s for %s (measured earlier, cached in %s)", entry["layout"], key,
+                        self.cache)
+            return entry["layout"]
+        for layout in ("two_pass", "batched"):
+            probe(layout)  # warm-up: first-call costs
+        seconds = {"two_pass": 0.0, "batched": 0.0}
+        for _ in range(2):
+            for layout in seconds:
+                seconds[layout] += probe(layout) / 2
+        self.chosen[key] = min(seconds, key=seconds.get)
+        self._write(key, {"layout": self.chosen[key], "probe_ms": {k: round(v * 1e3, 3) for k, v in seconds.items()}})
+        logger.info("classifier-free guidance: %s for %s (first DiT block: %s)", self.chosen[key], key,
+                    ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()))
+        return self.chosen[key]
 
-    def record(self, key: tuple, layout: str, seconds: float | None) -> None:
-        if self.mode != "auto" or key in self.chosen:
-            return
-        n = self._seen[key] = self._seen.get(key, 0) + 1
-        if seconds is not None:
-            totals = self._seconds.setdefault(key, {})
-            totals[layout] = totals.get(layout, 0.0) + seconds
-        if n == len(self.PLAN):
-            totals = self._seconds.pop(key)
-            self.chosen[key] = min(totals, key=totals.get)
-            logger.info("classifier-free guidance: %s for input %s (measured: %s)", self.chosen[key], key[1:],
-                        ", ".join(f"{k} {v / 2 * 1e3:.1f} ms/step" for k, v in sorted(totals.items())))
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.cache.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _write(self, key: str, entry: dict) -> None:
+        try:
+            self.cache.parent.mkdir(parents=True, exist_ok=True)
+            data = {**self._read(), key: entry}
+            tmp = self.cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+            tmp.replace(self.cache)  # atomic: concurrent processes never see half a file
+        except OSError as e:
+            logger.warning("cannot write %s (%s): the CFG layout choice holds for this process only", self.cache, e)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model} x{torch.get_num_threads()} threads"
 
 
 @dataclass
@@ -125,22 +164,40 @@ class DenoisingStage(Stage):
             mine = _call(model, x, t, context=ctx.cond if ctx.cond is not None else ctx.uncond, seq=seq)
             cond, uncond = all_gather(mine, self.parallel.cfg)  # once per step
             return uncond + scale * (cond - uncond)
-        key = (x.device.type, tuple(x.shape), tuple(t.shape))
-        layout, timed = self.cfg.next(key)
-        start = _now(x.device) if timed else None
+        layout = self.cfg.choose(self._layout_key(model, x, t),
+                                 lambda layout: self._probe(model, x, t, ctx, layout, seq))
         if layout == "batched":
-            if ctx.both is None:
-                ctx.both = type(ctx.cond).cat([ctx.cond, ctx.uncond])
-            cond, uncond = _call(model, torch.cat([x, x]), torch.cat([t, t]), context=ctx.both, seq=seq).chunk(2)
+            cond, uncond = self._batched(model, x, t, ctx, seq).chunk(2)
         else:
             cond = _call(model, x, t, context=ctx.cond, seq=seq)
             uncond = _call(model, x, t, context=ctx.uncond, seq=seq)
-        seconds = _now(x.device) - start if timed else None
-        if seconds is not None and seq is not None:
-            # SP ranks must all pick the same layout (they run its collectives together)
-            seconds = all_reduce_max(seconds, self.parallel.sp)
-        self.cfg.record(key, layout, seconds)
         return uncond + scale * (cond - uncond)
+
+    @staticmethod
+    def _batched(model, x, t, ctx: _Contexts, seq, **kwargs) -> torch.Tensor:
+        if ctx.both is None:
+            ctx.both = type(ctx.cond).cat([ctx.cond, ctx.uncond])
+        return _call(model, torch.cat([x, x]), torch.cat([t, t]), context=ctx.both, seq=seq, **kwargs)
+
+    def _probe(self, model, x, t, ctx: _Contexts, layout: str, seq) -> float:
+        """Seconds of one guidance step in `layout` with the DiT cut to its first block."""
+        start = _now(x.device)
+        if layout == "batched":
+            self._batched(model, x, t, ctx, seq, num_blocks=1)
+        else:
+            _call(model, x, t, context=ctx.cond, seq=seq, num_blocks=1)
+            _call(model, x, t, context=ctx.uncond, seq=seq, num_blocks=1)
+        seconds = _now(x.device) - start
+        if seq is not None:  # SP ranks must all pick the same layout (they run its collectives together)
+            seconds = all_reduce_max(seconds, self.parallel.sp)
+        return seconds
+
+    @staticmethod
+    def _layout_key(model, x: torch.Tensor, t: torch.Tensor) -> str:
+        c = model.config
+        return (f"{device_name(x.device)}|{str(x.dtype).removeprefix('torch.')}|{type(model).__name__} "
+                f"{c.num_attention_heads}x{c.attention_head_dim} ffn {c.ffn_dim}|x {list(x.shape)}|t {list(t.shape)}|"
+                f"torch {torch.__version__}")
 
     def _sequence(self, latents: torch.Tensor) -> tuple[SequenceShard | None, tuple, tuple]:
         """This rank's shard of the DiT's tokens (None without SP), the token grid, the patch."""
@@ -170,9 +227,11 @@ class DenoisingStage(Stage):
         state.latents = conditioning.finalize(latents)
 
 
-def _call(model, x: torch.Tensor, t: torch.Tensor, context, seq: SequenceShard | None) -> torch.Tensor:
+def _call(model, x: torch.Tensor, t: torch.Tensor, context, seq: SequenceShard | None, **kwargs) -> torch.Tensor:
     """The DiT's forward; `seq` only under sequence parallelism (a DiT without SP takes none)."""
-    return model(x, t, context=context) if seq is None else model(x, t, context=context, seq=seq)
+    if seq is not None:
+        kwargs["seq"] = seq
+    return model(x, t, context=context, **kwargs)
 
 
 def _now(device: torch.device) -> float:

@@ -38,13 +38,11 @@ class InputValidationStage(Stage):
     writes = ("params", "generator", "batch_size", "do_cfg")
 
     def __init__(self, family: Family | None, *, temporal_stride: int, spatial_multiple: tuple[int, int],
-                 image: str = "none", has_second_expert: bool = False, default_fps: int | None = None):
+                 image: str = "none", has_second_expert: bool = False):
         assert image in ("required", "optional", "none")
         self.family, self.temporal_stride, self.spatial_multiple = family, temporal_stride, spatial_multiple
         self.image, self.has_second_expert = image, has_second_expert
         self.defaults = dict(family.defaults) if family else {}
-        if default_fps is not None:
-            self.defaults.setdefault("fps", default_fps)
 
     def describe(self) -> str:
         return f"{self.name}(image {self.image})"
