@@ -217,8 +217,10 @@ def validate_server_args(args: ServerArgs) -> None:
                           f"not one of {', '.join(CLOUD_STORAGE_TYPES)}")
     from diffusers.models.attention_dispatch import AttentionBackendName
 
+    from sglang_diffusion.attention.selector import VALID_NAMES
+
     diffusers_names = [b.value for b in AttentionBackendName]
-    valid = ["auto", *NATIVE_ATTENTION_BACKENDS, *diffusers_names]
+    valid = [*VALID_NAMES, *diffusers_names]
     if args.attention_backend not in valid:
         raise ConfigError(f"attention_backend: unknown backend {args.attention_backend!r} "
                           f"(valid: {', '.join(valid)})")

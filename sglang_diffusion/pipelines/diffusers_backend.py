@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sglang_diffusion.attention.selector import BACKENDS
 from sglang_diffusion.config.families import Family, detect_family
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import NATIVE_ATTENTION_BACKENDS, ServerArgs
@@ -125,6 +126,10 @@ class DiffusersBackendPipeline:
             self._configure_vae(vae)
         backend = args.diffusers_attention_backend
         if backend is None and args.attention_backend != "auto":
+            if args.attention_backend in BACKENDS and args.attention_backend not in NATIVE_ATTENTION_BACKENDS:
+                raise ConfigError(f"attention_backend {args.attention_backend!r} runs in native pipelines only; "
+                                  f"the diffusers backend takes {', '.join(NATIVE_ATTENTION_BACKENDS)} or a "
+                                  "--diffusers-attention-backend name")
             backend = NATIVE_ATTENTION_BACKENDS.get(args.attention_backend, args.attention_backend)
         self._attention_backend = backend
         self._cache_dit = None

@@ -88,6 +88,32 @@ def test_context_computed_once_equals_per_call_and_batches(pair):
     assert rel_err(per_call, joined) <= TOL
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_branches_share_the_first_self_attention_and_equal_separate_forwards(pair, name):
+    """Classifier-free guidance: the latents and timestep are the same in both branches, so
+    `forward_branches` runs block 0's self-attention once; each branch still equals its own
+    forward, in two passes (bit for bit) and batched (to rounding)."""
+    _, ours, _ = pair(name)
+    x, t, text, img = inputs(VARIANTS[name], 3, 10, 14, image=name == "i2v", per_token=name == "ti2v")
+    x, t = x[:1], t[:1]
+    with torch.no_grad():
+        contexts = [ours.encode_context(text[i:i + 1], None if img is None else img[i:i + 1]) for i in range(2)]
+        separate = [ours(x, t, context=c) for c in contexts]
+        assert not torch.allclose(separate[0], separate[1])  # the prompts matter
+        calls = []
+        hook = ours.blocks[0].attn1.register_forward_hook(lambda *_: calls.append(1))
+        try:
+            two_pass = ours.forward_branches(x, t, contexts)
+            assert len(calls) == 1
+            batched = ours.forward_branches(x, t, contexts, joined=WanContext.cat(contexts))
+            assert len(calls) == 2
+        finally:
+            hook.remove()
+    for got_two_pass, got_batched, expected in zip(two_pass, batched, separate):
+        assert torch.equal(got_two_pass, expected)
+        assert rel_err(expected, got_batched) <= TOL
+
+
 def test_loading_uses_every_checkpoint_key_and_fills_every_parameter(pair):
     for name in VARIANTS:
         ref, ours, _ = pair(name)

@@ -133,3 +133,26 @@ def test_attention_backend_choice_reaches_every_attention_layer(t2v, plain):
     assert ((a - b).norm() / b.norm()).item() <= 1e-5
     with pytest.raises(ConfigError, match="unknown backend 'flash'"):  # a diffusers-only name
         build(t2v, attention_backend="flash")
+
+
+# backend -> the largest relative error of the latents against the plain run (None: refused here)
+ATTENTION_BACKENDS_ON_CPU = {
+    "fa": 1e-5,  # our C++ kernel, exact
+    "sage_attn": 1e-2,  # (measured 8e-4) the torch emulation of SageAttention's INT8 Q.K^T: approximate by design
+    "triton": None,  # Triton kernels need CUDA (a CPU has only the interpreter)
+}
+
+
+@pytest.mark.parametrize("name", ATTENTION_BACKENDS_ON_CPU)
+def test_each_attention_backend_runs_the_pipeline_or_says_why_not(t2v, plain, name):
+    tolerance = ATTENTION_BACKENDS_ON_CPU[name]
+    if tolerance is None:
+        with pytest.raises(ConfigError, match=f"'{name}' cannot run on cpu.*CUDA"):
+            build(t2v, attention_backend=name)
+        return
+    pipe = build(t2v, attention_backend=name)
+    assert pipe.describe()["attention_backend"] == name
+    a = pipe.run(SamplingParams(**REQUEST)).latents
+    b = plain.run(SamplingParams(**REQUEST)).latents
+    err = ((a - b).norm() / b.norm()).item()
+    assert err <= tolerance

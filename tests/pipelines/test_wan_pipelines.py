@@ -140,14 +140,20 @@ def test_a14b_runs_high_noise_expert_above_boundary_and_low_noise_below(native):
     pipe = native("wan2.2-t2v-a14b")
     stage = _denoiser(pipe)
     calls = []
-    handles = [expert.register_forward_pre_hook(lambda m, a, kw, i=i: calls.append((i, float(a[1].flatten()[0]))),
-                                                with_kwargs=True)
-               for i, expert in enumerate(stage.experts)]
+
+    def recording(i, embed):  # every DiT pass embeds its timestep first
+        def wrapped(x, t, seq):
+            calls.append((i, float(t.flatten()[0])))
+            return embed(x, t, seq)
+        return wrapped
+
+    for i, expert in enumerate(stage.experts):
+        expert._embed = recording(i, expert._embed)
     try:
         state = pipe.run(SamplingParams(**REQUEST))
     finally:
-        for h in handles:
-            h.remove()
+        for expert in stage.experts:
+            del expert._embed
     boundary = 0.875 * 1000
     assert stage.boundary_timestep == boundary
     assert {i for i, _ in calls} == {0, 1}  # both experts ran

@@ -261,22 +261,31 @@ class WanTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: CrossKV, mod: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, seq=None) -> torch.Tensor:
-        # mod: [B, 6, D] (one timestep per sample) or [B, S, 6, D] (per token, TI2V)
-        table = self.scale_shift_table if mod.dim() == 3 else self.scale_shift_table.unsqueeze(0)
-        shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = (
-            t.squeeze(-2) if mod.dim() == 4 else t for t in (table + mod.float()).chunk(6, dim=-2))
-        # each [B, 1, D] or [B, S, D], fp32
+        x, h = self.self_attention(x, mod, cos, sin, seq)
+        return self.cross_attention_and_ffn(x, h, kv, mod)
 
-        # 1. Self-attention
+    def _modulation(self, mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """mod [B, 6, D] (one timestep per sample) or [B, S, 6, D] (per token, TI2V) -> shift_msa,
+        scale_msa, gate_msa, c_shift, c_scale, c_gate, each [B, 1, D] or [B, S, D], fp32."""
+        table = self.scale_shift_table if mod.dim() == 3 else self.scale_shift_table.unsqueeze(0)
+        return tuple(t.squeeze(-2) if mod.dim() == 4 else t for t in (table + mod.float()).chunk(6, dim=-2))
+
+    def self_attention(self, x: torch.Tensor, mod: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       seq=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """1. Self-attention, with its gated residual -> (x, the normed input of cross-attention).
+        Depends on the video tokens and the timestep only, not on the prompt."""
+        shift_msa, scale_msa, gate_msa = self._modulation(mod)[:3]
         attn_out = self.attn1(self.norm1(x, scale_msa, shift_msa), cos, sin, seq)
-        # 2. Cross-attention (the residual add of 1. fused into its norm)
-        if self.norm2 is not None:
-            x, h = self.norm2.residual(x, attn_out, gate_msa)
-        else:
-            x = (x.float() + attn_out * gate_msa).type_as(x)
-            h = x
+        if self.norm2 is not None:  # the residual add fused into cross-attention's norm
+            return self.norm2.residual(x, attn_out, gate_msa)
+        x = (x.float() + attn_out * gate_msa).type_as(x)
+        return x, x
+
+    def cross_attention_and_ffn(self, x: torch.Tensor, h: torch.Tensor, kv: CrossKV,
+                                mod: torch.Tensor) -> torch.Tensor:
+        """2. Cross-attention of `h` to the prompt, 3. the feed-forward, each with its residual."""
+        c_shift, c_scale, c_gate = self._modulation(mod)[3:]
         attn_out = self.attn2(h, kv)
-        # 3. Feed-forward
         x, h = self.norm3.residual(x, attn_out, None, c_scale, c_shift)
         ff_out = self.ffn(h)
         return (x.float() + ff_out.float() * c_gate).type_as(x)
@@ -394,10 +403,46 @@ class WanTransformer3DModel(nn.Module):
         `num_blocks`: run only the first blocks (timing probes; the output is then meaningless)."""
         if context is None:
             context = self.encode_context(encoder_hidden_states, encoder_hidden_states_image)
-        b, _, frames, height, width = hidden_states.shape
+        x, temb, mod, cos, sin = self._embed(hidden_states, timestep, seq)
+        for block, kv in zip(self.blocks[:num_blocks], context.kv):
+            x = block(x, kv, mod, cos, sin, seq)
+        return self._head(x, temb, hidden_states.shape, seq)
+
+    def forward_branches(self, hidden_states: torch.Tensor, timestep: torch.Tensor, contexts: list[WanContext],
+                         joined: WanContext | None = None, seq=None,
+                         num_blocks: int | None = None) -> list[torch.Tensor]:
+        """`forward` of the same latents and timestep under each of `contexts` (the branches of
+        classifier-free guidance): one prediction per context, each equal to `forward(...,
+        context=c)` up to float rounding.
+
+        The first block's self-attention sees only the latents and the timestep, so it runs
+        once for all branches; from its cross-attention on, the branches run one after the
+        other, or, given `joined` (`WanContext.cat(contexts)`), as one batch."""
+        x, temb, mod, cos, sin = self._embed(hidden_states, timestep, seq)
+        first, *rest = self.blocks[:num_blocks]
+        x, h = first.self_attention(x, mod, cos, sin, seq)
+        n = len(contexts)
+        if joined is not None:
+            x, h, temb, mod = (torch.cat([a] * n) for a in (x, h, temb, mod))
+            out = self._blocks_after_first(first, rest, x, h, joined, temb, mod, cos, sin, seq,
+                                           (n * hidden_states.shape[0], *hidden_states.shape[1:]))
+            return list(out.chunk(n))
+        return [self._blocks_after_first(first, rest, x, h, c, temb, mod, cos, sin, seq, hidden_states.shape)
+                for c in contexts]
+
+    def _blocks_after_first(self, first, rest, x, h, context: WanContext, temb, mod, cos, sin, seq,
+                            shape) -> torch.Tensor:
+        x = first.cross_attention_and_ffn(x, h, context.kv[0], mod)
+        for block, kv in zip(rest, context.kv[1:]):
+            x = block(x, kv, mod, cos, sin, seq)
+        return self._head(x, temb, shape, seq)
+
+    def _embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, seq):
+        """Patches, timestep embeddings and RoPE tables -> (x [B, S, D], temb, mod, cos, sin),
+        this rank's tokens only under sequence parallelism."""
+        _, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
-        grid = (frames // p_t, height // p_h, width // p_w)
-        cos, sin = self.rope(grid, hidden_states.device)  # [S, D/2] each
+        cos, sin = self.rope((frames // p_t, height // p_h, width // p_w), hidden_states.device)  # [S, D/2] each
 
         x = self.patch_embedding(hidden_states.to(self.dtype))  # [B, D, F', H', W']
         x = x.flatten(2).transpose(1, 2).contiguous()  # [B, S, D]
@@ -406,11 +451,13 @@ class WanTransformer3DModel(nn.Module):
             x, cos, sin = seq.split(x, 1), seq.split(cos, 0), seq.split(sin, 0)
             if temb.dim() == 3:
                 temb, mod = seq.split(temb, 1), seq.split(mod, 1)
+        return x, temb, mod, cos, sin
 
-        for block, kv in zip(self.blocks[:num_blocks], context.kv):
-            x = block(x, kv, mod, cos, sin, seq)
-
-        # 5. Output norm, projection & unpatchify
+    def _head(self, x: torch.Tensor, temb: torch.Tensor, shape: torch.Size | tuple, seq) -> torch.Tensor:
+        """5. Output norm, projection & unpatchify -> [B, C_out, F', H', W'] (`shape`: the latents')."""
+        b, _, frames, height, width = shape
+        p_t, p_h, p_w = self.config.patch_size
+        grid = (frames // p_t, height // p_h, width // p_w)
         table = self.scale_shift_table if temb.dim() == 2 else self.scale_shift_table.unsqueeze(0)
         shift, scale = (table + temb.unsqueeze(-2)).chunk(2, dim=-2)  # [B, 1, D] or [B, S, 1, D]
         if temb.dim() == 3:

@@ -7,8 +7,9 @@ Two-expert models (Wan2.2 A14B) run `experts[0]` for timesteps at or above `boun
 Each expert's cross-attention context (K/V of the prompt, negative prompt and image) is built
 once per request, on the expert's first step.
 
-Classifier-free guidance runs the conditional and unconditional branches either as one forward
-of batch 2B ("batched") or as two forwards of batch B ("two_pass"). Which is faster depends on
+Classifier-free guidance runs the conditional and unconditional branches through the DiT's
+`forward_branches` (which shares the work that does not depend on the prompt), from the first
+cross-attention on either as one batch of 2B ("batched") or as two passes of batch B ("two_pass"). Which is faster depends on
 the device and the shapes (on a 2-core CPU two passes measured faster, on a GPU the batch
 usually wins), so with "auto" both are measured before the first step of a shape and the faster
 one is kept for that shape (`CfgLayout`).
@@ -122,7 +123,7 @@ class _Contexts:
 
 @dataclass
 class DenoisingStage(Stage):
-    experts: list  # WanTransformer3DModel-like: .encode_context(), forward(x, t, context=), .dtype
+    experts: list  # WanTransformer3DModel-like: .encode_context(), forward(x, t, context=), .forward_branches(), .dtype
     scheduler: object
     boundary_timestep: float | None = None
     cfg: CfgLayout = field(default_factory=CfgLayout)
@@ -166,27 +167,23 @@ class DenoisingStage(Stage):
             return uncond + scale * (cond - uncond)
         layout = self.cfg.choose(self._layout_key(model, x, t),
                                  lambda layout: self._probe(model, x, t, ctx, layout, seq))
-        if layout == "batched":
-            cond, uncond = self._batched(model, x, t, ctx, seq).chunk(2)
-        else:
-            cond = _call(model, x, t, context=ctx.cond, seq=seq)
-            uncond = _call(model, x, t, context=ctx.uncond, seq=seq)
+        cond, uncond = self._branches(model, x, t, ctx, layout, seq)
         return uncond + scale * (cond - uncond)
 
     @staticmethod
-    def _batched(model, x, t, ctx: _Contexts, seq, **kwargs) -> torch.Tensor:
-        if ctx.both is None:
+    def _branches(model, x, t, ctx: _Contexts, layout: str, seq, **kwargs) -> list[torch.Tensor]:
+        """The conditional and unconditional predictions, in `layout`."""
+        if layout == "batched" and ctx.both is None:
             ctx.both = type(ctx.cond).cat([ctx.cond, ctx.uncond])
-        return _call(model, torch.cat([x, x]), torch.cat([t, t]), context=ctx.both, seq=seq, **kwargs)
+        if seq is not None:
+            kwargs["seq"] = seq
+        return model.forward_branches(x, t, [ctx.cond, ctx.uncond], joined=ctx.both if layout == "batched" else None,
+                                      **kwargs)
 
     def _probe(self, model, x, t, ctx: _Contexts, layout: str, seq) -> float:
         """Seconds of one guidance step in `layout` with the DiT cut to its first block."""
         start = _now(x.device)
-        if layout == "batched":
-            self._batched(model, x, t, ctx, seq, num_blocks=1)
-        else:
-            _call(model, x, t, context=ctx.cond, seq=seq, num_blocks=1)
-            _call(model, x, t, context=ctx.uncond, seq=seq, num_blocks=1)
+        self._branches(model, x, t, ctx, layout, seq, num_blocks=1)
         seconds = _now(x.device) - start
         if seq is not None:  # SP ranks must all pick the same layout (they run its collectives together)
             seconds = all_reduce_max(seconds, self.parallel.sp)
@@ -227,11 +224,9 @@ class DenoisingStage(Stage):
         state.latents = conditioning.finalize(latents)
 
 
-def _call(model, x: torch.Tensor, t: torch.Tensor, context, seq: SequenceShard | None, **kwargs) -> torch.Tensor:
+def _call(model, x: torch.Tensor, t: torch.Tensor, context, seq: SequenceShard | None) -> torch.Tensor:
     """The DiT's forward; `seq` only under sequence parallelism (a DiT without SP takes none)."""
-    if seq is not None:
-        kwargs["seq"] = seq
-    return model(x, t, context=context, **kwargs)
+    return model(x, t, context=context) if seq is None else model(x, t, context=context, seq=seq)
 
 
 def _now(device: torch.device) -> float:
