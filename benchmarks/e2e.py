@@ -113,11 +113,12 @@ def ablations(args) -> dict:
     from diffusers import WanTransformer3DModel as DiffusersWan
 
     import sglang_diffusion.layers.adanorm as adanorm
+    import sglang_diffusion.layers.mlp as mlp
     import sglang_diffusion.models.dits.wan as wan
     from sglang_diffusion.layers.conv import use_onednn_conv3d
     from sglang_diffusion.models.dits.wan import WanContext, WanTransformer3DModel
     from sglang_diffusion.models.vaes.wan import accelerate_wan_vae
-    from sglang_diffusion.ops import norm, qk_norm, rope
+    from sglang_diffusion.ops import activation, norm, qk_norm, rope
     from sglang_diffusion.testing import cached_model
 
     folder = cached_model(args.family, args.preset)
@@ -163,18 +164,28 @@ def ablations(args) -> dict:
         both = WanContext.cat([cond, uncond])
         rows["native, CFG batched (batch 2 after the shared self-attention)"] = lambda: ours.forward_branches(
             x, t, [cond, uncond], joined=both)
-        fused = (adanorm.norm_modulate, adanorm.gated_residual_norm_modulate, wan.qk_rms_norm, wan.apply_rope)
-        unfused = (norm.norm_modulate_reference, norm.gated_residual_norm_modulate_reference,
-                   qk_norm.qk_rms_norm_reference, rope.apply_rope_reference)
+        # the fused kernels, and the plain-torch references they replace, as (module, name, reference)
+        swaps = [(adanorm, "norm_modulate", norm.norm_modulate_reference),
+                 (adanorm, "gated_residual_norm_modulate", norm.gated_residual_norm_modulate_reference),
+                 (wan, "qk_rms_norm", qk_norm.qk_rms_norm_reference), (wan, "apply_rope", rope.apply_rope_reference),
+                 (mlp, "gelu_tanh", lambda x, inplace=False: activation.gelu_tanh_reference(x))]
 
-        def unfused_ops():  # the ops' plain-torch references instead of the fused kernels
-            adanorm.norm_modulate, adanorm.gated_residual_norm_modulate, wan.qk_rms_norm, wan.apply_rope = unfused
-            try:
-                native()
-            finally:
-                adanorm.norm_modulate, adanorm.gated_residual_norm_modulate, wan.qk_rms_norm, wan.apply_rope = fused
+        def with_references(names):
+            def run():
+                kept = [(module, name, getattr(module, name)) for module, name, _ in swaps if name in names]
+                for module, name, reference in swaps:
+                    if name in names:
+                        setattr(module, name, reference)
+                try:
+                    native()
+                finally:
+                    for module, name, kernel in kept:
+                        setattr(module, name, kernel)
+            return run
 
-        rows["native, unfused norm/modulation/QK-norm/RoPE (torch references)"] = unfused_ops
+        rows["native, unfused norm/modulation/QK-norm/RoPE (torch references)"] = with_references(
+            {"norm_modulate", "gated_residual_norm_modulate", "qk_rms_norm", "apply_rope"})
+        rows["native, tanh-GELU by F.gelu"] = with_references({"gelu_tanh"})
         results = _timed_round_robin(rows)
 
         if args.compile:

@@ -4,6 +4,7 @@
 // torch.library custom ops with fake implementations.
 #include <Python.h>
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -16,6 +17,7 @@
 #include <optional>
 #include <string>
 
+#include "cpu/activation.h"
 #include "cpu/all_to_all.h"
 #include "cpu/attention.h"
 #include "cpu/isa.h"
@@ -27,6 +29,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "cuda/activation.h"
 #include "cuda/all_to_all.h"
 #include "cuda/attention.h"
 #include "cuda/norm.h"
@@ -215,7 +218,7 @@ void gated_residual_norm_modulate_out(
   }
 }
 
-// ---- attention, rope, qk_norm, permute_rows ---------------------------------------------------
+// ---- attention, rope, qk_norm, gelu_tanh, permute_rows ----------------------------------------
 // Each op: one function checking every condition (for the CPU or the CUDA kernel alike), then
 // one per device filling that device's params struct.
 
@@ -413,6 +416,32 @@ void qk_rms_norm_out(at::Tensor& out, const at::Tensor& x, const std::optional<a
   cpu::rms_rows(p, cpu_isa());
 }
 
+// x: any shape, treated as a flat buffer; out may be x itself (in place), not a part of it.
+void check_gelu_tanh(const at::Tensor& out, const at::Tensor& x, c10::DeviceType dev) {
+  constexpr const char* op = "gelu_tanh";
+  check_device(x, op, "x", dev);
+  TORCH_CHECK(is_kernel_dtype(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), op, ": x must be contiguous");
+  check_like_x(out, x, op, "out");
+  TORCH_CHECK(at::get_overlap_status(out, x) != at::MemOverlapStatus::Partial, op,
+              ": out must be x itself or not overlap it");
+}
+
+// out = gelu_tanh(x), elementwise.
+void gelu_tanh_out(at::Tensor& out, const at::Tensor& x) {
+  check_gelu_tanh(out, x, c10::kCPU);
+  if (x.numel() == 0) {
+    return;
+  }
+  cpu::GeluTanhParams p;
+  p.x = x.data_ptr();
+  p.out = out.data_ptr();
+  p.n = x.numel();
+  p.dtype = act_dtype(x.scalar_type());
+  cpu::gelu_tanh(p, cpu_isa());
+}
+
 void check_permute_rows(const at::Tensor& out, const at::Tensor& src, c10::DeviceType dev) {
   constexpr const char* op = "permute_rows";
   check_device(src, op, "src", dev);
@@ -539,6 +568,17 @@ void qk_rms_norm_out_cuda(at::Tensor& out, const at::Tensor& x, const std::optio
   check_launch(cuda::rms_rows(p, stream_of(x)), "qk_rms_norm");
 }
 
+void gelu_tanh_out_cuda(at::Tensor& out, const at::Tensor& x) {
+  check_gelu_tanh(out, x, c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(x.device());
+  cuda::GeluTanhParams p;
+  p.x = x.data_ptr();
+  p.out = out.data_ptr();
+  p.n = x.numel();
+  p.dtype = cuda_dtype(x.scalar_type());
+  check_launch(cuda::gelu_tanh(p, stream_of(x)), "gelu_tanh");
+}
+
 void permute_rows_out_cuda(at::Tensor& out, const at::Tensor& src) {
   check_permute_rows(out, src, c10::kCUDA);
   const c10::cuda::CUDAGuard guard(src.device());
@@ -645,6 +685,7 @@ TORCH_LIBRARY(sglang_diffusion_C, m) {
   m.def(
       "qk_rms_norm_out(Tensor(a!) out, Tensor x, Tensor? weight, float eps, bool across_heads) "
       "-> ()");
+  m.def("gelu_tanh_out(Tensor(a!) out, Tensor x) -> ()");
   m.def("permute_rows_out(Tensor(a!) out, Tensor src) -> ()");
   // Which CPU build the kernels run ("avx2" or "default"), for the dispatch log.
   m.def("cpu_isa() -> str", &cpu_isa_name);
@@ -658,6 +699,7 @@ TORCH_LIBRARY_IMPL(sglang_diffusion_C, CPU, m) {
   m.impl("attention_out", &attention_out);
   m.impl("rope_out", &rope_out);
   m.impl("qk_rms_norm_out", &qk_rms_norm_out);
+  m.impl("gelu_tanh_out", &gelu_tanh_out);
   m.impl("permute_rows_out", &permute_rows_out);
 }
 
@@ -677,6 +719,7 @@ TORCH_LIBRARY_IMPL(sglang_diffusion_C, CUDA, m) {
   m.impl("attention_out", &attention_out_cuda);
   m.impl("rope_out", &rope_out_cuda);
   m.impl("qk_rms_norm_out", &qk_rms_norm_out_cuda);
+  m.impl("gelu_tanh_out", &gelu_tanh_out_cuda);
   m.impl("permute_rows_out", &permute_rows_out_cuda);
 }
 #endif

@@ -6,9 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang_diffusion.ops.activation import gelu_tanh
+
 ACTIVATIONS = {
     "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    # fc_in's output is not needed after the activation: the kernel may overwrite it.
+    "gelu_tanh": lambda x: gelu_tanh(x, inplace=True),
     "silu": F.silu,
 }
 
