@@ -7,7 +7,7 @@ when its capability lands.
 from __future__ import annotations
 
 from sglang_diffusion.config.server_args import ServerArgs
-from sglang_diffusion.errors import NotSupportedYetError
+from sglang_diffusion.errors import ConfigError, NotSupportedYetError
 
 
 def parallel_options(args: ServerArgs) -> list[str]:
@@ -25,8 +25,6 @@ def parallel_options(args: ServerArgs) -> list[str]:
 
 def unsupported_options(args: ServerArgs) -> list[str]:
     found = []
-    if args.vae_sp:
-        found.append("vae_sp (sequence-parallel VAE decoding)")
     if args.mask_strategy_file_path:
         found.append("mask_strategy_file_path (sliding-tile attention masks)")
     return found
@@ -46,6 +44,10 @@ def check_pipeline_supported(args: ServerArgs, pipeline) -> None:
         raise NotSupportedYetError(f"not supported yet: {'; '.join(split)} on the {backend} backend (native pipelines "
                                    "split a request across ranks; here --num-gpus alone runs the whole request on "
                                    "every rank)")
+    if args.vae_sp and backend != "sglang":
+        raise ConfigError(f"vae_sp splits VAE decoding across the sequence-parallel ranks of native pipelines only, "
+                          f"not on the {backend} backend: drop --vae-sp (or use --backend sglang where the model "
+                          "has a native pipeline)")
     if args.lora_path and getattr(pipeline, "lora", None) is None:
         raise NotSupportedYetError(f"not supported yet: lora_path on the {pipeline.describe()['backend']} backend "
                                    "(LoRA adapters run on the diffusers backend: --backend diffusers)")

@@ -81,7 +81,7 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
 
     # Components from diffusers / transformers classes
     vae = load_component("vae", index, args, dtypes["vae"]).to(device).eval()
-    configure_vae(vae, args)
+    vae_sp = configure_vae(vae, args, sp_size=groups.sp.size)
     if platform.is_cpu:
         accelerate_wan_vae(vae)
     scheduler = load_component("scheduler", index, args, None)
@@ -161,7 +161,7 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
         TimestepPreparationStage(scheduler),
         DenoisingStage(experts, scheduler, boundary_timestep=boundary, cfg=CfgLayout(cfg_layout),
                        parallel=groups if groups.layout.world_size > 1 else None),
-        DecodingStage(vae),
+        DecodingStage(vae, sp=groups.sp if vae_sp else None),
     ]
     info = {"attention_backend": backend.name, "dit_dtype": str(dit_dtype).removeprefix("torch."),
             "experts": len(experts), "lora": args.lora_path, "parallel": groups.layout.describe()}

@@ -45,26 +45,33 @@ def test_command_line_beats_config_file_in_the_written_file(tiny_model, tmp_path
     assert Image.open(tmp_path / "out.png").size == (48, 64)
 
 
-def test_guide_config_json_example_runs_on_a_tiny_model(tiny_model, tmp_path):
-    """The CLI guide's config.json, with the model swapped for a tiny one and sizes shrunk to CPU scale.
-    Its num_gpus/sp_size/vae_sp ask for sequence parallelism, which has not landed: those keys are
-    set to a single rank here (they are checked to parse in tests/config)."""
+def guide_config(model_path, output_path, **overrides) -> dict:
+    """The CLI guide's config.json (num_gpus 2, sp_size 2, vae_tiling, vae_sp), with the model
+    swapped for a tiny one and sizes shrunk to CPU scale; `overrides` replace its keys."""
     config = {
-        "model_path": str(tiny_model("wan2.1-t2v")), "prompt": "A beautiful woman in a red dress walking down a street",
-        "output_path": str(tmp_path), "num_gpus": 1, "sp_size": 1, "tp_size": 1, "num_frames": 5, "height": 32,
+        "model_path": str(model_path), "prompt": "A beautiful woman in a red dress walking down a street",
+        "output_path": str(output_path), "num_gpus": 2, "sp_size": 2, "tp_size": 1, "num_frames": 5, "height": 32,
         "width": 32, "num_inference_steps": 2, "seed": 1024, "fps": 24, "precision": "bf16", "vae_precision": "fp16",
-        "vae_tiling": True, "vae_sp": False,
+        "vae_tiling": True, "vae_sp": True,
         "vae_config": {"load_encoder": False, "load_decoder": True, "tile_sample_min_height": 256,
                        "tile_sample_min_width": 256},
         "text_encoder_precisions": ["fp16"], "mask_strategy_file_path": None, "enable_torch_compile": False,
     }
+    return {**config, **overrides}
+
+
+def test_guide_config_json_example_runs_on_a_tiny_model(tiny_model, tmp_path):
+    """The CLI guide's config.json on one rank: a single rank keeps this test fast (vae_sp has
+    nothing to split there and says so). The guide's 2-rank config (num_gpus/sp_size 2, vae_sp
+    splitting the VAE's tiles) runs in tests/distributed/test_engine_parallel.py."""
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
+    path.write_text(json.dumps(guide_config(tiny_model("wan2.1-t2v"), tmp_path, num_gpus=1, sp_size=1)))
     proc = run_cli("generate", "--config", path)
     assert proc.returncode == 0, proc.stderr
     (video,) = tmp_path.glob("*.mp4")
     assert iio.imread(video, plugin="pyav").shape == (5, 32, 32, 3)
     assert "running in fp32 on the CPU" in proc.stderr
+    assert "vae_sp: one sequence-parallel rank, nothing to split" in proc.stderr
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -1,9 +1,11 @@
 """Multi-rank generation through the Engine and the CLI, as a user runs it: the guide's
-`--num-gpus 4 --ulysses-degree=2 --ring-degree=2` gives the `--num-gpus 1` video; a rank killed
-in the middle of a request ends it with a clear error and stops the other ranks, no hang."""
+`--num-gpus 4 --ulysses-degree=2 --ring-degree=2` and its config.json (2 ranks, vae_sp) give the
+`--num-gpus 1` video; a rank killed in the middle of a request ends it with a clear error and
+stops the other ranks, no hang."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -15,6 +17,7 @@ import torch
 
 from sglang_diffusion.api import DiffGenerator
 from sglang_diffusion.errors import RankFailedError
+from tests.cli.test_generate import guide_config
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -70,6 +73,29 @@ def test_guide_usp_command_gives_the_single_rank_video(tiny_model, tmp_path, sin
     assert four.returncode == 0, four.stderr
     assert "sp=4 (ulysses=2 x ring=2)" in four.stderr  # the layout is logged
     assert_same_video(tmp_path / "raccoon.mp4", single_rank_video)
+
+
+@needs_ranks(2)
+def test_guide_config_json_with_vae_sp_gives_the_single_rank_video(tiny_model, tmp_path):
+    """The guide's config.json (num_gpus 2, sp_size 2, vae_tiling, vae_sp) through `sglang generate
+    --config`, 448 pixels wide so that its 256-pixel VAE tiles (every 192) make 3 tiles: 2 on rank
+    0, 1 on rank 1. The tiles decode exactly as on one rank; the DiT's SP rounding is all that differs."""
+    from sglang_diffusion.config.loading import build_args, load_config_file
+
+    exact = dict(precision="fp32", vae_precision="fp32", text_encoder_precisions=["fp32"]) \
+        if torch.cuda.is_available() else {}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(guide_config(tiny_model("wan2.1-t2v"), tmp_path / "two", width=448, **exact)))
+    two = run_cli("generate", "--config", path, timeout=600)
+    assert two.returncode == 0, two.stderr
+    assert "tiles split over 2 SP ranks" in two.stderr
+    server, sampling = build_args({**load_config_file(path), "num_gpus": 1, "sp_degree": 1,
+                                   "output_path": str(tmp_path / "one")})
+    with DiffGenerator(server) as gen:
+        gen.engine.generate(sampling)
+    (want,), (got,) = [[iio.imread(p, plugin="pyav") for p in (tmp_path / d).glob("*.mp4")] for d in ("one", "two")]
+    assert got.shape == want.shape == (5, 32, 448, 3)
+    assert psnr(got, want) >= MIN_PSNR, psnr(got, want)
 
 
 @needs_ranks(2)

@@ -83,6 +83,13 @@ def test_parallel_options_pass_for_native_pipelines_and_are_refused_on_the_diffu
     check_pipeline_supported(ServerArgs(num_gpus=2), _DiffusersPipeline())  # replicas are fine
 
 
+def test_vae_sp_is_supported_by_native_pipelines_and_refused_on_the_diffusers_backend():
+    args = ServerArgs(num_gpus=2, ulysses_degree=2, vae_tiling=True, vae_sp=True)
+    check_supported(args)
+    with pytest.raises(ConfigError, match="vae_sp .* native pipelines only, not on the diffusers backend"):
+        check_pipeline_supported(ServerArgs(vae_sp=True), _DiffusersPipeline())
+
+
 class _Backend:
     def __init__(self, name, returns_lse):
         self.name, self.returns_lse = name, returns_lse

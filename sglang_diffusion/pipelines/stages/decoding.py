@@ -1,5 +1,5 @@
-"""Decoding: latents back to pixels through the VAE (tiled or sliced when asked), then to
-uint8 frames [B, F, H, W, 3]."""
+"""Decoding: latents back to pixels through the VAE (tiled or sliced when asked; with --vae-sp
+its tiles split across the sequence-parallel ranks), then to uint8 frames [B, F, H, W, 3]."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import torch
 
 from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.distributed.parallel_state import RankGroup
 from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
 from sglang_diffusion.pipelines.stages.image_encoding import _latent_stats
@@ -18,15 +19,25 @@ logger = logging.getLogger(__name__)
 _TILE_KEYS = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_min_num_frames")
 
 
-def configure_vae(vae, args: ServerArgs) -> None:
-    """--vae-tiling (with vae_config's tile sizes), --vae-slicing, vae_config.load_encoder."""
+def configure_vae(vae, args: ServerArgs, sp_size: int = 1) -> bool:
+    """--vae-tiling (with vae_config's tile sizes), --vae-slicing, vae_config.load_encoder, --vae-sp
+    (`sp_size`: the sequence-parallel ranks). Returns whether the ranks split the decoding."""
     cfg = args.vae_config
     if not cfg.load_decoder:
         raise ConfigError("vae_config.load_decoder=false: generation needs the VAE decoder to produce videos")
+    split = args.vae_sp and sp_size > 1
+    if args.vae_sp and not split:
+        logger.info("vae_sp: one sequence-parallel rank, nothing to split; this rank decodes alone")
+    if split:
+        from sglang_diffusion.distributed.vae_parallel import check_vae_supports_sp
+
+        check_vae_supports_sp(vae)
+        if not args.vae_tiling:
+            logger.info("vae_sp: VAE tiling turned on (vae_tiling is off): the ranks split the VAE's tiles")
     sizes = {k: getattr(cfg, k) for k in _TILE_KEYS if getattr(cfg, k) is not None}
-    if sizes and not args.vae_tiling:
+    if sizes and not (args.vae_tiling or split):
         logger.warning("vae_config tile sizes (%s) apply to --vae-tiling, which is off", ", ".join(sizes))
-    if args.vae_tiling:
+    if args.vae_tiling or split:
         accepted = inspect.signature(vae.enable_tiling).parameters
         refused = [k for k in sizes if k not in accepted]
         if refused:
@@ -42,6 +53,9 @@ def configure_vae(vae, args: ServerArgs) -> None:
     if not cfg.load_encoder and getattr(vae, "encoder", None) is not None:
         vae.encoder = None  # frees its weights; requests that need it are refused
         logger.info("vae_config.load_encoder=false: VAE encoder dropped")
+    if split:
+        logger.info("vae_sp: VAE tiles split across the %d sequence-parallel ranks", sp_size)
+    return split
 
 
 class DecodingStage(Stage):
@@ -49,19 +63,28 @@ class DecodingStage(Stage):
     reads = ("latents",)
     writes = ("frames",)
 
-    def __init__(self, vae):
+    def __init__(self, vae, sp: RankGroup | None = None):
         self.vae = vae
+        self.sp = sp  # the ranks that split the VAE's tiles (--vae-sp); None: this rank decodes alone
 
     def describe(self) -> str:
         flags = [f for f, on in (("tiled", getattr(self.vae, "use_tiling", False)),
                                  ("sliced", getattr(self.vae, "use_slicing", False))) if on]
+        if self.sp is not None:
+            flags.append(f"tiles split over {self.sp.size} SP ranks")
         return f"{self.name}({type(self.vae).__name__}{', ' + ', '.join(flags) if flags else ''})"
 
     def __call__(self, state: GenerationState) -> None:
         p = next(self.vae.parameters())
         latents = state.latents.to(p.device, p.dtype)
         mean, inv_std = _latent_stats(self.vae, latents)
-        video = self.vae.decode(latents / inv_std + mean, return_dict=False)[0]  # [B, 3, F, H, W] in [-1, 1]
+        latents = latents / inv_std + mean
+        if self.sp is not None:
+            from sglang_diffusion.distributed.vae_parallel import sp_decode
+
+            video = sp_decode(self.vae, latents, self.sp)  # [B, 3, F, H, W] in [-1, 1], on every rank
+        else:
+            video = self.vae.decode(latents, return_dict=False)[0]  # [B, 3, F, H, W] in [-1, 1]
         video = (video / 2 + 0.5).clamp(0, 1).float()
         frames = (video * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1)  # [B, F, H, W, 3]
         state.frames = frames.cpu().numpy()
