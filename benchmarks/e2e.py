@@ -146,7 +146,8 @@ def ablations(args) -> dict:
 
         rows = {"diffusers": cfg_step(lambda ehs, ctx: ref(x, t, ehs, return_dict=False)), "native": native}
         rows["native, first self-attention run per branch"] = cfg_step(lambda ehs, ctx: ours(x, t, context=ctx))
-        rows["native, K/V of the text every step"] = cfg_step(lambda ehs, ctx: ours(x, t, ehs))
+        rows["native, K/V of the text every step"] = lambda: ours.forward_branches(
+            x, t, [ours.encode_context(text[:1]), ours.encode_context(text[1:])])
 
         def unfolded():
             WanTransformer3DModel.fold_text_padding = False
