@@ -3,8 +3,8 @@
 Measured on this project's CPU (one thread, the `small` preset's VAE decoding 9 frames of
 384 x 512): 19.7 s as diffusers runs it, 7.6 s with oneDNN convolutions, about 4 s with both.
 
-- Conv3d through oneDNN (`layers.conv.use_onednn_conv3d`): PyTorch's CPU dispatch sends these
-  convolutions to its im2col kernel.
+- Conv3d through oneDNN (`layers.conv.use_onednn_conv3d`), channels-last: PyTorch's CPU
+  dispatch sends these convolutions to its im2col kernel.
 - The channel RMS norm (`WanRMS_norm`, x / ||x|| over channels, times sqrt(C) * gamma): diffusers
   calls `F.normalize(x, dim=1)`, whose reduction over a non-innermost dim runs 8-12x slower on the
   CPU than summing the squared channel planes; the result differs by float rounding.
@@ -40,7 +40,7 @@ def accelerate_wan_vae(vae: torch.nn.Module) -> dict:
         if isinstance(m, WanRMS_norm):
             m.forward = types.MethodType(_channel_rms_forward, m)
             norms += 1
-    done = {"conv3d_onednn": use_onednn_conv3d(vae), "rms_norm": norms}
+    done = {"conv3d_onednn": use_onednn_conv3d(vae, channels_last=True), "rms_norm": norms}
     logger.info("VAE CPU fast paths: %d Conv3d layers through oneDNN, %d channel RMS norms by sum of squares "
                 "(same math, float rounding apart)", done["conv3d_onednn"], norms)
     return done
