@@ -14,16 +14,28 @@ import logging
 import types
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
 
+def conv3d(conv: nn.Conv3d, input: torch.Tensor, padding: tuple[int, int, int]) -> torch.Tensor:
+    """`conv`'s convolution of `input` with zero `padding` (whatever `conv.padding` says): through
+    oneDNN when `use_onednn_conv3d` routed `conv` and the input is a CPU tensor without autograd,
+    else through `F.conv3d`."""
+    weight, bias = conv.weight, conv.bias
+    if (getattr(conv, "_onednn_memory_format", None) is not None and input.device.type == "cpu"
+            and input.dtype in (torch.float32, torch.bfloat16) and weight.dtype == input.dtype
+            and not torch.is_grad_enabled()):
+        return torch.mkldnn_convolution(input.contiguous(memory_format=conv._onednn_memory_format), weight, bias,
+                                        padding, conv.stride, conv.dilation, conv.groups)
+    return F.conv3d(input, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
+
+
 def _onednn_conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    if (input.device.type == "cpu" and input.dtype in (torch.float32, torch.bfloat16) and self.padding_mode == "zeros"
-            and isinstance(self.padding, tuple) and not torch.is_grad_enabled() and weight.dtype == input.dtype):
-        return torch.mkldnn_convolution(input.contiguous(memory_format=self._onednn_memory_format), weight, bias,
-                                        self.padding, self.stride, self.dilation, self.groups)
+    if self.padding_mode == "zeros" and isinstance(self.padding, tuple) and weight is self.weight:
+        return conv3d(self, input, self.padding)
     return nn.Conv3d._conv_forward(self, input, weight, bias)
 
 
