@@ -205,7 +205,8 @@ def ablations(args) -> dict:
         decode = _timed_round_robin({
             "VAE decode, as diffusers runs it": lambda: vaes[0].decode(z),
             "VAE decode, oneDNN Conv3d": lambda: vaes[1].decode(z),
-            "VAE decode, native CPU paths (channels-last oneDNN Conv3d padding inside, fused channel RMS norm)": lambda: vaes[2].decode(z),
+            "VAE decode, native CPU paths (channels-last oneDNN Conv3d padding inside, fused channel RMS norm)":
+                lambda: vaes[2].decode(z),
         }, rounds=2)
 
     base = results["native"]["cpu_s"]
