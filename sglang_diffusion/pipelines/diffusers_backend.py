@@ -26,6 +26,7 @@ from sglang_diffusion.loader.lora import LoraManager, LoraSpec
 from sglang_diffusion.loader.resolve import ModelIndex
 from sglang_diffusion.pipelines.base import PipelineOutput
 from sglang_diffusion.pipelines.hooks import StepHooks
+from sglang_diffusion.pipelines.stages.decoding import enable_vae_tiling
 from sglang_diffusion.pipelines.timing import StageTimer
 from sglang_diffusion.platform import Platform
 
@@ -150,16 +151,7 @@ class DiffusersBackendPipeline:
     def _configure_vae(self, vae) -> None:
         cfg = self.args.vae_config
         if self.args.vae_tiling:
-            if not hasattr(vae, "enable_tiling"):
-                raise ConfigError(f"vae_tiling: {type(vae).__name__} does not support tiling")
-            accepted = inspect.signature(vae.enable_tiling).parameters
-            sizes = {k: getattr(cfg, k) for k in ("tile_sample_min_height", "tile_sample_min_width",
-                                                  "tile_sample_min_num_frames")
-                     if getattr(cfg, k) is not None}
-            refused = [k for k in sizes if k not in accepted]
-            if refused:
-                raise ConfigError(f"vae_config.{refused[0]}: {type(vae).__name__} tiling does not take it")
-            vae.enable_tiling(**sizes)
+            enable_vae_tiling(vae, cfg)
         if self.args.vae_slicing:
             if not hasattr(vae, "enable_slicing"):
                 raise ConfigError(f"vae_slicing: {type(vae).__name__} does not support slicing")

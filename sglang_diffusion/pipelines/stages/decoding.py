@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.config.server_args import ServerArgs, VaeConfig
 from sglang_diffusion.distributed.parallel_state import RankGroup
 from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
@@ -17,6 +17,31 @@ from sglang_diffusion.pipelines.stages.image_encoding import _latent_stats
 logger = logging.getLogger(__name__)
 
 _TILE_KEYS = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_min_num_frames")
+
+
+def enable_vae_tiling(vae, cfg: VaeConfig) -> None:
+    """Tiled decoding with vae_config's tile sizes, for any diffusers VAE that tiles."""
+    if not hasattr(vae, "enable_tiling"):
+        raise ConfigError(f"vae_tiling: {type(vae).__name__} does not support tiling")
+    sizes = {k: getattr(cfg, k) for k in _TILE_KEYS if getattr(cfg, k) is not None}
+    accepted = inspect.signature(vae.enable_tiling).parameters
+    refused = [k for k in sizes if k not in accepted]
+    if refused:
+        raise ConfigError(f"vae_config.{refused[0]}: {type(vae).__name__} tiling does not take it")
+    for axis in ("height", "width"):
+        # Tiles start a stride apart: a stride longer than the tile would leave gaps (diffusers
+        # then returns a smaller video), so it shrinks with the tile, keeping diffusers' default
+        # overlap of a quarter (256-pixel tiles every 192).
+        tile, stride = sizes.get(f"tile_sample_min_{axis}"), f"tile_sample_stride_{axis}"
+        if tile is not None and stride in accepted and getattr(vae, stride, 0) > tile:
+            sizes[stride] = max(1, tile * 3 // 4)
+            logger.info("vae_config.tile_sample_min_%s=%d is below the VAE's %s (%d): stride set to %d",
+                        axis, tile, stride, getattr(vae, stride), sizes[stride])
+    vae.enable_tiling(**sizes)
+    logger.info("VAE tiling on (%s)", ", ".join(f"{k}={getattr(vae, k)}" for k in
+                                                ("tile_sample_min_height", "tile_sample_min_width",
+                                                 "tile_sample_stride_height", "tile_sample_stride_width")
+                                                if hasattr(vae, k)))
 
 
 def configure_vae(vae, args: ServerArgs, sp_size: int = 1) -> bool:
@@ -38,15 +63,7 @@ def configure_vae(vae, args: ServerArgs, sp_size: int = 1) -> bool:
     if sizes and not (args.vae_tiling or split):
         logger.warning("vae_config tile sizes (%s) apply to --vae-tiling, which is off", ", ".join(sizes))
     if args.vae_tiling or split:
-        accepted = inspect.signature(vae.enable_tiling).parameters
-        refused = [k for k in sizes if k not in accepted]
-        if refused:
-            raise ConfigError(f"vae_config.{refused[0]}: {type(vae).__name__} tiling does not take it")
-        vae.enable_tiling(**sizes)
-        logger.info("VAE tiling on (%s)", ", ".join(f"{k}={getattr(vae, k)}" for k in
-                                                    ("tile_sample_min_height", "tile_sample_min_width",
-                                                     "tile_sample_stride_height", "tile_sample_stride_width")
-                                                    if hasattr(vae, k)))
+        enable_vae_tiling(vae, cfg)
     if args.vae_slicing:
         vae.enable_slicing()
         logger.info("VAE slicing on: one video at a time")
