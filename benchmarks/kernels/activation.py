@@ -17,7 +17,6 @@ shrink towards 0 without reaching the denormal range). GB/s counts the bytes rea
 the JSON also holds this machine's copy bandwidth.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -68,13 +67,8 @@ def run_shape(shape, dtype, device, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.argument_parser(__doc__, reps=20)
     parser.add_argument("--shapes", type=shape_arg, nargs="+", default=[(2304, 2048), (8192, 8960)])
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--out-dir", type=Path, default=harness.REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -84,7 +78,7 @@ def main() -> None:
     for run in runs:
         print(f"gelu_tanh x {run['shape']} {args.dtype} on {device}; copy bandwidth {run['copy_gbs']:.1f} GB/s")
         harness.print_results(run["results"], "eager", lambda n, r: f"{r['gbs']:.1f} GB/s")
-    print(f"wrote {path.relative_to(harness.REPO)}")
+    print(f"wrote {harness.shown(path)}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ asked for); with B = 1 the two middle changes are views.
 GB/s counts the bytes read and written; the JSON also holds this machine's copy bandwidth.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,17 +21,12 @@ from sglang_diffusion.ops.all_to_all import KINDS, ulysses_permute, ulysses_perm
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=8192, help="the full sequence S")
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--world-size", type=int, default=2)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--out-dir", type=Path, default=harness.REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -68,7 +62,7 @@ def main() -> None:
         print(f"{kind:>18}: eager {e['median_ms']:7.3f} ms, dispatcher {dp['median_ms']:7.3f} ms "
               f"({speedup[kind + ':dispatcher']:.2f}x), native {n['median_ms']:7.3f} ms "
               f"({speedup[kind + ':native']:.2f}x, {n['gbs']:.1f} GB/s)")
-    print(f"wrote {path.relative_to(harness.REPO)}")
+    print(f"wrote {harness.shown(path)}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ thread's CPU time (harness.py), which other work on a shared machine does not in
 One JSON file per run in benchmarks/results/.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,16 +27,11 @@ from sglang_diffusion.ops.attention import attention, attention_reference  # noq
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.argument_parser(__doc__, warmup=1, reps=5)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--out-dir", type=Path, default=harness.REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -112,7 +106,7 @@ def main() -> None:
         print(f"one thread, CPU time per call (matmul ceiling {single_matmul['gflops']:.1f} GFLOP/s):")
         harness.print_results(single, "sdpa", lambda n, r: f"{r['gflops']:.1f} GFLOP/s "
                                                            f"({100 * r['fraction_of_matmul']:.0f}% of matmul)")
-    print(f"wrote {path.relative_to(harness.REPO)}")
+    print(f"wrote {harness.shown(path)}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ needs, not the time it waited for a core.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -25,6 +26,18 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from machine import machine_info  # noqa: E402
+
+
+def argument_parser(description: str, warmup: int = 3, reps: int = 30) -> argparse.ArgumentParser:
+    """The options every kernel benchmark takes (dtype, device, warm-up and timed repetitions,
+    output folder); each benchmark adds its shapes."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--reps", type=int, default=reps)
+    parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    return parser
 
 
 def time_providers(fns: dict, warmup: int, reps: int, device: torch.device, clock: str = "wall") -> dict:
@@ -89,6 +102,13 @@ def write(rec: dict, name: str, out_dir: Path) -> Path:
     path = out_dir / f"{name}-{where}-{stamp}.json"
     path.write_text(json.dumps(rec, indent=2) + "\n")
     return path
+
+
+def shown(path: Path) -> Path:
+    """`path` as a benchmark prints it: relative to the repository when inside it (--out-dir may
+    point anywhere)."""
+    path = path.resolve()
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
 def print_results(results: dict, baseline: str, extra=None) -> None:

@@ -12,7 +12,6 @@ Defaults are Wan2.1-1.3B's self-attention: 12 heads x 128 (width 1536) over 8k t
 counts the bytes read and written; the JSON also holds this machine's copy bandwidth.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -37,16 +36,11 @@ def wan_rotary(x, freqs_cos, freqs_sin):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=8192)
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--out-dir", type=Path, default=harness.REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -87,7 +81,7 @@ def main() -> None:
     path = harness.write(rec, "rope", args.out_dir)
     print(f"rope q, k [B, S, H, D] = {[b, s, h, d]} {args.dtype} on {device}; copy bandwidth {copy_gbs:.1f} GB/s")
     harness.print_results(results, "eager", lambda n, r: f"{r['gbs']:.1f} GB/s")
-    print(f"wrote {path.relative_to(harness.REPO)}")
+    print(f"wrote {harness.shown(path)}")
 
 
 if __name__ == "__main__":
