@@ -16,9 +16,15 @@ import platform
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent.resolve()
+
+# The Triton kernels live at the top level (triton_kernels/, beside csrc/) and are installed as
+# sglang_diffusion.triton_kernels: the bare name is taken on PyPI and by Triton's own repository.
+# setuptools maps the folder for regular installs, wheels and editable installs alike.
+PACKAGE_DIR = {"sglang_diffusion.triton_kernels": "triton_kernels"}
+PACKAGES = find_packages(include=["sglang_diffusion", "sglang_diffusion.*"]) + list(PACKAGE_DIR)
 
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # No -ffast-math: the kernels accumulate in fp32 and must keep NaN/Inf semantics.
@@ -134,4 +140,4 @@ def _native_build():
 
 
 ext_modules, cmdclass = _native_build()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass)

@@ -58,6 +58,19 @@ def test_wheel_contains_the_native_extension(wheel):
     assert len(native) == 1, names
 
 
+def test_wheel_carries_the_top_level_triton_kernels_as_a_subpackage(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    kernels = sorted(p.name for p in (REPO / "triton_kernels").glob("*.py"))
+    assert kernels and all(f"sglang_diffusion/triton_kernels/{name}" in names for name in kernels), names
+    assert not [n for n in names if n.startswith("triton_kernels/")]  # the bare name stays Triton's
+
+
+def test_installed_wheel_imports_the_triton_kernels_from_its_own_copy(venv):
+    script = "import sglang_diffusion.triton_kernels.aot as m; print(m.__file__)"
+    result = run([venv / "bin" / "python", "-c", script], cwd=venv)
+    assert str(venv) in result.stdout and "site-packages/sglang_diffusion/triton_kernels" in result.stdout
+
+
 def test_installed_wheel_imports_the_native_extension_without_torch_first(venv):
     result = run([venv / "bin" / "python", "-c", "import sglang_diffusion._C as c; print(c.__file__)"], cwd=venv)
     assert str(venv) in result.stdout  # the installed copy, not the source tree's
