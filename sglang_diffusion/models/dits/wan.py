@@ -35,6 +35,7 @@ from sglang_diffusion.layers.attention import Attention, keys_with_bias, masked_
 from sglang_diffusion.layers.embeddings import TextProjection, TimestepEmbedding, timestep_features
 from sglang_diffusion.layers.mlp import FeedForward
 from sglang_diffusion.layers.rotary import RotaryEmbedding3D
+from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
 from sglang_diffusion.ops.qk_norm import qk_rms_norm
 from sglang_diffusion.ops.rope import apply_rope
 
@@ -392,7 +393,8 @@ class WanTransformer3DModel(nn.Module):
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
                 encoder_hidden_states: torch.Tensor | None = None,
                 encoder_hidden_states_image: torch.Tensor | None = None,
-                context: WanContext | None = None, seq=None, num_blocks: int | None = None) -> torch.Tensor:
+                context: WanContext | None = None, seq=None, num_blocks: int | None = None,
+                runner: BlockRunner | None = None) -> torch.Tensor:
         """hidden_states [B, C, F, H, W], timestep [B] or [B, S] -> the flow prediction
         [B, C_out, F', H', W'] (F', H', W' the sizes rounded down to the patch). Give either the
         encoder states (diffusers' signature) or a `context` from `encode_context`.
@@ -400,41 +402,60 @@ class WanTransformer3DModel(nn.Module):
         `seq` (a `distributed.sharding.SequenceShard` over the S tokens): sequence parallelism.
         This rank runs the blocks on its shard of the tokens only; the prediction is right at
         its tokens' patches and zero elsewhere (`seq.gather_latents` puts the ranks' parts together).
-        `num_blocks`: run only the first blocks (timing probes; the output is then meaningless)."""
+        `num_blocks`: run only the first blocks (timing probes; the output is then meaningless).
+        `runner`: how the block loop runs (step caching, see `models.dits.blocks`); None: every block."""
         if context is None:
             context = self.encode_context(encoder_hidden_states, encoder_hidden_states_image)
         x, temb, mod, cos, sin = self._embed(hidden_states, timestep, seq)
-        for block, kv in zip(self.blocks[:num_blocks], context.kv):
-            x = block(x, kv, mod, cos, sin, seq)
+        blocks = [_bound(block, kv, mod, cos, sin, seq) for block, kv in zip(self.blocks[:num_blocks], context.kv)]
+        (x,) = run_blocks(blocks, (x,), runner, signal=lambda: mod)
         return self._head(x, temb, hidden_states.shape, seq)
 
     def forward_branches(self, hidden_states: torch.Tensor, timestep: torch.Tensor, contexts: list[WanContext],
-                         joined: WanContext | None = None, seq=None,
-                         num_blocks: int | None = None) -> list[torch.Tensor]:
+                         joined: WanContext | None = None, seq=None, num_blocks: int | None = None,
+                         runners: list[BlockRunner] | None = None) -> list[torch.Tensor]:
         """`forward` of the same latents and timestep under each of `contexts` (the branches of
         classifier-free guidance): one prediction per context, each equal to `forward(...,
         context=c)` up to float rounding.
 
         The first block's self-attention sees only the latents and the timestep, so it runs
-        once for all branches; from its cross-attention on, the branches run one after the
-        other, or, given `joined` (`WanContext.cat(contexts)`), as one batch."""
+        once for all branches (when the first branch that runs its first block needs it); from
+        its cross-attention on, the branches run one after the other, or, given `joined`
+        (`WanContext.cat(contexts)`), as one batch. `runners`: one `BlockRunner` per context, or
+        one for the joined batch; None: every block."""
         x, temb, mod, cos, sin = self._embed(hidden_states, timestep, seq)
         first, *rest = self.blocks[:num_blocks]
-        x, h = first.self_attention(x, mod, cos, sin, seq)
+        shared: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def self_attention() -> tuple[torch.Tensor, torch.Tensor]:
+            if not shared:
+                shared.append(first.self_attention(x, mod, cos, sin, seq))
+            return shared[0]
+
         n = len(contexts)
         if joined is not None:
-            x, h, temb, mod = (torch.cat([a] * n) for a in (x, h, temb, mod))
-            out = self._blocks_after_first(first, rest, x, h, joined, temb, mod, cos, sin, seq,
-                                           (n * hidden_states.shape[0], *hidden_states.shape[1:]))
-            return list(out.chunk(n))
-        return [self._blocks_after_first(first, rest, x, h, c, temb, mod, cos, sin, seq, hidden_states.shape)
-                for c in contexts]
+            def joined_self_attention():
+                return tuple(torch.cat([a] * n) for a in self_attention())
 
-    def _blocks_after_first(self, first, rest, x, h, context: WanContext, temb, mod, cos, sin, seq,
-                            shape) -> torch.Tensor:
-        x = first.cross_attention_and_ffn(x, h, context.kv[0], mod)
-        for block, kv in zip(rest, context.kv[1:]):
-            x = block(x, kv, mod, cos, sin, seq)
+            xn, temb_n, mod_n = (torch.cat([a] * n) for a in (x, temb, mod))
+            out = self._branch(first, rest, joined_self_attention, xn, joined, temb_n, mod_n, cos, sin, seq,
+                               (n * hidden_states.shape[0], *hidden_states.shape[1:]), runners[0] if runners else None)
+            return list(out.chunk(n))
+        runners = runners or [None] * n
+        return [self._branch(first, rest, self_attention, x, c, temb, mod, cos, sin, seq, hidden_states.shape, r)
+                for c, r in zip(contexts, runners)]
+
+    def _branch(self, first, rest, self_attention, x, context: WanContext, temb, mod, cos, sin, seq, shape,
+                runner: BlockRunner | None) -> torch.Tensor:
+        """One guidance branch from the embedded latents `x` [B, S, D]. Its first block's input
+        is always `x`, so that block continues from `self_attention()` (x's, shared)."""
+
+        def first_block(state: State) -> State:
+            x_attn, h = self_attention()
+            return (first.cross_attention_and_ffn(x_attn, h, context.kv[0], mod),)
+
+        blocks = [first_block, *(_bound(b, kv, mod, cos, sin, seq) for b, kv in zip(rest, context.kv[1:]))]
+        (x,) = run_blocks(blocks, (x,), runner, signal=lambda: mod)
         return self._head(x, temb, shape, seq)
 
     def _embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, seq):
@@ -513,6 +534,12 @@ class WanTransformer3DModel(nn.Module):
                                      f"unused checkpoint keys: {', '.join(unused[:8])}" if unused else "",
                                      f"parameters without weights: {', '.join(missing[:8])}" if missing else ""])))
         self.load_state_dict(mapped, strict=True, assign=True)
+
+
+def _bound(block: WanTransformerBlock, kv: CrossKV, mod: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+           seq) -> Block:
+    """`block` as a step of the block protocol: (x,) -> (x,), with this step's inputs bound."""
+    return lambda state: (block(state[0], kv, mod, cos, sin, seq),)
 
 
 # ---- diffusers key map ---------------------------------------------------------------------
