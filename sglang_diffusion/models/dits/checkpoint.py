@@ -1,0 +1,76 @@
+"""Filling a native DiT from a diffusers checkpoint: key renames, fused projections, dtypes.
+
+A model's parameters are named as diffusers names its keys, except for the renames of
+`key_map` (fragment -> ours) and the *fused* parameters: one of our linears that stands for
+several of the checkpoint's, side by side along the output features (q, k, v and the MLP input
+of a FLUX single-stream block: one GEMM instead of four). `fused` maps our module's name
+(the last path component, e.g. "to_qkv_mlp") to the checkpoint modules it concatenates,
+relative to the same parent ("attn.to_q", "attn.to_k", ...).
+
+Any checkpoint key left over, parameter left empty, or shape that does not match is a
+ModelLoadError naming it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sglang_diffusion.errors import ModelLoadError
+
+
+def rename(key: str, key_map: dict[str, str]) -> str:
+    for theirs, ours in key_map.items():
+        key = key.replace(theirs, ours)
+    return key
+
+
+def _fused_sources(fused: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, int]]:
+    """checkpoint module suffix ("attn.to_q") -> (our fused module, its part index), longest first."""
+    pairs = [(part, (ours, i)) for ours, parts in fused.items() for i, part in enumerate(parts)]
+    return dict(sorted(pairs, key=lambda pair: -len(pair[0])))
+
+
+def load_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], *, dtype: torch.dtype,
+                    device: torch.device | str = "cpu", key_map: dict[str, str] | None = None,
+                    fused: dict[str, tuple[str, ...]] | None = None, keep_in_fp32: tuple[str, ...] = (),
+                    where: str = "checkpoint") -> None:
+    """Load diffusers-named tensors into `model` (built on the meta device), assigning them."""
+    params = dict(model.named_parameters())
+    sources = _fused_sources(fused or {})
+    parts: dict[str, dict[int, torch.Tensor]] = {}  # our fused parameter -> its parts by index
+    mapped: dict[str, torch.Tensor] = {}
+    unused = []
+    for key, tensor in state.items():
+        name = rename(key, key_map or {})
+        module, _, leaf = name.rpartition(".")
+        for suffix, (ours, index) in sources.items():
+            # the longest suffix whose fused parameter exists here (FLUX: a single-stream block's
+            # "attn.to_q" joins the block's to_qkv_mlp, a double-stream block's joins attn.to_qkv)
+            fused_name = f"{module[: len(module) - len(suffix)]}{ours}.{leaf}"
+            if (module == suffix or module.endswith("." + suffix)) and fused_name in params:
+                parts.setdefault(fused_name, {})[index] = tensor
+                break
+        else:
+            if name not in params:
+                unused.append(key)
+                continue
+            mapped[name] = tensor
+    for name, pieces in parts.items():
+        count = len(fused[name.rsplit(".", 2)[-2]])
+        if name not in params or len(pieces) != count:
+            unused.append(f"{name} (parts of a fused projection: {len(pieces)} of {count})")
+            continue
+        mapped[name] = torch.cat([pieces[i] for i in range(count)])
+    for name, tensor in mapped.items():
+        if tuple(tensor.shape) != tuple(params[name].shape):
+            raise ModelLoadError(f"{where}: {name} has shape {tuple(tensor.shape)}, the model built from "
+                                 f"config.json expects {tuple(params[name].shape)}")
+        keep = any(f".{p}." in f".{name}." for p in keep_in_fp32)
+        mapped[name] = tensor.to(device=device, dtype=torch.float32 if keep else dtype)
+    missing = sorted(params.keys() - mapped.keys())
+    if unused or missing:
+        raise ModelLoadError(f"{where} does not match its config.json: " + "; ".join(filter(None, [
+            f"unused checkpoint keys: {', '.join(unused[:8])}" if unused else "",
+            f"parameters without weights: {', '.join(missing[:8])}" if missing else ""])))
+    model.load_state_dict(mapped, strict=True, assign=True)

@@ -1,0 +1,429 @@
+"""FLUX.1 image DiT (dev, schnell, Kontext), on our layers and ops.
+
+Reads diffusers' `FluxTransformer2DModel` folders: every size from config.json, weights from
+safetensors through the key map, without building diffusers' class. The math is diffusers'
+`transformer_flux.py`, in the same order, so outputs agree to float rounding:
+
+    x = x_embedder(packed latents), c = context_embedder(T5 states)
+    temb = TimestepMLP(t) [+ GuidanceMLP(g)] + PooledMLP(CLIP pooled);  e = SiLU(temb)
+    double-stream block (image x and text c, each with its own adaLN-Zero of e):
+        x', c' = AdaLN(x), AdaLN(c)
+        a_c, a_x = JointAttn([c', x'])            (per-head RMS QK-norm, RoPE over (text, h, w) ids)
+        x += gate * to_out(a_x);  x += gate_mlp * FF(AdaLN(x))      (and the same for c)
+    single-stream block on s = [c, x]:
+        s' = AdaLN(s);  s += gate * proj_out([Attn(s'), GELU(proj_mlp(s'))])
+    out = proj_out(AdaLN(x; final scale, shift))
+
+What differs from diffusers is where the work goes: the text projections, pooled and guidance
+embeddings and RoPE tables depend only on the request, so `encode_context` builds them once
+and every step reuses them; q, k, v (and in single-stream blocks the MLP input) come from one
+GEMM (`checkpoint.load_checkpoint` fuses the weights); norm + modulation + gated residual run
+as one fused op, QK-norm and RoPE as ours.
+
+Forward is laid out as embed -> double-stream blocks -> single-stream blocks -> final, the
+block protocol step caching wraps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sglang_diffusion.errors import ModelLoadError
+from sglang_diffusion.layers.adanorm import AdaNorm
+from sglang_diffusion.layers.attention import Attention
+from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_features
+from sglang_diffusion.layers.mlp import FeedForward
+from sglang_diffusion.ops.activation import gelu_tanh
+from sglang_diffusion.ops.qk_norm import qk_rms_norm
+from sglang_diffusion.ops.rope import apply_rope, rope_cos_sin_1d
+
+logger = logging.getLogger(__name__)
+
+EPS = 1e-6  # every norm of the model (diffusers hard-codes it)
+ROPE_THETA = 10000.0
+
+
+# ---- config --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FluxConfig:
+    """transformer/config.json, field for field (diffusers' constructor arguments)."""
+
+    patch_size: int = 1
+    in_channels: int = 64
+    out_channels: int | None = None
+    num_layers: int = 19
+    num_single_layers: int = 38
+    attention_head_dim: int = 128
+    num_attention_heads: int = 24
+    joint_attention_dim: int = 4096
+    pooled_projection_dim: int = 768
+    guidance_embeds: bool = False
+    axes_dims_rope: tuple[int, ...] = (16, 56, 56)
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def ffn_dim(self) -> int:
+        return 4 * self.inner_dim
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "config.json") -> "FluxConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        ignored = sorted(k for k in raw if k not in known and not k.startswith("_"))
+        if ignored:
+            logger.warning("%s: ignoring keys the FLUX transformer does not take: %s", where, ", ".join(ignored))
+        values = {k: v for k, v in raw.items() if k in known}
+        if "axes_dims_rope" in values:
+            values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
+        config = cls(**values)
+        if sum(config.axes_dims_rope) != config.attention_head_dim:
+            raise ModelLoadError(f"{where}: axes_dims_rope {config.axes_dims_rope} must add up to "
+                                 f"attention_head_dim {config.attention_head_dim}")
+        if config.patch_size != 1:
+            raise ModelLoadError(f"{where}: patch_size {config.patch_size}: FLUX packs 2x2 latents itself "
+                                 "and its transformer takes patch_size 1")
+        return config
+
+
+# ---- RoPE ----------------------------------------------------------------------------------
+
+
+def rope_tables(ids: torch.Tensor, axes_dims: tuple[int, ...], theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids [S, n_axes] -> cos, sin [S, head_dim / 2] fp32: axis i rotates its own
+    axes_dims[i] channels by its id (diffusers' FluxPosEmbed, one angle per pair)."""
+    parts = [rope_cos_sin_1d(ids[:, i].float(), dim, theta) for i, dim in enumerate(axes_dims)]
+    cos, sin = zip(*parts)
+    return torch.cat(cos, dim=-1).to(ids.device), torch.cat(sin, dim=-1).to(ids.device)
+
+
+# ---- layers --------------------------------------------------------------------------------
+
+
+class AdaLayerNormZero(nn.Module):
+    """adaLN-Zero: `linear` projects SiLU(temb) to `chunks` vectors of D (shift, scale, gate, ...);
+    the first two modulate a LayerNorm (no affine, eps 1e-6) of x."""
+
+    def __init__(self, dim: int, chunks: int):
+        super().__init__()
+        self.chunks = chunks
+        self.linear = nn.Linear(dim, chunks * dim)
+        self.norm = AdaNorm(dim, EPS)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x [B, S, D], emb = SiLU(temb) [B, D] -> (normed x, then the other chunks [B, 1, D])."""
+        shift, scale, *rest = self.linear(emb).unsqueeze(1).chunk(self.chunks, dim=-1)  # [B, 1, D] each
+        return (self.norm(x, scale, shift), *rest)
+
+
+class AdaLayerNormContinuous(nn.Module):
+    """The final norm: LayerNorm (no affine) of x, modulated by `linear`(SiLU(temb)) = (scale, shift)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, 2 * dim)
+        self.norm = AdaNorm(dim, EPS)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.linear(emb).unsqueeze(1).chunk(2, dim=-1)  # [B, 1, D] each
+        return self.norm(x, scale, shift)
+
+
+def _heads(t: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return t.unflatten(-1, (-1, head_dim))  # [B, S, H*D] -> [B, S, H, D]
+
+
+class FluxJointAttention(nn.Module):
+    """Double-stream attention: image and text tokens with their own projections and QK-norms,
+    attending jointly over [text, image]."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.to_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: to_q, to_k, to_v
+        self.add_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: add_q_proj, add_k_proj, add_v_proj
+        self.norm_q = nn.RMSNorm(head_dim, eps=EPS)
+        self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
+        self.norm_added_q = nn.RMSNorm(head_dim, eps=EPS)
+        self.norm_added_k = nn.RMSNorm(head_dim, eps=EPS)
+        self.to_out = nn.Linear(dim, dim)
+        self.to_add_out = nn.Linear(dim, dim)
+        self.attn = Attention(num_heads, head_dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, S, D] image, c [B, L, D] text (both normed) -> (image out, text out)."""
+        length = c.shape[1]
+        q, k, v = _heads(self.to_qkv(x), self.head_dim).chunk(3, dim=2)  # [B, S, H, D] each
+        cq, ck, cv = _heads(self.add_qkv(c), self.head_dim).chunk(3, dim=2)  # [B, L, H, D] each
+        q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, EPS, across_heads=False)
+        cq, ck = qk_rms_norm(cq, ck, self.norm_added_q.weight, self.norm_added_k.weight, EPS, across_heads=False)
+        q, k = apply_rope(torch.cat([cq, q], dim=1), torch.cat([ck, k], dim=1), cos, sin, interleaved=True)
+        out = self.attn(q, k, torch.cat([cv, v], dim=1)).flatten(2)  # [B, L + S, H*D]
+        return self.to_out(out[:, length:]), self.to_add_out(out[:, :length])
+
+
+class FluxTransformerBlock(nn.Module):
+    """Double-stream block."""
+
+    def __init__(self, config: FluxConfig):
+        super().__init__()
+        dim = config.inner_dim
+        # 1. Joint attention, each stream with its own modulation
+        self.norm1 = AdaLayerNormZero(dim, 6)
+        self.norm1_context = AdaLayerNormZero(dim, 6)
+        self.attn = FluxJointAttention(dim, config.num_attention_heads, config.attention_head_dim)
+        # 2. Feed-forwards
+        self.norm2 = AdaNorm(dim, EPS)
+        self.ff = FeedForward(dim, 4 * dim, activation="gelu_tanh")
+        self.norm2_context = AdaNorm(dim, EPS)
+        self.ff_context = FeedForward(dim, 4 * dim, activation="gelu_tanh")
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, S, D] image, c [B, L, D] text, emb = SiLU(temb) [B, D] -> (x, c)."""
+        h, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(x, emb)
+        hc, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(c, emb)
+        attn_out, context_attn_out = self.attn(h, hc, cos, sin)
+        x, h = self.norm2.residual(x, attn_out, gate_msa, scale_mlp, shift_mlp)
+        x = x + gate_mlp * self.ff(h)
+        c, hc = self.norm2_context.residual(c, context_attn_out, c_gate_msa, c_scale_mlp, c_shift_mlp)
+        c = c + c_gate_mlp * self.ff_context(hc)
+        return x, c
+
+
+class FluxSingleAttention(nn.Module):
+    """Single-stream attention after the block's fused projection: QK-norm, RoPE, attention."""
+
+    def __init__(self, num_heads: int, head_dim: int):
+        super().__init__()
+        self.norm_q = nn.RMSNorm(head_dim, eps=EPS)
+        self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
+        self.attn = Attention(num_heads, head_dim)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor:
+        q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, EPS, across_heads=False)
+        q, k = apply_rope(q, k, cos, sin, interleaved=True)
+        return self.attn(q, k, v)  # [B, S, H, D]
+
+
+class FluxSingleTransformerBlock(nn.Module):
+    """Single-stream block: attention and MLP in parallel on the joint sequence."""
+
+    def __init__(self, config: FluxConfig, mlp_ratio: float = 4.0):
+        super().__init__()
+        dim, self.head_dim = config.inner_dim, config.attention_head_dim
+        self.mlp_dim = int(dim * mlp_ratio)
+        self.norm = AdaLayerNormZero(dim, 3)
+        self.to_qkv_mlp = nn.Linear(dim, 3 * dim + self.mlp_dim)  # checkpoint: attn.to_q/k/v, proj_mlp
+        self.attn = FluxSingleAttention(config.num_attention_heads, self.head_dim)
+        self.proj_out = nn.Linear(dim + self.mlp_dim, dim)
+
+    def forward(self, s: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """s [B, L + S, D] = [text, image] -> the same, updated."""
+        h, gate = self.norm(s, emb)
+        qkv, mlp = self.to_qkv_mlp(h).split([3 * s.shape[-1], self.mlp_dim], dim=-1)
+        q, k, v = _heads(qkv, self.head_dim).chunk(3, dim=2)  # [B, L + S, H, D] each
+        out = self.attn(q, k, v, cos, sin).flatten(2)  # [B, L + S, H*D]
+        mlp = gelu_tanh(mlp.contiguous(), inplace=True)  # [B, L + S, mlp_dim]
+        return s + gate * self.proj_out(torch.cat([out, mlp], dim=-1))
+
+
+class FluxTimeTextEmbedding(nn.Module):
+    """temb = TimestepMLP(t) [+ GuidanceMLP(g)] + PooledMLP(pooled text), diffusers'
+    CombinedTimestep(Guidance)TextProjEmbeddings; timesteps and guidance through 256
+    sinusoidal features (flip_sin_to_cos, shift 0)."""
+
+    def __init__(self, dim: int, pooled_dim: int, guidance: bool):
+        super().__init__()
+        self.timestep_embedder = TimestepEmbedding(256, dim)
+        self.guidance_embedder = TimestepEmbedding(256, dim) if guidance else None
+        self.text_embedder = TimestepEmbedding(pooled_dim, dim)  # linear_1 -> SiLU -> linear_2
+
+    def embed(self, mlp: TimestepEmbedding, t: torch.Tensor) -> torch.Tensor:
+        """t [B] (timesteps or guidance, times 1000 as the model takes them) -> [B, D]."""
+        return mlp(timestep_features(t, 256).to(mlp.linear_1.weight.dtype))
+
+
+# ---- model ---------------------------------------------------------------------------------
+
+
+@dataclass
+class FluxContext:
+    """What a request gives every step: the projected text, the pooled-text (and guidance)
+    embeddings, and the RoPE tables of [text, image] tokens."""
+
+    text: torch.Tensor  # [B, L, D] context_embedder(T5 states)
+    pooled: torch.Tensor  # [B, D] text_embedder(CLIP pooled)
+    guidance: torch.Tensor | None  # [B, D] guidance_embedder(g * 1000); None without guidance embedding
+    cos: torch.Tensor  # [L + S, head_dim / 2]
+    sin: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.text.shape[0]
+
+    @staticmethod
+    def cat(contexts: list["FluxContext"]) -> "FluxContext":
+        """Along the batch (classifier-free guidance in one forward); same token layout."""
+        first = contexts[0]
+        assert all(c.text.shape[1:] == first.text.shape[1:] for c in contexts), "contexts differ in text length"
+        guidance = None if first.guidance is None else torch.cat([c.guidance for c in contexts])
+        return FluxContext(torch.cat([c.text for c in contexts]), torch.cat([c.pooled for c in contexts]),
+                           guidance, first.cos, first.sin)
+
+
+class FluxTransformer2DModel(nn.Module):
+    # Checkpoint fragments -> ours, and our fused projections -> the checkpoint modules they join.
+    key_map = {".to_out.0.": ".to_out.", ".net.0.proj.": ".fc_in.", ".net.2.": ".fc_out."}
+    fused = {"to_qkv": ("to_q", "to_k", "to_v"), "add_qkv": ("add_q_proj", "add_k_proj", "add_v_proj"),
+             "to_qkv_mlp": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
+
+    def __init__(self, config: FluxConfig):
+        super().__init__()
+        self.config = config
+        dim = config.inner_dim
+        # 1. Embeddings
+        self.time_text_embed = FluxTimeTextEmbedding(dim, config.pooled_projection_dim, config.guidance_embeds)
+        self.context_embedder = nn.Linear(config.joint_attention_dim, dim)
+        self.x_embedder = nn.Linear(config.in_channels, dim)
+        # 2. Double-stream, then single-stream blocks
+        self.transformer_blocks = nn.ModuleList(FluxTransformerBlock(config) for _ in range(config.num_layers))
+        self.single_transformer_blocks = nn.ModuleList(FluxSingleTransformerBlock(config) for _ in range(config.num_single_layers))
+        # 3. Output norm & projection
+        self.norm_out = AdaLayerNormContinuous(dim)
+        self.proj_out = nn.Linear(dim, config.patch_size**2 * (config.out_channels or config.in_channels))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj_out.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.proj_out.weight.device
+
+    def set_attention_backend(self, backend) -> None:
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.set_backend(backend)
+
+    @torch.no_grad()
+    def encode_context(self, encoder_hidden_states: torch.Tensor, pooled_projections: torch.Tensor,
+                       img_ids: torch.Tensor, txt_ids: torch.Tensor | None = None,
+                       guidance: torch.Tensor | float | None = None) -> FluxContext:
+        """T5 states [B, L, joint_dim], CLIP pooled [B, pooled_dim], image ids [S, 3] (text
+        ids [L, 3], zeros by default) and the guidance scale (models with guidance embedding)
+        -> a FluxContext. Depends only on the request, so it runs once, not per step."""
+        text = self.context_embedder(encoder_hidden_states.to(self.dtype))  # [B, L, D]
+        b, length = text.shape[:2]
+        embed = self.time_text_embed
+        pooled = embed.text_embedder(pooled_projections.to(self.dtype))  # [B, D]
+        if embed.guidance_embedder is not None:
+            if guidance is None:
+                raise ValueError("this FLUX transformer embeds the guidance scale (guidance_embeds): pass guidance")
+            g = torch.as_tensor(guidance, dtype=torch.float32, device=text.device).expand(b)
+            guidance = embed.embed(embed.guidance_embedder, g.to(self.dtype) * 1000)
+        else:
+            guidance = None
+        if txt_ids is None:
+            txt_ids = img_ids.new_zeros(length, img_ids.shape[-1])
+        cos, sin = rope_tables(torch.cat([txt_ids, img_ids]), self.config.axes_dims_rope, ROPE_THETA)
+        return FluxContext(text, pooled, guidance, cos, sin)
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: FluxContext | None = None, *,
+                encoder_hidden_states: torch.Tensor | None = None, pooled_projections: torch.Tensor | None = None,
+                img_ids: torch.Tensor | None = None, txt_ids: torch.Tensor | None = None,
+                guidance: torch.Tensor | None = None, num_blocks: int | None = None) -> torch.Tensor:
+        """Packed latents [B, S, in_channels], timestep [B] (in [0, 1]: the scheduler's t / 1000,
+        as diffusers' pipelines pass it) -> the flow prediction [B, S, out_channels]. Give either
+        a `context` from `encode_context` or diffusers' arguments (encoder states, pooled
+        projections, ids, guidance scale [B]). `num_blocks`: run only the first blocks
+        (timing probes; the output is then meaningless)."""
+        if context is None:
+            context = self.encode_context(encoder_hidden_states, pooled_projections, img_ids, txt_ids, guidance)
+        x, c, emb = self.embed(hidden_states, timestep, context)
+        x, c = self.run_blocks(x, c, emb, context, num_blocks)
+        return self.final(x, emb)
+
+    def forward_branches(self, hidden_states: torch.Tensor, timestep: torch.Tensor, contexts: list[FluxContext],
+                         joined: FluxContext | None = None, num_blocks: int | None = None) -> list[torch.Tensor]:
+        """`forward` of the same latents and timestep under each of `contexts` (the branches of
+        classifier-free guidance), one after the other, or given `joined`
+        (`FluxContext.cat(contexts)`) as one batch. In FLUX every block mixes text and image,
+        so nothing is shared between branches."""
+        if joined is not None:
+            n = len(contexts)
+            x = torch.cat([hidden_states] * n)
+            return list(self.forward(x, timestep.repeat(n), joined, num_blocks=num_blocks).chunk(n))
+        return [self.forward(hidden_states, timestep, c, num_blocks=num_blocks) for c in contexts]
+
+    # -- the block protocol: embed -> blocks -> final --------------------------------------------
+    def embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: FluxContext
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (image tokens x [B, S, D], text tokens c [B, L, D], SiLU(temb) [B, D])."""
+        x = self.x_embedder(hidden_states.to(self.dtype))  # [B, S, D]
+        embed = self.time_text_embed
+        temb = embed.embed(embed.timestep_embedder, timestep.to(x.dtype) * 1000)  # [B, D]
+        if context.guidance is not None:
+            temb = temb + context.guidance
+        temb = temb + context.pooled
+        return x, context.text, F.silu(temb)
+
+    def run_blocks(self, x: torch.Tensor, c: torch.Tensor, emb: torch.Tensor, context: FluxContext,
+                   num_blocks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        blocks = [*self.transformer_blocks, *self.single_transformer_blocks][:num_blocks]
+        double, single = blocks[:len(self.transformer_blocks)], blocks[len(self.transformer_blocks):]
+        for block in double:
+            x, c = block(x, c, emb, context.cos, context.sin)
+        if single:
+            length = c.shape[1]
+            s = torch.cat([c, x], dim=1)  # [B, L + S, D]
+            for block in single:
+                s = block(s, emb, context.cos, context.sin)
+            c, x = s[:, :length], s[:, length:]
+        return x, c
+
+    def final(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.proj_out(self.norm_out(x, emb))  # [B, S, C_out]
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu", state_edit=None) -> "FluxTransformer2DModel":
+        """Build from a diffusers transformer folder. `state_edit(state)` may change the
+        checkpoint (diffusers keys) before it is loaded: LoRA merging does."""
+        from sglang_diffusion.loader.weights import load_state_dict, read_config
+
+        folder = Path(folder)
+        config = FluxConfig.from_dict(read_config(folder), where=str(folder / "config.json"))
+        with torch.device("meta"):
+            model = cls(config)
+        state = load_state_dict(folder)
+        if state_edit is not None:
+            state = state_edit(state)
+        model.load_checkpoint(state, dtype, device, where=str(folder))
+        return model.eval().requires_grad_(False)
+
+    def load_checkpoint(self, state: dict[str, torch.Tensor], dtype: torch.dtype,
+                        device: torch.device | str = "cpu", where: str = "checkpoint") -> None:
+        from sglang_diffusion.models.dits.checkpoint import load_checkpoint
+
+        load_checkpoint(self, state, dtype=dtype, device=device, key_map=self.key_map, fused=self.fused,
+                        where=where)
+
+
+def flux_config_of(model: Any) -> FluxConfig:
+    """Our config from a diffusers model's config (tests build both from one)."""
+    return FluxConfig.from_dict(dict(model.config))
