@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from sglang_diffusion.testing.presets import by_preset
 from sglang_diffusion.testing.text_encoders import clip_text_encoder, t5_encoder
-from sglang_diffusion.testing.writer import PipelineSpec, Weights, scheduler
+from sglang_diffusion.testing.vision import kl_vae_config
+from sglang_diffusion.testing.writer import PipelineSpec, Weights, dit_pipeline, scheduler
 
 # FLUX.1-dev's scheduler/scheduler_config.json; FLUX.2-dev ships the same one.
 FLUX_SCHEDULER = dict(
@@ -41,44 +42,26 @@ def transformer_config(preset: str, text_dim: int, pooled_dim: int) -> dict:
     )
 
 
+def image_vae_config(preset: str, latent_channels: int, **extra) -> dict:
+    """The 2D AutoencoderKL of FLUX.1 and FLUX.2 (they differ in latents and quant convs)."""
+    blocks = ("DownEncoderBlock2D", "UpDecoderBlock2D")
+    return kl_vae_config(preset, blocks, latent_channels, small_width=32, small_groups=32, sample_size=1024, **extra)
+
+
 def vae_config(preset: str) -> dict:
-    return dict(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=by_preset(preset, [8, 16, 32, 32], [32, 64, 128, 128], [128, 256, 512, 512]),
-        layers_per_block=by_preset(preset, 1, 1, 2),
-        act_fn="silu",
-        latent_channels=16,
-        norm_num_groups=by_preset(preset, 4, 32, 32),
-        sample_size=1024,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        force_upcast=True,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        mid_block_add_attention=True,
-    )
+    latents = dict(scaling_factor=0.3611, shift_factor=0.1159, force_upcast=True)
+    return image_vae_config(preset, 16, use_quant_conv=False, use_post_quant_conv=False, **latents)
 
 
 def pipeline_spec(preset: str) -> PipelineSpec:
-    text_encoder, tokenizer = clip_text_encoder(preset)
-    text_encoder_2, tokenizer_2 = t5_encoder(preset, umt5=False)
-    transformer = transformer_config(
-        preset, text_dim=text_encoder_2.config["d_model"], pooled_dim=text_encoder.config["hidden_size"]
-    )
-    return PipelineSpec(
+    clip, t5 = clip_text_encoder(preset), t5_encoder(preset, umt5=False)
+    transformer = transformer_config(preset, text_dim=t5[0].config["d_model"], pooled_dim=clip[0].config["hidden_size"])
+    return dit_pipeline(
         "FluxPipeline",
-        dict(
-            scheduler=scheduler("FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER),
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2,
-            transformer=Weights("diffusers", "FluxTransformer2DModel", transformer),
-            vae=Weights("diffusers", "AutoencoderKL", vae_config(preset)),
-        ),
+        scheduler("FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER),
+        [clip, t5],
+        Weights("diffusers", "FluxTransformer2DModel", transformer),
+        Weights("diffusers", "AutoencoderKL", vae_config(preset)),
     )
 
 

@@ -11,11 +11,11 @@ to from_pretrained: Flux2Pipeline only calls `apply_chat_template` on it."""
 from __future__ import annotations
 
 from sglang_diffusion.testing import tokenizers
-from sglang_diffusion.testing.flux import FLUX_SCHEDULER
+from sglang_diffusion.testing.flux import FLUX_SCHEDULER, image_vae_config
 from sglang_diffusion.testing.presets import by_preset
-from sglang_diffusion.testing.text_encoders import text_dims
-from sglang_diffusion.testing.wan import CLIP_MEAN, CLIP_STD
-from sglang_diffusion.testing.writer import Asset, JsonFiles, PipelineSpec, Weights, scheduler
+from sglang_diffusion.testing.text_encoders import gqa_decoder_config, text_dims
+from sglang_diffusion.testing.vision import clip_image_processor
+from sglang_diffusion.testing.writer import Asset, JsonFiles, PipelineSpec, Weights, dit_pipeline, scheduler
 
 TEXT_ENCODER_LAYERS = 30
 HIDDEN_STATES_STACKED = 3  # Flux2Pipeline's text_encoder_out_layers=(10, 20, 30)
@@ -47,24 +47,8 @@ def transformer_config(preset: str, text_dim: int) -> dict:
 
 
 def vae_config(preset: str) -> dict:
-    return dict(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=by_preset(preset, [8, 16, 32, 32], [32, 64, 128, 128], [128, 256, 512, 512]),
-        layers_per_block=by_preset(preset, 1, 1, 2),
-        act_fn="silu",
-        latent_channels=32,
-        norm_num_groups=by_preset(preset, 4, 32, 32),
-        sample_size=1024,
-        use_quant_conv=True,
-        use_post_quant_conv=True,
-        mid_block_add_attention=True,
-        batch_norm_eps=1e-4,
-        batch_norm_momentum=0.1,
-        patch_size=[2, 2],
-    )
+    extra = dict(batch_norm_eps=1e-4, batch_norm_momentum=0.1, patch_size=[2, 2])
+    return image_vae_config(preset, 32, use_quant_conv=True, use_post_quant_conv=True, **extra)
 
 
 class _PixtralProcessorFolder:
@@ -84,18 +68,10 @@ class _PixtralProcessorFolder:
             processor_class="PixtralProcessor",
             spatial_merge_size=2,
         )
-        image_processor = dict(
-            do_convert_rgb=True,
-            do_normalize=True,
-            do_rescale=True,
-            do_resize=True,
-            image_mean=CLIP_MEAN,
-            image_std=CLIP_STD,
-            image_processor_type="PixtralImageProcessor",
+        image_processor = clip_image_processor(
+            "PixtralImageProcessor",
             patch_size={"height": PATCH_SIZE, "width": PATCH_SIZE},
             processor_class="PixtralProcessor",
-            resample=3,
-            rescale_factor=1 / 255,
             size={"longest_edge": self.longest_edge},
         )
         JsonFiles({"processor_config.json": processor, "preprocessor_config.json": image_processor}).save_pretrained(
@@ -108,22 +84,14 @@ def _text_encoder(preset: str) -> tuple[Weights, Asset]:
     every preset (text-to-image never runs it)."""
     tokenizer = tokenizers.mistral_tokenizer()
     dims = text_dims(preset, full_hidden=5120, full_head_dim=128)
-    text_config = dict(
+    text_config = gqa_decoder_config(
+        dims,
+        tokenizer,
+        rope_theta=1000000000.0,
         model_type="mistral",
-        vocab_size=len(tokenizer),
-        hidden_size=dims["hidden"],
-        intermediate_size=dims["ffn"],
         num_hidden_layers=TEXT_ENCODER_LAYERS,
-        num_attention_heads=dims["heads"],
-        num_key_value_heads=dims["heads"] // 2,
-        head_dim=dims["head_dim"],
         max_position_embeddings=131072,
-        rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000000.0},
         sliding_window=None,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     vision_config = dict(
         model_type="pixtral",
@@ -152,17 +120,14 @@ def _text_encoder(preset: str) -> tuple[Weights, Asset]:
 
 
 def pipeline_spec(preset: str) -> PipelineSpec:
-    text_encoder, tokenizer = _text_encoder(preset)
-    transformer = transformer_config(preset, text_dim=text_encoder.config["text_config"]["hidden_size"])
-    return PipelineSpec(
+    mistral = _text_encoder(preset)
+    transformer = transformer_config(preset, text_dim=mistral[0].config["text_config"]["hidden_size"])
+    return dit_pipeline(
         "Flux2Pipeline",
-        dict(
-            scheduler=scheduler("FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER),
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            transformer=Weights("diffusers", "Flux2Transformer2DModel", transformer),
-            vae=Weights("diffusers", "AutoencoderKLFlux2", vae_config(preset)),
-        ),
+        scheduler("FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER),
+        [mistral],
+        Weights("diffusers", "Flux2Transformer2DModel", transformer),
+        Weights("diffusers", "AutoencoderKLFlux2", vae_config(preset)),
     )
 
 

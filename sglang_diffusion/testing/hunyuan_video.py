@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from sglang_diffusion.testing import tokenizers
 from sglang_diffusion.testing.presets import by_preset
-from sglang_diffusion.testing.text_encoders import clip_text_encoder, text_dims
-from sglang_diffusion.testing.writer import Asset, PipelineSpec, Weights, scheduler
+from sglang_diffusion.testing.text_encoders import clip_text_encoder, gqa_decoder_config, text_dims
+from sglang_diffusion.testing.vision import kl_vae_config
+from sglang_diffusion.testing.writer import Asset, PipelineSpec, Weights, dit_pipeline, scheduler
 
 
 def transformer_config(preset: str, text_dim: int, pooled_dim: int) -> dict:
@@ -36,42 +37,15 @@ def transformer_config(preset: str, text_dim: int, pooled_dim: int) -> dict:
 
 
 def vae_config(preset: str) -> dict:
-    return dict(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=16,
-        down_block_types=["HunyuanVideoDownBlock3D"] * 4,
-        up_block_types=["HunyuanVideoUpBlock3D"] * 4,
-        block_out_channels=by_preset(preset, [8, 16, 32, 32], [16, 32, 64, 64], [128, 256, 512, 512]),
-        layers_per_block=by_preset(preset, 1, 1, 2),
-        act_fn="silu",
-        norm_num_groups=by_preset(preset, 4, 8, 32),
-        scaling_factor=0.476986,
-        spatial_compression_ratio=8,
-        temporal_compression_ratio=4,
-        mid_block_add_attention=True,
-    )
+    blocks = ("HunyuanVideoDownBlock3D", "HunyuanVideoUpBlock3D")
+    compression = dict(spatial_compression_ratio=8, temporal_compression_ratio=4)
+    return kl_vae_config(preset, blocks, 16, small_width=16, small_groups=8, scaling_factor=0.476986, **compression)
 
 
 def _llama_encoder(preset: str) -> tuple[Weights, Asset]:
     tokenizer = tokenizers.llama_tokenizer()
     dims = text_dims(preset, full_hidden=4096, full_head_dim=128)
-    config = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=dims["hidden"],
-        intermediate_size=dims["ffn"],
-        num_hidden_layers=dims["layers"],
-        num_attention_heads=dims["heads"],
-        num_key_value_heads=dims["heads"] // 2,
-        head_dim=dims["head_dim"],
-        hidden_act="silu",
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = gqa_decoder_config(dims, tokenizer, rope_theta=500000.0, hidden_act="silu", max_position_embeddings=8192)
     return (
         Weights("transformers", "LlamaModel", config, "LlamaConfig"),
         Asset("transformers", "LlamaTokenizerFast", tokenizers.llama_tokenizer),
@@ -79,22 +53,16 @@ def _llama_encoder(preset: str) -> tuple[Weights, Asset]:
 
 
 def pipeline_spec(preset: str) -> PipelineSpec:
-    text_encoder, tokenizer = _llama_encoder(preset)
-    text_encoder_2, tokenizer_2 = clip_text_encoder(preset)
+    llama, clip = _llama_encoder(preset), clip_text_encoder(preset)
     transformer = transformer_config(
-        preset, text_dim=text_encoder.config["hidden_size"], pooled_dim=text_encoder_2.config["hidden_size"]
+        preset, text_dim=llama[0].config["hidden_size"], pooled_dim=clip[0].config["hidden_size"]
     )
-    return PipelineSpec(
+    return dit_pipeline(
         "HunyuanVideoPipeline",
-        dict(
-            scheduler=scheduler("FlowMatchEulerDiscreteScheduler", shift=7.0),
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2,
-            transformer=Weights("diffusers", "HunyuanVideoTransformer3DModel", transformer),
-            vae=Weights("diffusers", "AutoencoderKLHunyuanVideo", vae_config(preset)),
-        ),
+        scheduler("FlowMatchEulerDiscreteScheduler", shift=7.0),
+        [llama, clip],
+        Weights("diffusers", "HunyuanVideoTransformer3DModel", transformer),
+        Weights("diffusers", "AutoencoderKLHunyuanVideo", vae_config(preset)),
     )
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from sglang_diffusion.testing import tokenizers
 from sglang_diffusion.testing.presets import by_preset
-from sglang_diffusion.testing.text_encoders import text_dims
-from sglang_diffusion.testing.writer import Asset, PipelineSpec, Weights, scheduler
+from sglang_diffusion.testing.text_encoders import sized_config, text_dims
+from sglang_diffusion.testing.vision import wan_vae_config
+from sglang_diffusion.testing.writer import Asset, PipelineSpec, Weights, dit_pipeline, scheduler
 
 # Qwen/Qwen-Image's scheduler/scheduler_config.json (resolution-dependent shift, exponential).
 QWEN_IMAGE_SCHEDULER = dict(
@@ -44,18 +45,6 @@ def transformer_config(preset: str, text_dim: int) -> dict:
     )
 
 
-def vae_config(preset: str) -> dict:
-    return dict(
-        base_dim=by_preset(preset, 4, 8, 96),
-        z_dim=16,
-        dim_mult=[1, 2, 4, 4],
-        num_res_blocks=by_preset(preset, 1, 1, 2),
-        attn_scales=[],
-        temperal_downsample=[False, True, True],
-        dropout=0.0,
-    )
-
-
 def _text_encoder(preset: str) -> tuple[Weights, Asset]:
     """Qwen2.5-VL with its vision tower reduced to one block in every preset: text-to-image
     never runs it, but the class builds it."""
@@ -64,12 +53,9 @@ def _text_encoder(preset: str) -> tuple[Weights, Asset]:
     half = dims["head_dim"] // 2
     specials = list(tokenizers.QWEN2_SPECIAL_TOKENS)
     ids = dict(zip(specials, tokenizer.convert_tokens_to_ids(specials), strict=True))
-    text_config = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=dims["hidden"],
-        intermediate_size=dims["ffn"],
-        num_hidden_layers=dims["layers"],
-        num_attention_heads=dims["heads"],
+    text_config = sized_config(
+        dims,
+        len(tokenizer),
         num_key_value_heads=by_preset(preset, 2, 2, 4),
         hidden_act="silu",
         max_position_embeddings=128000,
@@ -111,17 +97,14 @@ def _text_encoder(preset: str) -> tuple[Weights, Asset]:
 
 
 def pipeline_spec(preset: str) -> PipelineSpec:
-    text_encoder, tokenizer = _text_encoder(preset)
-    transformer = transformer_config(preset, text_dim=text_encoder.config["text_config"]["hidden_size"])
-    return PipelineSpec(
+    qwen = _text_encoder(preset)
+    transformer = transformer_config(preset, text_dim=qwen[0].config["text_config"]["hidden_size"])
+    return dit_pipeline(
         "QwenImagePipeline",
-        dict(
-            scheduler=scheduler("FlowMatchEulerDiscreteScheduler", **QWEN_IMAGE_SCHEDULER),
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            transformer=Weights("diffusers", "QwenImageTransformer2DModel", transformer),
-            vae=Weights("diffusers", "AutoencoderKLQwenImage", vae_config(preset)),
-        ),
+        scheduler("FlowMatchEulerDiscreteScheduler", **QWEN_IMAGE_SCHEDULER),
+        [qwen],
+        Weights("diffusers", "QwenImageTransformer2DModel", transformer),
+        Weights("diffusers", "AutoencoderKLQwenImage", wan_vae_config(preset)),
     )
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from sglang_diffusion.testing.presets import by_preset
 from sglang_diffusion.testing.text_encoders import t5_encoder
-from sglang_diffusion.testing.writer import Asset, JsonFiles, PipelineSpec, Weights, scheduler
+from sglang_diffusion.testing.vision import clip_image_processor, wan_vae_config
+from sglang_diffusion.testing.writer import Asset, JsonFiles, PipelineSpec, Weights, dit_pipeline, scheduler
 
 # Per variant: the real transformer's width and depth, and its channels.
 _FULL_TRANSFORMER = {
@@ -35,9 +36,6 @@ WAN22_LATENTS_STD = [
     0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
 ]
 # fmt: on
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
 
 def transformer_config(variant: str, preset: str, text_dim: int, image_dim: int | None) -> dict:
     full = _FULL_TRANSFORMER[variant]
@@ -66,15 +64,7 @@ def transformer_config(variant: str, preset: str, text_dim: int, image_dim: int 
 
 
 def vae_config(variant: str, preset: str) -> dict:
-    config = dict(
-        base_dim=by_preset(preset, 4, 8, 96),
-        z_dim=16,
-        dim_mult=[1, 2, 4, 4],
-        num_res_blocks=by_preset(preset, 1, 1, 2),
-        attn_scales=[],
-        temperal_downsample=[False, True, True],
-        dropout=0.0,
-    )
+    config = wan_vae_config(preset)
     if variant == "wan2.2-ti2v-5b":
         # 2x2 pixel patching into 12 channels plus 8x downsampling: 16x spatial compression.
         config.update(
@@ -105,18 +95,10 @@ def _image_encoder(preset: str) -> tuple[Weights, Asset]:
     )
     config = dict(**size, projection_dim=by_preset(preset, 32, 64, 1024), patch_size=14, hidden_act="gelu")
     side = size["image_size"]
-    processor = dict(
+    processor = clip_image_processor(
+        "CLIPImageProcessor",
         crop_size={"height": side, "width": side},
         do_center_crop=True,
-        do_convert_rgb=True,
-        do_normalize=True,
-        do_rescale=True,
-        do_resize=True,
-        image_mean=CLIP_MEAN,
-        image_std=CLIP_STD,
-        image_processor_type="CLIPImageProcessor",
-        resample=3,
-        rescale_factor=1 / 255,
         size={"shortest_edge": side},
     )
     return (
@@ -126,38 +108,31 @@ def _image_encoder(preset: str) -> tuple[Weights, Asset]:
 
 
 def pipeline_spec(variant: str, preset: str) -> PipelineSpec:
-    text_encoder, tokenizer = t5_encoder(preset, umt5=True)
-    text_dim = text_encoder.config["d_model"]
+    umt5 = t5_encoder(preset, umt5=True)
     flow_shift = 5.0 if variant == "wan2.2-ti2v-5b" else 3.0
-    components: dict = dict(
-        scheduler=scheduler(
-            "UniPCMultistepScheduler",
-            prediction_type="flow_prediction",
-            use_flow_sigmas=True,
-            num_train_timesteps=1000,
-            flow_shift=flow_shift,
-        ),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
+    unipc = scheduler(
+        "UniPCMultistepScheduler",
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        num_train_timesteps=1000,
+        flow_shift=flow_shift,
     )
-    image_dim = None
+    image_dim, others, config = None, {}, None
     if variant == "wan2.1-i2v":
-        components["image_encoder"], components["image_processor"] = _image_encoder(preset)
-        image_dim = components["image_encoder"].config["hidden_size"]
+        others["image_encoder"], others["image_processor"] = _image_encoder(preset)
+        image_dim = others["image_encoder"].config["hidden_size"]
     transformer = Weights(
-        "diffusers", "WanTransformer3DModel", transformer_config(variant, preset, text_dim, image_dim)
+        "diffusers", "WanTransformer3DModel", transformer_config(variant, preset, umt5[0].config["d_model"], image_dim)
     )
-    components["transformer"] = transformer
-    components["vae"] = Weights("diffusers", "AutoencoderKLWan", vae_config(variant, preset))
-    if variant.startswith("wan2.1"):
-        # Converted before diffusers knew Wan2.2: no transformer_2 or boundary_ratio keys.
-        return PipelineSpec("WanImageToVideoPipeline" if variant == "wan2.1-i2v" else "WanPipeline", components)
     if variant == "wan2.2-t2v-a14b":
         # High-noise expert for t >= 0.875 * 1000, low-noise expert below.
-        components["transformer_2"] = transformer
-        return PipelineSpec("WanPipeline", components, dict(boundary_ratio=0.875, expand_timesteps=False))
-    components["transformer_2"] = None
-    return PipelineSpec("WanPipeline", components, dict(boundary_ratio=None, expand_timesteps=True))
+        others["transformer_2"], config = transformer, dict(boundary_ratio=0.875, expand_timesteps=False)
+    elif variant == "wan2.2-ti2v-5b":
+        others["transformer_2"], config = None, dict(boundary_ratio=None, expand_timesteps=True)
+    # Wan2.1 was converted before diffusers knew Wan2.2: no transformer_2 or boundary_ratio keys.
+    class_name = "WanImageToVideoPipeline" if variant == "wan2.1-i2v" else "WanPipeline"
+    vae = Weights("diffusers", "AutoencoderKLWan", vae_config(variant, preset))
+    return dit_pipeline(class_name, unipc, [umt5], transformer, vae, config, **others)
 
 
 TINY_SAMPLING = {variant: dict(height=64, width=64, num_frames=9, num_inference_steps=2) for variant in VARIANTS}

@@ -83,6 +83,26 @@ class PipelineSpec:
     config: dict = field(default_factory=dict)  # pipeline-level keys: boundary_ratio, expand_timesteps
 
 
+def dit_pipeline(
+    class_name: str,
+    scheduler: Asset,
+    encoders: list[tuple[Weights, Asset]],
+    transformer: Weights,
+    vae: Weights,
+    config: dict | None = None,
+    **others: Weights | Asset | None,
+) -> PipelineSpec:
+    """The folder every family shares: a scheduler, text encoders with their tokenizers
+    (`text_encoder`/`tokenizer`, then `text_encoder_2`/`tokenizer_2`), the DiT and the VAE,
+    plus the family's `others` (image encoder, a second expert)."""
+    components: dict[str, Weights | Asset | None] = {"scheduler": scheduler}
+    for i, (encoder, tokenizer) in enumerate(encoders):
+        suffix = f"_{i + 1}" if i else ""
+        components[f"text_encoder{suffix}"], components[f"tokenizer{suffix}"] = encoder, tokenizer
+    components.update(transformer=transformer, vae=vae, **others)
+    return PipelineSpec(class_name, components, config or {})
+
+
 def component_seed(seed: int, name: str) -> int:
     """One seed per component, so adding a component never reshuffles the others' weights."""
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)

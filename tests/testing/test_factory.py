@@ -17,73 +17,58 @@ from sglang_diffusion.testing import FAMILIES, PRESETS, TINY_SAMPLING, build_mod
 
 VIDEO_FAMILIES = ("wan2.1-t2v", "wan2.1-i2v", "wan2.2-t2v-a14b", "wan2.2-ti2v-5b", "hunyuanvideo")
 
-_WAN = {
-    "scheduler": ["diffusers", "UniPCMultistepScheduler"],
-    "text_encoder": ["transformers", "UMT5EncoderModel"],
-    "tokenizer": ["transformers", "T5TokenizerFast"],
-    "transformer": ["diffusers", "WanTransformer3DModel"],
-    "vae": ["diffusers", "AutoencoderKLWan"],
-}
-_FLOW_EULER = ["diffusers", "FlowMatchEulerDiscreteScheduler"]
-# model_index.json of the real checkpoints, less _diffusers_version.
+
+def _dit_index(class_name, encoders, transformer, vae, scheduler="FlowMatchEulerDiscreteScheduler", **others) -> dict:
+    """A real checkpoint's model_index.json, less _diffusers_version: diffusers' scheduler,
+    transformer and VAE, transformers' (text encoder, tokenizer) pairs named text_encoder,
+    tokenizer, then text_encoder_2, tokenizer_2."""
+    index = {"_class_name": class_name, "scheduler": ["diffusers", scheduler]}
+    for i, (encoder, tokenizer) in enumerate(encoders):
+        suffix = f"_{i + 1}" if i else ""
+        index[f"text_encoder{suffix}"] = ["transformers", encoder]
+        index[f"tokenizer{suffix}"] = ["transformers", tokenizer]
+    return {**index, "transformer": ["diffusers", transformer], "vae": ["diffusers", vae], **others}
+
+
+def _wan_index(class_name="WanPipeline", **others) -> dict:
+    umt5 = [("UMT5EncoderModel", "T5TokenizerFast")]
+    scheduler = "UniPCMultistepScheduler"
+    return _dit_index(class_name, umt5, "WanTransformer3DModel", "AutoencoderKLWan", scheduler, **others)
+
+
+_CLIP_L = ("CLIPTextModel", "CLIPTokenizer")
 REAL_MODEL_INDEX = {
-    "wan2.1-t2v": {"_class_name": "WanPipeline", **_WAN},
-    "wan2.1-i2v": {
-        "_class_name": "WanImageToVideoPipeline",
-        **_WAN,
-        "image_encoder": ["transformers", "CLIPVisionModel"],
-        "image_processor": ["transformers", "CLIPImageProcessor"],
-    },
-    "wan2.2-t2v-a14b": {
-        "_class_name": "WanPipeline",
-        **_WAN,
-        "transformer_2": ["diffusers", "WanTransformer3DModel"],
-        "boundary_ratio": 0.875,
-        "expand_timesteps": False,
-    },
-    "wan2.2-ti2v-5b": {
-        "_class_name": "WanPipeline",
-        **_WAN,
-        "transformer_2": [None, None],
-        "boundary_ratio": None,
-        "expand_timesteps": True,
-    },
-    "hunyuanvideo": {
-        "_class_name": "HunyuanVideoPipeline",
-        "scheduler": _FLOW_EULER,
-        "text_encoder": ["transformers", "LlamaModel"],
-        "text_encoder_2": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "LlamaTokenizerFast"],
-        "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        "transformer": ["diffusers", "HunyuanVideoTransformer3DModel"],
-        "vae": ["diffusers", "AutoencoderKLHunyuanVideo"],
-    },
-    "flux.1": {
-        "_class_name": "FluxPipeline",
-        "scheduler": _FLOW_EULER,
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "T5EncoderModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "T5TokenizerFast"],
-        "transformer": ["diffusers", "FluxTransformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    },
-    "flux.2": {
-        "_class_name": "Flux2Pipeline",
-        "scheduler": _FLOW_EULER,
-        "text_encoder": ["transformers", "Mistral3ForConditionalGeneration"],
-        "tokenizer": ["transformers", "PixtralProcessor"],
-        "transformer": ["diffusers", "Flux2Transformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKLFlux2"],
-    },
-    "qwen-image": {
-        "_class_name": "QwenImagePipeline",
-        "scheduler": _FLOW_EULER,
-        "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
-        "tokenizer": ["transformers", "Qwen2Tokenizer"],
-        "transformer": ["diffusers", "QwenImageTransformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKLQwenImage"],
-    },
+    "wan2.1-t2v": _wan_index(),
+    "wan2.1-i2v": _wan_index(
+        "WanImageToVideoPipeline",
+        image_encoder=["transformers", "CLIPVisionModel"],
+        image_processor=["transformers", "CLIPImageProcessor"],
+    ),
+    "wan2.2-t2v-a14b": _wan_index(
+        transformer_2=["diffusers", "WanTransformer3DModel"], boundary_ratio=0.875, expand_timesteps=False
+    ),
+    "wan2.2-ti2v-5b": _wan_index(transformer_2=[None, None], boundary_ratio=None, expand_timesteps=True),
+    "hunyuanvideo": _dit_index(
+        "HunyuanVideoPipeline",
+        [("LlamaModel", "LlamaTokenizerFast"), _CLIP_L],
+        "HunyuanVideoTransformer3DModel",
+        "AutoencoderKLHunyuanVideo",
+    ),
+    "flux.1": _dit_index(
+        "FluxPipeline", [_CLIP_L, ("T5EncoderModel", "T5TokenizerFast")], "FluxTransformer2DModel", "AutoencoderKL"
+    ),
+    "flux.2": _dit_index(
+        "Flux2Pipeline",
+        [("Mistral3ForConditionalGeneration", "PixtralProcessor")],
+        "Flux2Transformer2DModel",
+        "AutoencoderKLFlux2",
+    ),
+    "qwen-image": _dit_index(
+        "QwenImagePipeline",
+        [("Qwen2_5_VLForConditionalGeneration", "Qwen2Tokenizer")],
+        "QwenImageTransformer2DModel",
+        "AutoencoderKLQwenImage",
+    ),
 }
 
 # The real transformers' config.json numbers.
