@@ -19,8 +19,31 @@ logger = logging.getLogger(__name__)
 _TILE_KEYS = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_min_num_frames")
 
 
+def _compression(vae, axis: str) -> int:
+    """Pixels (frames) per latent element along `axis` of a diffusers VAE (1 when it does not say)."""
+    kind = "temporal" if axis == "num_frames" else "spatial"
+    return int(getattr(vae, f"{kind}_compression_ratio", None) or getattr(vae.config, f"{kind}_compression_ratio", None)
+               or getattr(vae.config, f"scale_factor_{kind}", None) or 1)
+
+
+def _tile_and_stride(tile: int, stride: int | None, ratio: int) -> tuple[int, int | None]:
+    """A tile of whole latent elements (a multiple of `ratio`, at least one) and, when the VAE's
+    stride is longer than the tile, a stride that shrinks with it.
+
+    diffusers' tiled decoders step through the latent by stride // ratio and keep `stride`
+    pixels (frames) of each decoded tile: a stride longer than the tile leaves gaps (a smaller
+    video), one that is not a multiple of the ratio misaligns the tiles, and a tile shorter
+    than one latent element makes no tile at all. The shrunk stride keeps diffusers' default
+    overlap of a quarter where the tile allows one (256 pixels every 192, 16 frames every 12)."""
+    tile = max(ratio, tile // ratio * ratio)
+    if stride is not None and stride > tile:
+        stride = max(ratio, tile * 3 // 4 // ratio * ratio)
+    return tile, stride
+
+
 def enable_vae_tiling(vae, cfg: VaeConfig) -> None:
-    """Tiled decoding with vae_config's tile sizes, for any diffusers VAE that tiles."""
+    """Tiled decoding with vae_config's tile sizes, for any diffusers VAE that tiles. Every tile
+    size a VAE takes gives the video of the requested size (see `_tile_and_stride`)."""
     if not hasattr(vae, "enable_tiling"):
         raise ConfigError(f"vae_tiling: {type(vae).__name__} does not support tiling")
     sizes = {k: getattr(cfg, k) for k in _TILE_KEYS if getattr(cfg, k) is not None}
@@ -28,19 +51,26 @@ def enable_vae_tiling(vae, cfg: VaeConfig) -> None:
     refused = [k for k in sizes if k not in accepted]
     if refused:
         raise ConfigError(f"vae_config.{refused[0]}: {type(vae).__name__} tiling does not take it")
-    for axis in ("height", "width"):
-        # Tiles start a stride apart: a stride longer than the tile would leave gaps (diffusers
-        # then returns a smaller video), so it shrinks with the tile, keeping diffusers' default
-        # overlap of a quarter (256-pixel tiles every 192).
-        tile, stride = sizes.get(f"tile_sample_min_{axis}"), f"tile_sample_stride_{axis}"
-        if tile is not None and stride in accepted and getattr(vae, stride, 0) > tile:
-            sizes[stride] = max(1, tile * 3 // 4)
-            logger.info("vae_config.tile_sample_min_%s=%d is below the VAE's %s (%d): stride set to %d",
-                        axis, tile, stride, getattr(vae, stride), sizes[stride])
+    for axis in ("height", "width", "num_frames"):
+        key, stride_key = f"tile_sample_min_{axis}", f"tile_sample_stride_{axis}"
+        if key not in sizes:
+            continue
+        if sizes[key] < 1:
+            raise ConfigError(f"vae_config.{key} must be positive, got {sizes[key]}")
+        old_stride = getattr(vae, stride_key, None) if stride_key in accepted else None
+        tile, stride = _tile_and_stride(sizes[key], old_stride, _compression(vae, axis))
+        if tile != sizes[key]:
+            logger.info("vae_config.%s=%d: tiles are whole latent elements, using %d", key, sizes[key], tile)
+        sizes[key] = tile
+        if stride != old_stride:
+            sizes[stride_key] = stride
+            logger.info("vae_config.%s=%d is below the VAE's %s (%d): stride set to %d", key, tile, stride_key,
+                        old_stride, stride)
     vae.enable_tiling(**sizes)
     logger.info("VAE tiling on (%s)", ", ".join(f"{k}={getattr(vae, k)}" for k in
                                                 ("tile_sample_min_height", "tile_sample_min_width",
-                                                 "tile_sample_stride_height", "tile_sample_stride_width")
+                                                 "tile_sample_min_num_frames", "tile_sample_stride_height",
+                                                 "tile_sample_stride_width", "tile_sample_stride_num_frames")
                                                 if hasattr(vae, k)))
 
 
