@@ -141,3 +141,28 @@ def test_bad_checkpoints_are_model_load_errors(pair, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "axes_dims_rope": [4, 4, 4]}))
     with pytest.raises(ModelLoadError, match="axes_dims_rope"):
         FluxTransformer2DModel.from_pretrained(tmp_path)
+
+
+def test_block_protocol_runner_sees_every_block_and_can_stand_in(pair):
+    """A runner gets double- then single-stream blocks as one flat (x, c) -> (x, c) sequence."""
+    _, ours, _ = pair("dev")
+    kw = inputs(VARIANTS["dev"], 3, 3)
+    x, t = kw.pop("hidden_states"), kw.pop("timestep")
+
+    class Recorder:
+        def __init__(self, skip_from=None):
+            self.count, self.skip_from = 0, skip_from
+
+        def run(self, blocks, state, signal=None):
+            assert signal().shape == (2, 9, 32)  # block 0's modulated image input
+            for i, block in enumerate(blocks):
+                self.count += 1
+                if self.skip_from is None or i < self.skip_from:
+                    state = block(state)
+            return state
+
+    with torch.no_grad():
+        full = ours(x, t, **kw)
+        recorder = Recorder()
+        assert torch.equal(ours(x, t, **kw, runner=recorder), full) and recorder.count == 4
+        assert rel_err(full, ours(x, t, **kw, runner=Recorder(skip_from=2))) > 1e-3

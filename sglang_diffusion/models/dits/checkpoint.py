@@ -74,3 +74,23 @@ def load_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], *, dtype: 
             f"unused checkpoint keys: {', '.join(unused[:8])}" if unused else "",
             f"parameters without weights: {', '.join(missing[:8])}" if missing else ""])))
     model.load_state_dict(mapped, strict=True, assign=True)
+
+
+def build_from_folder(cls, config_from_dict, folder, dtype: torch.dtype, device: torch.device | str,
+                      state_edit=None) -> nn.Module:
+    """`cls(config)` built on the meta device from a diffusers transformer folder, then filled
+    through `cls.load_checkpoint`. `config_from_dict(raw, where)` reads config.json;
+    `state_edit(state)` may change the checkpoint (diffusers keys) first: LoRA merging does."""
+    from pathlib import Path
+
+    from sglang_diffusion.loader.weights import load_state_dict, read_config
+
+    folder = Path(folder)
+    config = config_from_dict(read_config(folder), where=str(folder / "config.json"))
+    with torch.device("meta"):
+        model = cls(config)
+    state = load_state_dict(folder)
+    if state_edit is not None:
+        state = state_edit(state)
+    model.load_checkpoint(state, dtype, device, where=str(folder))
+    return model.eval().requires_grad_(False)

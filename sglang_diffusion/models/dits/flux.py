@@ -41,6 +41,7 @@ from sglang_diffusion.layers.adanorm import AdaNorm
 from sglang_diffusion.layers.attention import Attention
 from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_features
 from sglang_diffusion.layers.mlp import FeedForward
+from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
 from sglang_diffusion.ops.activation import gelu_tanh
 from sglang_diffusion.ops.qk_norm import qk_rms_norm
 from sglang_diffusion.ops.rope import apply_rope, rope_cos_sin_1d
@@ -345,29 +346,37 @@ class FluxTransformer2DModel(nn.Module):
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: FluxContext | None = None, *,
                 encoder_hidden_states: torch.Tensor | None = None, pooled_projections: torch.Tensor | None = None,
                 img_ids: torch.Tensor | None = None, txt_ids: torch.Tensor | None = None,
-                guidance: torch.Tensor | None = None, num_blocks: int | None = None) -> torch.Tensor:
+                guidance: torch.Tensor | None = None, num_blocks: int | None = None,
+                runner: BlockRunner | None = None) -> torch.Tensor:
         """Packed latents [B, S, in_channels], timestep [B] (in [0, 1]: the scheduler's t / 1000,
         as diffusers' pipelines pass it) -> the flow prediction [B, S, out_channels]. Give either
         a `context` from `encode_context` or diffusers' arguments (encoder states, pooled
         projections, ids, guidance scale [B]). `num_blocks`: run only the first blocks
-        (timing probes; the output is then meaningless)."""
+        (timing probes; the output is then meaningless). `runner`: how the block loop runs
+        (step caching, see `models.dits.blocks`); None: every block."""
         if context is None:
             context = self.encode_context(encoder_hidden_states, pooled_projections, img_ids, txt_ids, guidance)
         x, c, emb = self.embed(hidden_states, timestep, context)
-        x, c = self.run_blocks(x, c, emb, context, num_blocks)
+        blocks = self.bound_blocks(emb, context)[:num_blocks]
+        x, c = run_blocks(blocks, (x, c), runner, signal=lambda: self.transformer_blocks[0].norm1(x, emb)[0])
         return self.final(x, emb)
 
     def forward_branches(self, hidden_states: torch.Tensor, timestep: torch.Tensor, contexts: list[FluxContext],
-                         joined: FluxContext | None = None, num_blocks: int | None = None) -> list[torch.Tensor]:
+                         joined: FluxContext | None = None, num_blocks: int | None = None,
+                         runners: list[BlockRunner] | None = None) -> list[torch.Tensor]:
         """`forward` of the same latents and timestep under each of `contexts` (the branches of
         classifier-free guidance), one after the other, or given `joined`
         (`FluxContext.cat(contexts)`) as one batch. In FLUX every block mixes text and image,
-        so nothing is shared between branches."""
+        so nothing is shared between branches. `runners`: one per context, or one for the
+        joined batch."""
         if joined is not None:
             n = len(contexts)
-            x = torch.cat([hidden_states] * n)
-            return list(self.forward(x, timestep.repeat(n), joined, num_blocks=num_blocks).chunk(n))
-        return [self.forward(hidden_states, timestep, c, num_blocks=num_blocks) for c in contexts]
+            out = self.forward(torch.cat([hidden_states] * n), timestep.repeat(n), joined, num_blocks=num_blocks,
+                               runner=runners[0] if runners else None)
+            return list(out.chunk(n))
+        runners = runners or [None] * len(contexts)
+        return [self.forward(hidden_states, timestep, c, num_blocks=num_blocks, runner=r)
+                for c, r in zip(contexts, runners)]
 
     # -- the block protocol: embed -> blocks -> final --------------------------------------------
     def embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: FluxContext
@@ -381,19 +390,22 @@ class FluxTransformer2DModel(nn.Module):
         temb = temb + context.pooled
         return x, context.text, F.silu(temb)
 
-    def run_blocks(self, x: torch.Tensor, c: torch.Tensor, emb: torch.Tensor, context: FluxContext,
-                   num_blocks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        blocks = [*self.transformer_blocks, *self.single_transformer_blocks][:num_blocks]
-        double, single = blocks[:len(self.transformer_blocks)], blocks[len(self.transformer_blocks):]
-        for block in double:
-            x, c = block(x, c, emb, context.cos, context.sin)
-        if single:
-            length = c.shape[1]
-            s = torch.cat([c, x], dim=1)  # [B, L + S, D]
-            for block in single:
-                s = block(s, emb, context.cos, context.sin)
-            c, x = s[:, :length], s[:, length:]
-        return x, c
+    def bound_blocks(self, emb: torch.Tensor, context: FluxContext) -> list[Block]:
+        """Every block as a step (x, c) -> (x, c) with this step's inputs bound: double-stream,
+        then single-stream (which join [c, x] for the block and split it after)."""
+        cos, sin = context.cos, context.sin
+
+        def double(block: FluxTransformerBlock) -> Block:
+            return lambda state: block(*state, emb, cos, sin)
+
+        def single(block: FluxSingleTransformerBlock) -> Block:
+            def step(state: State) -> State:
+                x, c = state
+                s = block(torch.cat([c, x], dim=1), emb, cos, sin)  # [B, L + S, D]
+                return s[:, c.shape[1]:], s[:, :c.shape[1]]
+            return step
+
+        return [*map(double, self.transformer_blocks), *map(single, self.single_transformer_blocks)]
 
     def final(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.proj_out(self.norm_out(x, emb))  # [B, S, C_out]
@@ -402,19 +414,10 @@ class FluxTransformer2DModel(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu", state_edit=None) -> "FluxTransformer2DModel":
-        """Build from a diffusers transformer folder. `state_edit(state)` may change the
-        checkpoint (diffusers keys) before it is loaded: LoRA merging does."""
-        from sglang_diffusion.loader.weights import load_state_dict, read_config
+        """Build from a diffusers transformer folder (`checkpoint.build_from_folder`)."""
+        from sglang_diffusion.models.dits.checkpoint import build_from_folder
 
-        folder = Path(folder)
-        config = FluxConfig.from_dict(read_config(folder), where=str(folder / "config.json"))
-        with torch.device("meta"):
-            model = cls(config)
-        state = load_state_dict(folder)
-        if state_edit is not None:
-            state = state_edit(state)
-        model.load_checkpoint(state, dtype, device, where=str(folder))
-        return model.eval().requires_grad_(False)
+        return build_from_folder(cls, FluxConfig.from_dict, folder, dtype, device, state_edit)
 
     def load_checkpoint(self, state: dict[str, torch.Tensor], dtype: torch.dtype,
                         device: torch.device | str = "cpu", where: str = "checkpoint") -> None:
