@@ -12,7 +12,8 @@ from diffusers import FluxTransformer2DModel as DiffusersFlux
 from safetensors.torch import save_file
 
 from sglang_diffusion.errors import ModelLoadError
-from sglang_diffusion.models.dits.flux import FluxContext, FluxTransformer2DModel
+from sglang_diffusion.models.dits.flux import (FluxContext, FluxTransformer2DModel, image_ids, pack_latents,
+                                               unpack_latents)
 
 BASE = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
             num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=12, axes_dims_rope=[4, 6, 6])
@@ -44,14 +45,6 @@ def pair(tmp_path_factory):
     return get
 
 
-def image_ids(h: int, w: int, first: float = 0.0) -> torch.Tensor:
-    ids = torch.zeros(h, w, 3)
-    ids[..., 0] = first
-    ids[..., 1] = torch.arange(h)[:, None]
-    ids[..., 2] = torch.arange(w)[None, :]
-    return ids.reshape(h * w, 3)
-
-
 def inputs(config: dict, h: int, w: int, text_len: int = 7):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, h * w, config["in_channels"], generator=g)
@@ -63,6 +56,14 @@ def inputs(config: dict, h: int, w: int, text_len: int = 7):
                 img_ids=image_ids(h, w), txt_ids=torch.zeros(text_len, 3), guidance=guidance)
 
 
+def ours_on_tokens(model, kwargs: dict) -> torch.Tensor:
+    """Our DiT called with diffusers' arguments (packed tokens and ids)."""
+    context = model.encode_context(kwargs["encoder_hidden_states"], kwargs["pooled_projections"],
+                                   kwargs["guidance"], kwargs["txt_ids"])
+    cos, sin = model.rope(kwargs["txt_ids"], kwargs["img_ids"])
+    return model.forward_tokens(kwargs["hidden_states"], kwargs["timestep"], context, cos, sin)
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("grid", [(4, 4), (3, 5)], ids=["square", "odd"])
 def test_forward_equals_diffusers(pair, name, grid):
@@ -70,9 +71,23 @@ def test_forward_equals_diffusers(pair, name, grid):
     kwargs = inputs(VARIANTS[name], *grid)
     with torch.no_grad():
         expected = ref(**kwargs, return_dict=False)[0]
-        got = ours(kwargs.pop("hidden_states"), kwargs.pop("timestep"), **kwargs)
+        got = ours_on_tokens(ours, kwargs)
     assert got.shape == expected.shape
     assert rel_err(expected, got) <= TOL
+
+
+def test_forward_on_latents_packs_as_diffusers(pair):
+    """forward takes unpacked latents [B, C, H, W] and packs them as FluxPipeline does."""
+    ref, ours, _ = pair("dev")
+    kwargs = inputs(VARIANTS["dev"], 3, 5)
+    latents = unpack_latents(kwargs["hidden_states"], 6, 10)  # [B, 4, 6, 10]
+    assert torch.equal(pack_latents(latents), kwargs["hidden_states"])
+    context = ours.encode_context(kwargs["encoder_hidden_states"], kwargs["pooled_projections"], 3.5)
+    with torch.no_grad():
+        expected = ref(**kwargs, return_dict=False)[0]
+        got = ours(latents, kwargs["timestep"], context)
+    assert got.shape == latents.shape and (3, 5) in context.tables
+    assert rel_err(expected, pack_latents(got)) <= TOL
 
 
 def test_kontext_reference_tokens_equal_diffusers(pair):
@@ -84,22 +99,22 @@ def test_kontext_reference_tokens_equal_diffusers(pair):
     kwargs["img_ids"] = torch.cat([image_ids(2, 3), image_ids(2, 3, first=1.0)])
     with torch.no_grad():
         expected = ref(**kwargs, return_dict=False)[0]
-        got = ours(kwargs.pop("hidden_states"), kwargs.pop("timestep"), **kwargs)
+        got = ours_on_tokens(ours, kwargs)
     assert rel_err(expected, got) <= TOL
 
 
 def test_context_once_equals_per_call_and_branches_batch(pair):
     _, ours, _ = pair("dev")
     kw = inputs(VARIANTS["dev"], 3, 3)
-    x, t = kw["hidden_states"], kw["timestep"]
-    ctx = ours.encode_context(kw["encoder_hidden_states"], kw["pooled_projections"], kw["img_ids"], guidance=3.5)
-    neg = ours.encode_context(-kw["encoder_hidden_states"], kw["pooled_projections"], kw["img_ids"], guidance=3.5)
+    x, t = unpack_latents(kw["hidden_states"], 6, 6), kw["timestep"]
+    ctx = ours.encode_context(kw["encoder_hidden_states"], kw["pooled_projections"], 3.5)
+    neg = ours.encode_context(-kw["encoder_hidden_states"], kw["pooled_projections"], 3.5)
     with torch.no_grad():
-        direct = ours(x, t, **{k: v for k, v in kw.items() if k not in ("hidden_states", "timestep")})
+        direct = ours_on_tokens(ours, kw)
         cond = ours(x, t, ctx)
         two_pass = ours.forward_branches(x, t, [ctx, neg])
         batched = ours.forward_branches(x, t, [ctx, neg], joined=FluxContext.cat([ctx, neg]))
-    assert rel_err(direct, cond) <= TOL
+    assert rel_err(direct, pack_latents(cond)) <= TOL
     assert rel_err(cond, two_pass[0]) <= TOL and rel_err(two_pass[1], batched[1]) <= TOL
     assert rel_err(two_pass[0], batched[0]) <= TOL and rel_err(cond, two_pass[1]) > 1e-3
 
@@ -108,7 +123,7 @@ def test_guidance_model_refuses_a_context_without_guidance(pair):
     _, ours, _ = pair("dev")
     kw = inputs(VARIANTS["dev"], 2, 2)
     with pytest.raises(ValueError, match="guidance"):
-        ours.encode_context(kw["encoder_hidden_states"], kw["pooled_projections"], kw["img_ids"])
+        ours.encode_context(kw["encoder_hidden_states"], kw["pooled_projections"])
 
 
 def test_loading_uses_every_key_and_fuses_projections(pair):
@@ -147,7 +162,8 @@ def test_block_protocol_runner_sees_every_block_and_can_stand_in(pair):
     """A runner gets double- then single-stream blocks as one flat (x, c) -> (x, c) sequence."""
     _, ours, _ = pair("dev")
     kw = inputs(VARIANTS["dev"], 3, 3)
-    x, t = kw.pop("hidden_states"), kw.pop("timestep")
+    x, t = unpack_latents(kw["hidden_states"], 6, 6), kw["timestep"]
+    ctx = ours.encode_context(kw["encoder_hidden_states"], kw["pooled_projections"], 3.5)
 
     class Recorder:
         def __init__(self, skip_from=None):
@@ -162,7 +178,7 @@ def test_block_protocol_runner_sees_every_block_and_can_stand_in(pair):
             return state
 
     with torch.no_grad():
-        full = ours(x, t, **kw)
+        full = ours(x, t, ctx)
         recorder = Recorder()
-        assert torch.equal(ours(x, t, **kw, runner=recorder), full) and recorder.count == 4
-        assert rel_err(full, ours(x, t, **kw, runner=Recorder(skip_from=2))) > 1e-3
+        assert torch.equal(ours(x, t, ctx, runner=recorder), full) and recorder.count == 4
+        assert rel_err(full, ours(x, t, ctx, runner=Recorder(skip_from=2))) > 1e-3

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -261,16 +261,41 @@ class FluxTimeTextEmbedding(nn.Module):
 # ---- model ---------------------------------------------------------------------------------
 
 
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H/2 * W/2, 4C]: each 2x2 patch one token (diffusers' _pack_latents)."""
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)  # [B, H/2, W/2, C, 2, 2]
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B, H/2 * W/2, 4C] -> [B, C, H, W], the inverse of `pack_latents`."""
+    b, _, channels = tokens.shape
+    x = tokens.view(b, height // 2, width // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, channels // 4, height, width)
+
+
+def image_ids(height: int, width: int, first: float = 0.0, device=None) -> torch.Tensor:
+    """Position ids [height * width, 3] of a token grid, row-major: (first, row, column)
+    (`first` is 0 for the generated image, 1 for a Kontext reference image)."""
+    ids = torch.zeros(height, width, 3, device=device)
+    ids[..., 0] = first
+    ids[..., 1] = torch.arange(height, device=device)[:, None]
+    ids[..., 2] = torch.arange(width, device=device)[None, :]
+    return ids.reshape(height * width, 3)
+
+
 @dataclass
 class FluxContext:
     """What a request gives every step: the projected text, the pooled-text (and guidance)
-    embeddings, and the RoPE tables of [text, image] tokens."""
+    embeddings, the text's position ids, and (filled on first use) the RoPE tables of [text,
+    image] per image token grid."""
 
     text: torch.Tensor  # [B, L, D] context_embedder(T5 states)
     pooled: torch.Tensor  # [B, D] text_embedder(CLIP pooled)
     guidance: torch.Tensor | None  # [B, D] guidance_embedder(g * 1000); None without guidance embedding
-    cos: torch.Tensor  # [L + S, head_dim / 2]
-    sin: torch.Tensor
+    txt_ids: torch.Tensor  # [L, 3]
+    tables: dict = field(default_factory=dict, repr=False)  # (h, w) token grid -> (cos, sin)
 
     @property
     def batch_size(self) -> int:
@@ -283,7 +308,7 @@ class FluxContext:
         assert all(c.text.shape[1:] == first.text.shape[1:] for c in contexts), "contexts differ in text length"
         guidance = None if first.guidance is None else torch.cat([c.guidance for c in contexts])
         return FluxContext(torch.cat([c.text for c in contexts]), torch.cat([c.pooled for c in contexts]),
-                           guidance, first.cos, first.sin)
+                           guidance, first.txt_ids, first.tables)
 
 
 class FluxTransformer2DModel(nn.Module):
@@ -291,6 +316,7 @@ class FluxTransformer2DModel(nn.Module):
     key_map = {".to_out.0.": ".to_out.", ".net.0.proj.": ".fc_in.", ".net.2.": ".fc_out."}
     fused = {"to_qkv": ("to_q", "to_k", "to_v"), "add_qkv": ("add_q_proj", "add_k_proj", "add_v_proj"),
              "to_qkv_mlp": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
+    patch_size = (2, 2)  # latents [B, C, H, W] are packed 2x2 into tokens
 
     def __init__(self, config: FluxConfig):
         super().__init__()
@@ -302,7 +328,8 @@ class FluxTransformer2DModel(nn.Module):
         self.x_embedder = nn.Linear(config.in_channels, dim)
         # 2. Double-stream, then single-stream blocks
         self.transformer_blocks = nn.ModuleList(FluxTransformerBlock(config) for _ in range(config.num_layers))
-        self.single_transformer_blocks = nn.ModuleList(FluxSingleTransformerBlock(config) for _ in range(config.num_single_layers))
+        self.single_transformer_blocks = nn.ModuleList(FluxSingleTransformerBlock(config)
+                                                       for _ in range(config.num_single_layers))
         # 3. Output norm & projection
         self.norm_out = AdaLayerNormContinuous(dim)
         self.proj_out = nn.Linear(dim, config.patch_size**2 * (config.out_channels or config.in_channels))
@@ -322,11 +349,11 @@ class FluxTransformer2DModel(nn.Module):
 
     @torch.no_grad()
     def encode_context(self, encoder_hidden_states: torch.Tensor, pooled_projections: torch.Tensor,
-                       img_ids: torch.Tensor, txt_ids: torch.Tensor | None = None,
-                       guidance: torch.Tensor | float | None = None) -> FluxContext:
-        """T5 states [B, L, joint_dim], CLIP pooled [B, pooled_dim], image ids [S, 3] (text
-        ids [L, 3], zeros by default) and the guidance scale (models with guidance embedding)
-        -> a FluxContext. Depends only on the request, so it runs once, not per step."""
+                       guidance: torch.Tensor | float | None = None,
+                       txt_ids: torch.Tensor | None = None) -> FluxContext:
+        """T5 states [B, L, joint_dim], CLIP pooled [B, pooled_dim], the guidance scale (a float
+        or [B]; models with guidance embedding) and text ids [L, 3] (zeros by default) -> a
+        FluxContext. Depends only on the request, so it runs once, not per step."""
         text = self.context_embedder(encoder_hidden_states.to(self.dtype))  # [B, L, D]
         b, length = text.shape[:2]
         embed = self.time_text_embed
@@ -339,29 +366,39 @@ class FluxTransformer2DModel(nn.Module):
         else:
             guidance = None
         if txt_ids is None:
-            txt_ids = img_ids.new_zeros(length, img_ids.shape[-1])
-        cos, sin = rope_tables(torch.cat([txt_ids, img_ids]), self.config.axes_dims_rope, ROPE_THETA)
-        return FluxContext(text, pooled, guidance, cos, sin)
+            txt_ids = text.new_zeros(length, 3, dtype=torch.float32)
+        return FluxContext(text, pooled, guidance, txt_ids)
 
-    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: FluxContext | None = None, *,
-                encoder_hidden_states: torch.Tensor | None = None, pooled_projections: torch.Tensor | None = None,
-                img_ids: torch.Tensor | None = None, txt_ids: torch.Tensor | None = None,
-                guidance: torch.Tensor | None = None, num_blocks: int | None = None,
-                runner: BlockRunner | None = None) -> torch.Tensor:
-        """Packed latents [B, S, in_channels], timestep [B] (in [0, 1]: the scheduler's t / 1000,
-        as diffusers' pipelines pass it) -> the flow prediction [B, S, out_channels]. Give either
-        a `context` from `encode_context` or diffusers' arguments (encoder states, pooled
-        projections, ids, guidance scale [B]). `num_blocks`: run only the first blocks
-        (timing probes; the output is then meaningless). `runner`: how the block loop runs
-        (step caching, see `models.dits.blocks`); None: every block."""
-        if context is None:
-            context = self.encode_context(encoder_hidden_states, pooled_projections, img_ids, txt_ids, guidance)
+    def rope(self, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [L + S, head_dim / 2] of the joint sequence [text, image]."""
+        return rope_tables(torch.cat([txt_ids, img_ids.to(txt_ids)]), self.config.axes_dims_rope, ROPE_THETA)
+
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: FluxContext,
+                num_blocks: int | None = None, runner: BlockRunner | None = None) -> torch.Tensor:
+        """latents [B, C, H, W] (H, W even), timestep [B] (in [0, 1]: the scheduler's t / 1000,
+        as diffusers' pipelines pass it) -> the flow prediction [B, C_out, H, W]. The latents
+        are packed 2x2 into tokens here; the RoPE tables of their grid are built once per context.
+        `num_blocks`: run only the first blocks (timing probes; the output is then meaningless).
+        `runner`: how the block loop runs (step caching, see `models.dits.blocks`)."""
+        _, _, height, width = latents.shape
+        grid = (height // 2, width // 2)
+        if grid not in context.tables:
+            context.tables[grid] = self.rope(context.txt_ids, image_ids(*grid, device=latents.device))
+        out = self.forward_tokens(pack_latents(latents), timestep, context, *context.tables[grid],
+                                  num_blocks=num_blocks, runner=runner)
+        return unpack_latents(out, height, width)
+
+    def forward_tokens(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: FluxContext,
+                       cos: torch.Tensor, sin: torch.Tensor, num_blocks: int | None = None,
+                       runner: BlockRunner | None = None) -> torch.Tensor:
+        """diffusers' forward on packed tokens: hidden_states [B, S, in_channels], RoPE tables of
+        [text, image] (`rope`) -> [B, S, out_channels]."""
         x, c, emb = self.embed(hidden_states, timestep, context)
-        blocks = self.bound_blocks(emb, context)[:num_blocks]
+        blocks = self.bound_blocks(emb, cos, sin)[:num_blocks]
         x, c = run_blocks(blocks, (x, c), runner, signal=lambda: self.transformer_blocks[0].norm1(x, emb)[0])
         return self.final(x, emb)
 
-    def forward_branches(self, hidden_states: torch.Tensor, timestep: torch.Tensor, contexts: list[FluxContext],
+    def forward_branches(self, latents: torch.Tensor, timestep: torch.Tensor, contexts: list[FluxContext],
                          joined: FluxContext | None = None, num_blocks: int | None = None,
                          runners: list[BlockRunner] | None = None) -> list[torch.Tensor]:
         """`forward` of the same latents and timestep under each of `contexts` (the branches of
@@ -371,11 +408,11 @@ class FluxTransformer2DModel(nn.Module):
         joined batch."""
         if joined is not None:
             n = len(contexts)
-            out = self.forward(torch.cat([hidden_states] * n), timestep.repeat(n), joined, num_blocks=num_blocks,
+            out = self.forward(torch.cat([latents] * n), timestep.repeat(n), joined, num_blocks=num_blocks,
                                runner=runners[0] if runners else None)
             return list(out.chunk(n))
         runners = runners or [None] * len(contexts)
-        return [self.forward(hidden_states, timestep, c, num_blocks=num_blocks, runner=r)
+        return [self.forward(latents, timestep, c, num_blocks=num_blocks, runner=r)
                 for c, r in zip(contexts, runners)]
 
     # -- the block protocol: embed -> blocks -> final --------------------------------------------
@@ -390,10 +427,9 @@ class FluxTransformer2DModel(nn.Module):
         temb = temb + context.pooled
         return x, context.text, F.silu(temb)
 
-    def bound_blocks(self, emb: torch.Tensor, context: FluxContext) -> list[Block]:
+    def bound_blocks(self, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> list[Block]:
         """Every block as a step (x, c) -> (x, c) with this step's inputs bound: double-stream,
         then single-stream (which join [c, x] for the block and split it after)."""
-        cos, sin = context.cos, context.sin
 
         def double(block: FluxTransformerBlock) -> Block:
             return lambda state: block(*state, emb, cos, sin)
