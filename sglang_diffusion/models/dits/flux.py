@@ -40,6 +40,7 @@ from sglang_diffusion.errors import ModelLoadError
 from sglang_diffusion.layers.adanorm import AdaNorm
 from sglang_diffusion.layers.attention import Attention
 from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_features
+from sglang_diffusion.layers.joint_attention import JointAttention
 from sglang_diffusion.layers.mlp import FeedForward
 from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
 from sglang_diffusion.ops.activation import gelu_tanh
@@ -145,36 +146,6 @@ def _heads(t: torch.Tensor, head_dim: int) -> torch.Tensor:
     return t.unflatten(-1, (-1, head_dim))  # [B, S, H*D] -> [B, S, H, D]
 
 
-class FluxJointAttention(nn.Module):
-    """Double-stream attention: image and text tokens with their own projections and QK-norms,
-    attending jointly over [text, image]."""
-
-    def __init__(self, dim: int, num_heads: int, head_dim: int):
-        super().__init__()
-        self.head_dim = head_dim
-        self.to_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: to_q, to_k, to_v
-        self.add_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: add_q_proj, add_k_proj, add_v_proj
-        self.norm_q = nn.RMSNorm(head_dim, eps=EPS)
-        self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
-        self.norm_added_q = nn.RMSNorm(head_dim, eps=EPS)
-        self.norm_added_k = nn.RMSNorm(head_dim, eps=EPS)
-        self.to_out = nn.Linear(dim, dim)
-        self.to_add_out = nn.Linear(dim, dim)
-        self.attn = Attention(num_heads, head_dim)
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, S, D] image, c [B, L, D] text (both normed) -> (image out, text out)."""
-        length = c.shape[1]
-        q, k, v = _heads(self.to_qkv(x), self.head_dim).chunk(3, dim=2)  # [B, S, H, D] each
-        cq, ck, cv = _heads(self.add_qkv(c), self.head_dim).chunk(3, dim=2)  # [B, L, H, D] each
-        q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, EPS, across_heads=False)
-        cq, ck = qk_rms_norm(cq, ck, self.norm_added_q.weight, self.norm_added_k.weight, EPS, across_heads=False)
-        q, k = apply_rope(torch.cat([cq, q], dim=1), torch.cat([ck, k], dim=1), cos, sin, interleaved=True)
-        out = self.attn(q, k, torch.cat([cv, v], dim=1)).flatten(2)  # [B, L + S, H*D]
-        return self.to_out(out[:, length:]), self.to_add_out(out[:, :length])
-
-
 class FluxTransformerBlock(nn.Module):
     """Double-stream block."""
 
@@ -184,7 +155,7 @@ class FluxTransformerBlock(nn.Module):
         # 1. Joint attention, each stream with its own modulation
         self.norm1 = AdaLayerNormZero(dim, 6)
         self.norm1_context = AdaLayerNormZero(dim, 6)
-        self.attn = FluxJointAttention(dim, config.num_attention_heads, config.attention_head_dim)
+        self.attn = JointAttention(dim, config.num_attention_heads, config.attention_head_dim, EPS)
         # 2. Feed-forwards
         self.norm2 = AdaNorm(dim, EPS)
         self.ff = FeedForward(dim, 4 * dim, activation="gelu_tanh")
