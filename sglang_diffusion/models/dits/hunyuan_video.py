@@ -1,0 +1,532 @@
+"""HunyuanVideo video DiT (HunyuanVideo, FastHunyuan), on our layers and ops.
+
+Reads diffusers' `HunyuanVideoTransformer3DModel` folders (text-to-video: no
+image_condition_type): every size from config.json, weights from safetensors through the key
+map, without building diffusers' class. The math is diffusers' `transformer_hunyuan_video.py`,
+in the same order, so outputs agree to float rounding:
+
+    temb = TimestepMLP(t) [+ GuidanceMLP(g)] + PooledMLP(CLIP pooled);  e = SiLU(temb)
+    text = token refiner(Llama states): proj_in, then blocks of masked self-attention and a SiLU
+           MLP, gated by TimestepMLP'(t) + PooledMLP'(masked mean of the states)
+    x = patchify(latents); RoPE over (t, h, w) on the video tokens only
+    dual-stream block (video x and text c, each with its own adaLN-Zero of e):
+        a_x, a_c = JointAttn([x', c'])           (per-head RMS QK-norm; padded text keys dropped)
+        x += gate * to_out(a_x);  x += gate_mlp * FF(AdaLN(x))      (and the same for c)
+    single-stream block on [x, c]:
+        s' = AdaLN(s);  s += gate * proj_out([Attn(s'), GELU(proj_mlp(s'))])
+    out = proj_out(AdaLN(x; final scale, shift)) -> unpatchify
+
+Padded text: diffusers masks the prompt's padding out of every attention; a padded text token
+is never a key, so it never changes a real token, and the video output is the same without
+it. `encode_context` therefore keeps each prompt's real tokens only (`_real_length`): a
+20-token prompt padded to 256 runs the blocks on 20 text tokens. Prompts of different lengths
+in one batch run one sample at a time (samples are independent).
+
+What differs from diffusers is where the work goes: the pooled, guidance and refiner-pooled
+embeddings and the refiner's input projection depend only on the request (`encode_context`,
+once); q, k, v (and in single-stream blocks the MLP input) come from one GEMM; norm, modulation
+and gated residual run as one fused op, QK-norm and RoPE as ours. Under sequence parallelism
+the video tokens are split over the ranks and the text is replicated
+(`SequenceShard.joint_attention`).
+
+Forward is embed -> dual-stream blocks -> single-stream blocks -> final, the block protocol
+(`models.dits.blocks`) with the state (video [B, s, D], text [B, L, D]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sglang_diffusion.errors import ModelLoadError
+from sglang_diffusion.layers.adanorm import AdaNorm
+from sglang_diffusion.layers.attention import Attention
+from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_features
+from sglang_diffusion.layers.mlp import FeedForward
+from sglang_diffusion.layers.rotary import RotaryEmbedding3D
+from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
+from sglang_diffusion.models.dits.flux import AdaLayerNormContinuous, AdaLayerNormZero, FluxTimeTextEmbedding
+from sglang_diffusion.ops.activation import gelu_tanh
+from sglang_diffusion.ops.qk_norm import qk_rms_norm
+from sglang_diffusion.ops.rope import apply_rope
+
+logger = logging.getLogger(__name__)
+
+EPS = 1e-6  # every norm of the model (diffusers hard-codes it)
+REFINER_MLP_RATIO = 4.0  # the token refiner's, whatever config.json's mlp_ratio (as diffusers builds it)
+
+
+# ---- config --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HunyuanVideoConfig:
+    """transformer/config.json (diffusers' constructor arguments), except `patch_size`: the
+    (frames, height, width) patch, from config.json's patch_size_t and patch_size."""
+
+    in_channels: int = 16
+    out_channels: int | None = 16
+    num_attention_heads: int = 24
+    attention_head_dim: int = 128
+    num_layers: int = 20
+    num_single_layers: int = 40
+    num_refiner_layers: int = 2
+    mlp_ratio: float = 4.0
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    qk_norm: str = "rms_norm"
+    guidance_embeds: bool = True
+    text_embed_dim: int = 4096
+    pooled_projection_dim: int = 768
+    rope_theta: float = 256.0
+    rope_axes_dim: tuple[int, int, int] = (16, 56, 56)
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def ffn_dim(self) -> int:
+        return int(self.inner_dim * self.mlp_ratio)
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "config.json") -> "HunyuanVideoConfig":
+        if raw.get("image_condition_type") is not None:
+            raise ModelLoadError(f"{where}: image_condition_type {raw['image_condition_type']!r} (HunyuanVideo "
+                                 "image-to-video) has no native transformer; use --backend diffusers")
+        raw = dict(raw)
+        raw.pop("image_condition_type", None)
+        p, p_t = raw.pop("patch_size", 2), raw.pop("patch_size_t", 1)
+        known = {f.name for f in dataclasses.fields(cls)}
+        ignored = sorted(k for k in raw if k not in known and not k.startswith("_"))
+        if ignored:
+            logger.warning("%s: ignoring keys the HunyuanVideo transformer does not take: %s", where,
+                           ", ".join(ignored))
+        values = {k: v for k, v in raw.items() if k in known}
+        values["patch_size"] = (int(p_t), int(p), int(p))
+        if "rope_axes_dim" in values:
+            values["rope_axes_dim"] = tuple(values["rope_axes_dim"])
+        config = cls(**values)
+        if sum(config.rope_axes_dim) != config.attention_head_dim:
+            raise ModelLoadError(f"{where}: rope_axes_dim {config.rope_axes_dim} must add up to "
+                                 f"attention_head_dim {config.attention_head_dim}")
+        if config.qk_norm != "rms_norm":
+            raise ModelLoadError(f"{where}: qk_norm {config.qk_norm!r}: the native transformer implements rms_norm")
+        return config
+
+
+def _heads(t: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return t.unflatten(-1, (-1, head_dim))  # [B, S, H*D] -> [B, S, H, D]
+
+
+def joint_attention(attn: Attention, q, k, v, text_q, text_k, text_v, seq=None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Video q, k, v [B, S, H, D] (this rank's shard under SP) and text [B, L, H, D] attending
+    jointly over [video, text] -> (video out [B, S, H*D], text out [B, L, H*D])."""
+    if seq is not None:
+        backend = attn.resolve_backend(q.device, q.dtype)
+        video, text = seq.joint_attention(q, k, v, text_q, text_k, text_v, backend)
+        return video.flatten(2), text.flatten(2)
+    length = text_q.shape[1]
+    out = attn(torch.cat([q, text_q], dim=1), torch.cat([k, text_k], dim=1), torch.cat([v, text_v], dim=1))
+    out = out.flatten(2)  # [B, S + L, H*D]
+    return out[:, :-length], out[:, -length:]
+
+
+# ---- token refiner (the text stream's input) --------------------------------------------------
+
+
+class RefinerAttention(nn.Module):
+    """Plain self-attention over the text tokens (no QK-norm, no RoPE)."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.to_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: to_q, to_k, to_v
+        self.to_out = nn.Linear(dim, dim)
+        self.attn = Attention(num_heads, head_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = _heads(self.to_qkv(x), self.head_dim).chunk(3, dim=2)  # [B, L, H, D] each
+        return self.to_out(self.attn(q, k, v).flatten(2))
+
+
+class RefinerBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = AdaNorm(dim, EPS, elementwise_affine=True)
+        self.attn = RefinerAttention(dim, num_heads, head_dim)
+        self.norm2 = AdaNorm(dim, EPS, elementwise_affine=True)
+        self.ff = FeedForward(dim, int(dim * mlp_ratio), activation="silu")
+        self.norm_out = nn.Module()
+        self.norm_out.linear = nn.Linear(dim, 2 * dim)  # SiLU(temb) -> gate_msa, gate_mlp
+
+    def forward(self, c: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """c [B, L, D] text, emb = SiLU(refiner temb) [B, D]."""
+        gate_msa, gate_mlp = self.norm_out.linear(emb).unsqueeze(1).chunk(2, dim=-1)  # [B, 1, D] each
+        c, h = self.norm2.residual(c, self.attn(self.norm1(c)), gate_msa)
+        return c + self.ff(h) * gate_mlp
+
+
+class TokenRefiner(nn.Module):
+    """diffusers' HunyuanVideoTokenRefiner: the Llama states -> the text stream's tokens."""
+
+    def __init__(self, config: HunyuanVideoConfig):
+        super().__init__()
+        dim = config.inner_dim
+        self.time_text_embed = nn.Module()
+        self.time_text_embed.timestep_embedder = TimestepEmbedding(256, dim)
+        self.time_text_embed.text_embedder = TimestepEmbedding(config.text_embed_dim, dim)  # linear, SiLU, linear
+        self.proj_in = nn.Linear(config.text_embed_dim, dim)
+        self.token_refiner = nn.Module()
+        self.token_refiner.refiner_blocks = nn.ModuleList(
+            RefinerBlock(dim, config.num_attention_heads, config.attention_head_dim, REFINER_MLP_RATIO)
+            for _ in range(config.num_refiner_layers))
+
+    def forward(self, text: torch.Tensor, pooled: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """text [B, L, D] = proj_in(real tokens), pooled [B, D] = text_embedder(their mean),
+        timestep [B] -> the refined text [B, L, D]."""
+        mlp = self.time_text_embed.timestep_embedder
+        temb = mlp(timestep_features(timestep, 256).to(mlp.linear_1.weight.dtype)) + pooled
+        emb = F.silu(temb)
+        for block in self.token_refiner.refiner_blocks:
+            text = block(text, emb)
+        return text
+
+
+# ---- dual-stream and single-stream blocks -----------------------------------------------------
+
+
+class HunyuanJointAttention(nn.Module):
+    """Dual-stream attention: video and text tokens with their own projections and QK-norms,
+    attending jointly over [video, text]; RoPE on the video tokens only."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.to_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: to_q, to_k, to_v
+        self.add_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: add_q_proj, add_k_proj, add_v_proj
+        self.norm_q = nn.RMSNorm(head_dim, eps=EPS)
+        self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
+        self.norm_added_q = nn.RMSNorm(head_dim, eps=EPS)
+        self.norm_added_k = nn.RMSNorm(head_dim, eps=EPS)
+        self.to_out = nn.Linear(dim, dim)
+        self.to_add_out = nn.Linear(dim, dim)
+        self.attn = Attention(num_heads, head_dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seq=None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, S, D] video, c [B, L, D] text (both normed) -> (video out, text out)."""
+        q, k, v = _heads(self.to_qkv(x), self.head_dim).chunk(3, dim=2)  # [B, S, H, D] each
+        cq, ck, cv = _heads(self.add_qkv(c), self.head_dim).chunk(3, dim=2)  # [B, L, H, D] each
+        q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, EPS, across_heads=False)
+        cq, ck = qk_rms_norm(cq, ck, self.norm_added_q.weight, self.norm_added_k.weight, EPS, across_heads=False)
+        q, k = apply_rope(q, k, cos, sin, interleaved=True)
+        out, text_out = joint_attention(self.attn, q, k, v, cq, ck, cv, seq)
+        return self.to_out(out), self.to_add_out(text_out)
+
+
+class HunyuanVideoTransformerBlock(nn.Module):
+    """Dual-stream block."""
+
+    def __init__(self, config: HunyuanVideoConfig):
+        super().__init__()
+        dim = config.inner_dim
+        # 1. Joint attention, each stream with its own modulation
+        self.norm1 = AdaLayerNormZero(dim, 6)
+        self.norm1_context = AdaLayerNormZero(dim, 6)
+        self.attn = HunyuanJointAttention(dim, config.num_attention_heads, config.attention_head_dim)
+        # 2. Feed-forwards
+        self.norm2 = AdaNorm(dim, EPS)
+        self.ff = FeedForward(dim, config.ffn_dim, activation="gelu_tanh")
+        self.norm2_context = AdaNorm(dim, EPS)
+        self.ff_context = FeedForward(dim, config.ffn_dim, activation="gelu_tanh")
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor, seq=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, S, D] video, c [B, L, D] text, emb = SiLU(temb) [B, D] -> (x, c)."""
+        h, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(x, emb)
+        hc, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(c, emb)
+        attn_out, context_attn_out = self.attn(h, hc, cos, sin, seq)
+        x, h = self.norm2.residual(x, attn_out, gate_msa, scale_mlp, shift_mlp)
+        x = x + gate_mlp * self.ff(h)
+        c, hc = self.norm2_context.residual(c, context_attn_out, c_gate_msa, c_scale_mlp, c_shift_mlp)
+        c = c + c_gate_mlp * self.ff_context(hc)
+        return x, c
+
+
+class SingleAttention(nn.Module):
+    """Single-stream attention after the block's fused projection: QK-norm, RoPE on the video
+    tokens, joint attention."""
+
+    def __init__(self, num_heads: int, head_dim: int):
+        super().__init__()
+        self.norm_q = nn.RMSNorm(head_dim, eps=EPS)
+        self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
+        self.attn = Attention(num_heads, head_dim)
+
+    def forward(self, q, k, v, length: int, cos, sin, seq=None) -> torch.Tensor:
+        """q, k, v [B, S + L, H, D] over [video, text] (L text tokens) -> [B, S + L, H*D]."""
+        q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, EPS, across_heads=False)
+        split = q.shape[1] - length
+        vq, vk = apply_rope(q[:, :split], k[:, :split], cos, sin, interleaved=True)
+        out, text_out = joint_attention(self.attn, vq, vk, v[:, :split], q[:, split:], k[:, split:], v[:, split:],
+                                        seq)
+        return torch.cat([out, text_out], dim=1)
+
+
+class HunyuanVideoSingleTransformerBlock(nn.Module):
+    """Single-stream block: attention and MLP in parallel on [video, text]."""
+
+    def __init__(self, config: HunyuanVideoConfig):
+        super().__init__()
+        dim, self.head_dim = config.inner_dim, config.attention_head_dim
+        self.mlp_dim = config.ffn_dim
+        self.norm = AdaLayerNormZero(dim, 3)
+        self.to_qkv_mlp = nn.Linear(dim, 3 * dim + self.mlp_dim)  # checkpoint: attn.to_q/k/v, proj_mlp
+        self.attn = SingleAttention(config.num_attention_heads, self.head_dim)
+        self.proj_out = nn.Linear(dim + self.mlp_dim, dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor, seq=None) -> tuple[torch.Tensor, torch.Tensor]:
+        length = c.shape[1]
+        s = torch.cat([x, c], dim=1)  # [B, S + L, D]
+        h, gate = self.norm(s, emb)
+        qkv, mlp = self.to_qkv_mlp(h).split([3 * s.shape[-1], self.mlp_dim], dim=-1)
+        q, k, v = _heads(qkv, self.head_dim).chunk(3, dim=2)  # [B, S + L, H, D] each
+        out = self.attn(q, k, v, length, cos, sin, seq)  # [B, S + L, H*D]
+        mlp = gelu_tanh(mlp.contiguous(), inplace=True)  # [B, S + L, mlp_dim]
+        s = s + gate * self.proj_out(torch.cat([out, mlp], dim=-1))
+        return s[:, :-length], s[:, -length:]
+
+
+# ---- model ---------------------------------------------------------------------------------
+
+
+@dataclass
+class HunyuanContext:
+    """What a request gives every step: the refiner's input (the real text tokens, projected),
+    the pooled embeddings and the guidance embedding."""
+
+    text: torch.Tensor  # [B, L, D] context_embedder.proj_in(Llama states), real tokens only
+    text_pooled: torch.Tensor  # [B, D] the refiner's text_embedder(mean of the real states)
+    pooled: torch.Tensor  # [B, D] time_text_embed.text_embedder(CLIP pooled)
+    guidance: torch.Tensor | None  # [B, D] guidance_embedder(g); None without guidance embedding
+
+    @property
+    def batch_size(self) -> int:
+        return self.text.shape[0]
+
+    @staticmethod
+    def cat(contexts: list["HunyuanContext"]) -> "HunyuanContext | None":
+        """Along the batch (classifier-free guidance in one forward); None when the prompts
+        differ in length (the branches then run one after the other)."""
+        first = contexts[0]
+        if any(c.text.shape[1] != first.text.shape[1] for c in contexts):
+            return None
+        guidance = None if first.guidance is None else torch.cat([c.guidance for c in contexts])
+        return HunyuanContext(*(torch.cat([getattr(c, f) for c in contexts]) for f in ("text", "text_pooled",
+                                                                                      "pooled")), guidance)
+
+
+@dataclass
+class TextConditioning:
+    """One prompt's encodings, as the text stage gives them to `encode_context`."""
+
+    states: torch.Tensor  # [B, L, text_dim] Llama hidden states, padded
+    mask: torch.Tensor  # [B, L] 1 at the real tokens (a prefix), 0 at the padding
+    pooled: torch.Tensor  # [B, pooled_dim] CLIP pooled output
+    guidance: torch.Tensor | None = None  # [B] embedded guidance scale x 1000 (guidance-distilled models)
+
+
+def _real_length(mask: torch.Tensor) -> torch.Tensor:
+    """mask [B, L] -> real tokens per sample [B]; the real tokens must come first (right padding)."""
+    lengths = mask.gt(0).sum(1)
+    prefix = torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]
+    if not torch.equal(prefix, mask.gt(0)):
+        raise ValueError("encoder_attention_mask: the real tokens must come first (a right-padded prompt)")
+    return lengths
+
+
+class HunyuanVideoTransformer3DModel(nn.Module):
+    # Checkpoint fragments -> ours, and our fused projections -> the checkpoint modules they join.
+    key_map = {".to_out.0.": ".to_out.", ".net.0.proj.": ".fc_in.", ".net.2.": ".fc_out."}
+    fused = {"to_qkv": ("to_q", "to_k", "to_v"), "add_qkv": ("add_q_proj", "add_k_proj", "add_v_proj"),
+             "to_qkv_mlp": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
+
+    def __init__(self, config: HunyuanVideoConfig):
+        super().__init__()
+        self.config = config
+        dim = config.inner_dim
+        # 1. Embeddings: patches, text (token refiner), timestep + pooled text + guidance, RoPE
+        self.x_embedder = nn.Module()
+        self.x_embedder.proj = nn.Conv3d(config.in_channels, dim, kernel_size=config.patch_size,
+                                         stride=config.patch_size)
+        self.context_embedder = TokenRefiner(config)
+        self.time_text_embed = FluxTimeTextEmbedding(dim, config.pooled_projection_dim, config.guidance_embeds)
+        self.rope = RotaryEmbedding3D(config.rope_axes_dim, config.rope_theta)
+        # 2. Dual-stream, then single-stream blocks
+        self.transformer_blocks = nn.ModuleList(HunyuanVideoTransformerBlock(config)
+                                                for _ in range(config.num_layers))
+        self.single_transformer_blocks = nn.ModuleList(HunyuanVideoSingleTransformerBlock(config)
+                                                       for _ in range(config.num_single_layers))
+        # 3. Output norm & projection
+        self.norm_out = AdaLayerNormContinuous(dim)
+        self.proj_out = nn.Linear(dim, math.prod(config.patch_size) * (config.out_channels or config.in_channels))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj_out.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.proj_out.weight.device
+
+    def set_attention_backend(self, backend) -> None:
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.set_backend(backend)
+
+    @torch.no_grad()
+    def encode_context(self, prompt: TextConditioning, image_embeds=None) -> HunyuanContext:
+        """One prompt's encodings -> a HunyuanContext (`image_embeds`: the denoising loop's
+        argument for image families; HunyuanVideo text-to-video takes none). The padding is
+        dropped: every sample must have the same number of real tokens (see `forward`)."""
+        if image_embeds is not None:
+            raise ValueError("HunyuanVideo text-to-video takes no image features")
+        lengths = _real_length(prompt.mask)
+        if bool((lengths != lengths[0]).any()):
+            raise ValueError(f"encode_context: the samples' prompts differ in length ({lengths.tolist()}); "
+                             "encode them one at a time")
+        states = prompt.states[:, :int(lengths[0])].to(self.dtype)  # [B, L', text_dim]
+        refiner = self.context_embedder
+        pooled_states = states.float().mean(dim=1).to(self.dtype)  # the masked mean: real tokens only
+        embed = self.time_text_embed
+        pooled = embed.text_embedder(prompt.pooled.to(self.dtype))  # [B, D]
+        guidance = None
+        if embed.guidance_embedder is not None:
+            if prompt.guidance is None:
+                raise ValueError("this HunyuanVideo transformer embeds the guidance scale (guidance_embeds): "
+                                 "pass guidance")
+            g = torch.as_tensor(prompt.guidance, device=states.device).expand(states.shape[0])
+            guidance = embed.embed(embed.guidance_embedder, g.to(self.dtype))
+        return HunyuanContext(refiner.proj_in(states), refiner.time_text_embed.text_embedder(pooled_states),
+                              pooled, guidance)
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
+                encoder_hidden_states: torch.Tensor | None = None,
+                encoder_attention_mask: torch.Tensor | None = None,
+                pooled_projections: torch.Tensor | None = None, guidance: torch.Tensor | None = None, *,
+                context: HunyuanContext | None = None, seq=None, num_blocks: int | None = None,
+                runner: BlockRunner | None = None) -> torch.Tensor:
+        """hidden_states [B, C, F, H, W], timestep [B] (the scheduler's t, 0..1000) -> the flow
+        prediction [B, C_out, F', H', W']. Give either diffusers' arguments (Llama states [B, L,
+        text_dim], their mask [B, L], CLIP pooled [B, pooled_dim], guidance [B] = scale x 1000)
+        or a `context` from `encode_context`.
+
+        `seq` (a `distributed.sharding.SequenceShard` over the video tokens): sequence
+        parallelism; the prediction is right at this rank's tokens' patches and zero elsewhere.
+        `num_blocks`: run only the first blocks (timing probes). `runner`: how the block loop
+        runs (step caching, see `models.dits.blocks`); None: every block."""
+        if context is None:
+            mask = encoder_attention_mask
+            if mask is None:
+                mask = torch.ones(encoder_hidden_states.shape[:2], device=encoder_hidden_states.device)
+            lengths = _real_length(mask)
+            if bool((lengths != lengths[0]).any()):  # samples are independent: one at a time
+                return torch.cat([self.forward(
+                    hidden_states[i:i + 1], timestep.expand(hidden_states.shape[0])[i:i + 1],
+                    encoder_hidden_states[i:i + 1], mask[i:i + 1], pooled_projections[i:i + 1],
+                    None if guidance is None else guidance.expand(hidden_states.shape[0])[i:i + 1], seq=seq,
+                    num_blocks=num_blocks) for i in range(hidden_states.shape[0])])
+            context = self.encode_context(TextConditioning(encoder_hidden_states, mask, pooled_projections,
+                                                           guidance))
+        x, c, emb, cos, sin = self.embed(hidden_states, timestep, context, seq)
+        blocks = self.bound_blocks(emb, cos, sin, seq)[:num_blocks]
+        x, c = run_blocks(blocks, (x, c), runner, signal=lambda: emb)
+        return self.final(x, emb, hidden_states.shape, seq)
+
+    def forward_branches(self, hidden_states: torch.Tensor, timestep: torch.Tensor, contexts: list[HunyuanContext],
+                         joined: HunyuanContext | None = None, seq=None, num_blocks: int | None = None,
+                         runners: list[BlockRunner] | None = None) -> list[torch.Tensor]:
+        """`forward` of the same latents and timestep under each of `contexts` (the branches of
+        true classifier-free guidance), one after the other, or given `joined`
+        (`HunyuanContext.cat(contexts)`) as one batch. Every block mixes text and video, so
+        nothing is shared between branches. `runners`: one per context, or one for the batch."""
+        if joined is not None:
+            n = len(contexts)
+            out = self.forward(torch.cat([hidden_states] * n), timestep.repeat(n), context=joined, seq=seq,
+                               num_blocks=num_blocks, runner=runners[0] if runners else None)
+            return list(out.chunk(n))
+        runners = runners or [None] * len(contexts)
+        return [self.forward(hidden_states, timestep, context=c, seq=seq, num_blocks=num_blocks, runner=r)
+                for c, r in zip(contexts, runners)]
+
+    # -- the block protocol: embed -> blocks -> final --------------------------------------------
+    def embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: HunyuanContext, seq=None):
+        """-> (video tokens x [B, S, D] (this rank's under SP), refined text c [B, L, D],
+        SiLU(temb) [B, D], RoPE cos, sin [S, head_dim / 2])."""
+        _, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.config.patch_size
+        cos, sin = self.rope((frames // p_t, height // p_h, width // p_w), hidden_states.device)  # [S, D/2] each
+        x = self.x_embedder.proj(hidden_states.to(self.dtype))  # [B, D, F', H', W']
+        x = x.flatten(2).transpose(1, 2).contiguous()  # [B, S, D]
+        b = x.shape[0]
+        timestep = timestep.expand(b)
+        embed = self.time_text_embed
+        temb = embed.embed(embed.timestep_embedder, timestep.to(x.dtype))  # [B, D]
+        if context.guidance is not None:
+            temb = temb + context.guidance
+        temb = temb + context.pooled
+        c = self.context_embedder(context.text, context.text_pooled, timestep)  # [B, L, D]
+        if seq is not None:  # this rank's video tokens: [B, S, D] -> [B, s, D]
+            x, cos, sin = seq.split(x, 1), seq.split(cos, 0), seq.split(sin, 0)
+        return x, c, F.silu(temb), cos, sin
+
+    def bound_blocks(self, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seq=None) -> list[Block]:
+        """Every block as a step (x, c) -> (x, c) with this step's inputs bound: dual-stream, then
+        single-stream."""
+        def bound(block) -> Block:
+            return lambda state: block(*state, emb, cos, sin, seq)
+
+        return [*map(bound, self.transformer_blocks), *map(bound, self.single_transformer_blocks)]
+
+    def final(self, x: torch.Tensor, emb: torch.Tensor, shape: torch.Size | tuple, seq=None) -> torch.Tensor:
+        """Output norm, projection & unpatchify -> [B, C_out, F', H', W'] (`shape`: the latents')."""
+        b, _, frames, height, width = shape
+        p_t, p_h, p_w = self.config.patch_size
+        grid = (frames // p_t, height // p_h, width // p_w)
+        x = self.proj_out(self.norm_out(x, emb))  # [B, S, C_out * p_t * p_h * p_w]
+        if seq is not None:
+            x = seq.place(x, 1)  # [B, s, ...] -> [B, S, ...], zeros at other ranks' tokens
+        x = x.reshape(b, *grid, -1, p_t, p_h, p_w)  # [B, F', H', W', C_out, p_t, p_h, p_w]
+        x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # [B, C_out, F', p_t, H', p_h, W', p_w]
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu", state_edit=None) -> "HunyuanVideoTransformer3DModel":
+        """Build from a diffusers transformer folder (`checkpoint.build_from_folder`)."""
+        from sglang_diffusion.models.dits.checkpoint import build_from_folder
+
+        return build_from_folder(cls, HunyuanVideoConfig.from_dict, folder, dtype, device, state_edit)
+
+    def load_checkpoint(self, state: dict[str, torch.Tensor], dtype: torch.dtype,
+                        device: torch.device | str = "cpu", where: str = "checkpoint") -> None:
+        from sglang_diffusion.models.dits.checkpoint import load_checkpoint
+
+        load_checkpoint(self, state, dtype=dtype, device=device, key_map=self.key_map, fused=self.fused,
+                        where=where)
+
+
+def hunyuan_config_of(model: Any) -> HunyuanVideoConfig:
+    """Our config from a diffusers model's config (tests build both from one)."""
+    return HunyuanVideoConfig.from_dict(dict(model.config))
