@@ -78,8 +78,9 @@ def _attention_torch(q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tensor]
     return out, lse
 
 
-def _why_not(q: torch.Tensor) -> dict[str, Optional[str]]:
-    native = _dispatch.native_why_not(q.device, "attention_out")
+def _why_not(q: torch.Tensor, native_op: str = "attention_out") -> dict[str, Optional[str]]:
+    """Per implementation, None or why it cannot run q (ops/sliding_tile_attention.py shares it)."""
+    native = _dispatch.native_why_not(q.device, native_op)
     if native is None and q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         native = f"q is {q.dtype}; the _C kernel takes float32, bfloat16 or float16"
     triton = _dispatch.triton_why_not(q.device)
