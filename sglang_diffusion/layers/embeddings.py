@@ -11,12 +11,16 @@ from torch import nn
 
 
 def timestep_features(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True, downscale_freq_shift: float = 0.0,
-                      max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features of timesteps t [N] -> [N, dim] fp32 (DDPM's embedding)."""
+                      max_period: float = 10000.0, scale: float = 1.0) -> torch.Tensor:
+    """Sinusoidal features of timesteps t [N] -> [N, dim] fp32 (DDPM's embedding). `scale`
+    multiplies the angles after t * freq, in diffusers' order (Qwen-Image feeds t / 1000 and
+    scales by 1000: the other order rounds differently)."""
     half = dim // 2
     exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
     freqs = torch.exp(exponent / (half - downscale_freq_shift))  # [half]
     angles = t[:, None].float() * freqs[None, :]  # [N, half]
+    if scale != 1.0:
+        angles = scale * angles
     emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
     if flip_sin_to_cos:
         emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)

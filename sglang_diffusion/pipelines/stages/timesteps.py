@@ -1,6 +1,14 @@
-"""Timestep preparation: the scheduler's schedule for the request's number of steps."""
+"""Timestep preparation: the scheduler's schedule for the request's number of steps.
+
+`FlowShiftTimestepStage` is the rule of diffusers' FLUX and Qwen-Image pipelines: sigmas evenly
+spaced from 1 to 1/n, shifted by mu, which grows linearly with the number of image tokens
+(`flow_shift_mu`), so larger images spend more steps at high noise."""
 
 from __future__ import annotations
+
+import math
+
+import numpy as np
 
 from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
 
@@ -18,5 +26,39 @@ class TimestepPreparationStage(Stage):
 
     def __call__(self, state: GenerationState) -> None:
         self.scheduler.set_timesteps(state.params.num_inference_steps, device=state.device)
+        self.scheduler.set_begin_index(0)
+        state.timesteps = self.scheduler.timesteps
+
+
+def flow_shift_mu(image_tokens: int, scheduler_config) -> float:
+    """diffusers' `calculate_shift`: mu from base_shift at base_image_seq_len tokens to max_shift
+    at max_image_seq_len, linear in between (and beyond), with diffusers' defaults."""
+    base_len = scheduler_config.get("base_image_seq_len", 256)
+    max_len = scheduler_config.get("max_image_seq_len", 4096)
+    base_shift = scheduler_config.get("base_shift", 0.5)
+    max_shift = scheduler_config.get("max_shift", 1.15)
+    slope = (max_shift - base_shift) / (max_len - base_len)
+    return image_tokens * slope + base_shift - slope * base_len
+
+
+class FlowShiftTimestepStage(Stage):
+    """`patch`: the DiT's (frames, height, width) patch over the latents [B, C, F, H, W], which
+    gives the number of image tokens."""
+
+    name = "timestep_preparation"
+    reads = ("params", "latents")
+    writes = ("timesteps",)
+
+    def __init__(self, scheduler, patch: tuple[int, int, int]):
+        self.scheduler, self.patch = scheduler, tuple(patch)
+
+    def describe(self) -> str:
+        return f"{self.name}({type(self.scheduler).__name__}, shift by image tokens)"
+
+    def __call__(self, state: GenerationState) -> None:
+        n = state.params.num_inference_steps
+        tokens = math.prod(s // p for s, p in zip(state.latents.shape[2:], self.patch))
+        mu = flow_shift_mu(tokens, self.scheduler.config)
+        self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu, device=state.device)
         self.scheduler.set_begin_index(0)
         state.timesteps = self.scheduler.timesteps

@@ -32,16 +32,18 @@ def load_image(path: str):
 class InputValidationStage(Stage):
     """`image`: "required" (I2V), "optional" (TI2V) or "none" (T2V). `temporal_stride` /
     `spatial_multiple`: frame counts must be k * stride + 1, sizes multiples of the VAE's
-    compression times the DiT's patch."""
+    compression times the DiT's patch. `true_cfg`: guidance runs only when a negative prompt
+    is given (FLUX.1's and Qwen-Image's true CFG, as diffusers runs it). Image families (task
+    t2i) make one frame and refuse num_frames > 1."""
 
     name = "input_validation"
     writes = ("params", "generator", "batch_size", "do_cfg")
 
     def __init__(self, family: Family | None, *, temporal_stride: int, spatial_multiple: tuple[int, int],
-                 image: str = "none", has_second_expert: bool = False):
+                 image: str = "none", has_second_expert: bool = False, true_cfg: bool = False):
         assert image in ("required", "optional", "none")
         self.family, self.temporal_stride, self.spatial_multiple = family, temporal_stride, spatial_multiple
-        self.image, self.has_second_expert = image, has_second_expert
+        self.image, self.has_second_expert, self.true_cfg = image, has_second_expert, true_cfg
         self.defaults = dict(family.defaults) if family else {}
 
     def describe(self) -> str:
@@ -49,6 +51,10 @@ class InputValidationStage(Stage):
 
     def __call__(self, state: GenerationState) -> None:
         p = state.params.resolve(self.defaults)
+        if self.family is not None and not self.family.is_video:
+            if p.num_frames not in (None, 1):
+                raise InvalidRequestError(f"num_frames {p.num_frames}: this image model makes one image per output")
+            p = dataclasses.replace(p, num_frames=1)
         missing = [k for k in ("height", "width", "num_frames", "num_inference_steps", "guidance_scale")
                    if getattr(p, k) is None]
         if missing:
@@ -56,7 +62,7 @@ class InputValidationStage(Stage):
         if not p.prompt:
             raise InvalidRequestError("prompt is required")
         if p.image_path is not None and self.image == "none":
-            raise InvalidRequestError("image_path: this text-to-video model takes no input image")
+            raise InvalidRequestError("image_path: this text-to-video / text-to-image model takes no input image")
         if p.image_path is None and self.image == "required":
             raise InvalidRequestError("this image-to-video model needs an input image: pass image_path")
         if p.guidance_scale_2 is not None and not self.has_second_expert:
@@ -67,7 +73,9 @@ class InputValidationStage(Stage):
         state.params = dataclasses.replace(p, **self._corrected(p))
         state.image = load_image(p.image_path) if p.image_path is not None else None
         state.batch_size = p.num_outputs_per_prompt
-        state.do_cfg = p.guidance_scale > 1.0
+        state.do_cfg = p.guidance_scale > 1.0 and (not self.true_cfg or p.negative_prompt is not None)
+        if self.true_cfg and p.guidance_scale > 1.0 and p.negative_prompt is None:
+            logger.info("guidance_scale %g without a negative prompt: true CFG off (as diffusers)", p.guidance_scale)
         state.generator = torch.Generator("cpu").manual_seed(p.seed)
 
     def _corrected(self, p) -> dict:
