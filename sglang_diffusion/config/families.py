@@ -36,7 +36,8 @@ FAMILIES = {
                                            num_inference_steps=50, guidance_scale=6.0)),
         Family("flux.1", "t2i", dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5)),
         Family("flux.2", "t2i", dict(height=1024, width=1024, num_inference_steps=50, guidance_scale=4.0)),
-        Family("qwen-image", "t2i", dict(height=1024, width=1024, num_inference_steps=50)),
+        Family("qwen-image", "t2i", dict(height=1024, width=1024, num_inference_steps=50,
+                                         guidance_scale=4.0)),  # true CFG, with a negative prompt
     ]
 }
 

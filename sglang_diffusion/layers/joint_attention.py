@@ -11,9 +11,10 @@ joins them, see `models.dits.checkpoint`).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from sglang_diffusion.layers.attention import Attention
+from sglang_diffusion.layers.attention import Attention, keys_with_bias, query_for_key_bias
 from sglang_diffusion.ops.qk_norm import qk_rms_norm
 from sglang_diffusion.ops.rope import apply_rope
 
@@ -36,10 +37,11 @@ class JointAttention(nn.Module):
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (-1, self.head_dim))  # [B, S, H*D] -> [B, S, H, D]
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                text_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, S, dim] image, c [B, L, dim] text (both normed), cos/sin [L + S, head_dim / 2]
-        -> (image out [B, S, dim], text out [B, L, dim])."""
+        -> (image out [B, S, dim], text out [B, L, dim]). `text_bias` [B, L]: a logit bias per
+        text key (layers.attention.MASKED_LOGIT masks padded text out, as diffusers' mask does)."""
         length = c.shape[1]
         q, k, v = self._heads(self.to_qkv(x)).chunk(3, dim=2)  # [B, S, H, D] each
         cq, ck, cv = self._heads(self.add_qkv(c)).chunk(3, dim=2)  # [B, L, H, D] each
@@ -47,5 +49,11 @@ class JointAttention(nn.Module):
         cq, ck = qk_rms_norm(cq, ck, self.norm_added_q.weight, self.norm_added_k.weight, self.eps,
                              across_heads=False)
         q, k = apply_rope(torch.cat([cq, q], dim=1), torch.cat([ck, k], dim=1), cos, sin, interleaved=True)
-        out = self.attn(q, k, torch.cat([cv, v], dim=1)).flatten(2)  # [B, L + S, H*D]
+        v = torch.cat([cv, v], dim=1)
+        if text_bias is None:
+            out = self.attn(q, k, v)
+        else:  # the bias rides in extra head channels (see layers.attention)
+            k, v = keys_with_bias(k, v, F.pad(text_bias, (0, x.shape[1])), self.attn.scale)  # image keys: 0
+            out = self.attn(query_for_key_bias(q), k, v, scale=self.attn.scale)[..., :self.head_dim]
+        out = out.flatten(2)  # [B, L + S, H*D]
         return self.to_out(out[:, length:]), self.to_add_out(out[:, :length])

@@ -21,11 +21,18 @@ def _wan(args: ServerArgs, index: ModelIndex, platform: Platform) -> Pipeline:
     return build_wan_pipeline(args, index, platform)
 
 
+def _qwen_image(args: ServerArgs, index: ModelIndex, platform: Platform) -> Pipeline:
+    from sglang_diffusion.pipelines.qwen_image import build_qwen_image_pipeline
+
+    return build_qwen_image_pipeline(args, index, platform)
+
+
 # model_index.json `_class_name` -> factory(args, index, platform) of our native pipeline.
 # Native families register here as they land.
 NATIVE_PIPELINES: dict[str, Callable[[ServerArgs, ModelIndex, Platform], Pipeline]] = {
     "WanPipeline": _wan,  # Wan2.1 T2V, Wan2.2 T2V-A14B and TI2V-5B
     "WanImageToVideoPipeline": _wan,  # Wan2.1 I2V (and Wan2.2 I2V-A14B)
+    "QwenImagePipeline": _qwen_image,
 }
 
 

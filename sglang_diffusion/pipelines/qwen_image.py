@@ -1,0 +1,121 @@
+"""Qwen-Image native pipeline (diffusers' `QwenImagePipeline` folders): text to image.
+
+    validate -> encode prompt (Qwen2.5-VL, Qwen-Image template) -> prepare latents
+             -> timesteps (shifted by image tokens) -> denoise (true CFG) -> decode
+
+The latents stay in the VAE's layout [B, 16, 1, H/8, W/8]; the DiT packs them into 2x2 patches.
+True CFG (guidance_scale > 1 with a negative prompt) rescales the guided prediction to the
+conditional one's norm, per token, as diffusers does (`norm_rescaled_cfg`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from sglang_diffusion.config.families import detect_family
+from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.errors import ConfigError, ModelLoadError
+from sglang_diffusion.loader.components import component_dtypes, load_component
+from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
+from sglang_diffusion.pipelines.stages.base import StagedPipeline
+from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
+from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
+from sglang_diffusion.pipelines.stages.latents import LatentPreparationStage
+from sglang_diffusion.pipelines.stages.qwen_prompt import QwenPromptEncodingStage
+from sglang_diffusion.pipelines.stages.timesteps import FlowShiftTimestepStage
+from sglang_diffusion.pipelines.stages.validation import InputValidationStage
+from sglang_diffusion.platform import Platform
+
+logger = logging.getLogger(__name__)
+
+
+def norm_rescaled_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Qwen-Image's true CFG on predictions [B, C, 1, H, W]: uncond + scale (cond - uncond),
+    rescaled per token to the norm of `cond` (the norm over the token's 2x2 patch of channels,
+    the packed latent diffusers takes it over)."""
+    b, c, f, h, w = cond.shape
+    combined = uncond + scale * (cond - uncond)
+
+    def per_token(x: torch.Tensor) -> torch.Tensor:
+        return x.view(b, c, f, h // 2, 2, w // 2, 2)  # [B, C, 1, h, 2, w, 2]
+
+    norms = [torch.linalg.vector_norm(per_token(x), dim=(1, 4, 6), keepdim=True) for x in (cond, combined)]
+    return (per_token(combined) * (norms[0] / norms[1])).view(b, c, f, h, w)
+
+
+def load_qwen_image_transformer(args: ServerArgs, index: ModelIndex, dtype: torch.dtype, device: torch.device):
+    from sglang_diffusion.models.dits.qwen_image import QwenImageTransformer2DModel
+
+    override = args.component_paths.get("transformer")
+    folder = resolve_component_path("transformer", override) if override else index.path / "transformer"
+    state_edit = None
+    if args.lora_path:
+        from sglang_diffusion.loader.lora_merge import merge_lora, read_lora
+
+        lora = read_lora(args.lora_path)
+
+        def state_edit(state):
+            merged = merge_lora(state, lora, component="transformer")
+            logger.info("LoRA %r merged into the transformer: %d layers", args.lora_nickname, merged)
+            if merged == 0:
+                raise ModelLoadError(f"lora_path {args.lora_path!r}: none of its weights match a layer of the "
+                                     "transformer")
+            return state
+
+    model = QwenImageTransformer2DModel.from_pretrained(folder, dtype=dtype, device=device, state_edit=state_edit)
+    c = model.config
+    logger.info("transformer: native Qwen-Image DiT (%d layers, %d heads x %d, %s) from %s", c.num_layers,
+                c.num_attention_heads, c.attention_head_dim, str(dtype).removeprefix("torch."), folder)
+    return model
+
+
+def build_qwen_image_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
+                              cfg_layout: str = "auto") -> StagedPipeline:
+    from sglang_diffusion.attention.selector import select_attention_backend
+    from sglang_diffusion.distributed.parallel_state import setup_parallel
+    from sglang_diffusion.pipelines.wan import NativeLora
+
+    family = detect_family(index.class_name, index.extras)
+    device = platform.device
+    dtypes = component_dtypes(args, index, platform)
+    dit_dtype = dtypes["transformer"]
+    groups = setup_parallel(args, sequence_parallel=False)
+    if groups.sp.size > 1 or groups.tp.size > 1:
+        raise ConfigError("the native Qwen-Image pipeline runs CFG parallelism only (cfg_parallel); "
+                          "ulysses_degree / ring_degree / tp_size need --backend diffusers")
+
+    vae = load_component("vae", index, args, dtypes["vae"]).to(device).eval()
+    configure_vae(vae, args)
+    scheduler = load_component("scheduler", index, args, None)
+    tokenizer = load_component("tokenizer", index, args, None)
+    text_encoder = load_component("text_encoder", index, args, dtypes["text_encoder"]).to(device).eval()
+
+    dit = load_qwen_image_transformer(args, index, dit_dtype, device)
+    config = dit.config
+    backend = select_attention_backend(args.attention_backend, device=device, dtype=dit_dtype,
+                                       head_dim=config.attention_head_dim, config=args.attention_backend_config)
+    dit.set_attention_backend(backend)
+    if args.enable_torch_compile:
+        for block in dit.transformer_blocks:
+            block.compile()
+        logger.info("torch.compile enabled for the DiT blocks (compiled on the first request)")
+
+    spatial_stride = 2 ** len(vae.config.temperal_downsample)
+    patch = config.patch_size
+    stages = [
+        InputValidationStage(family, temporal_stride=1, spatial_multiple=(spatial_stride * patch[1],
+                                                                          spatial_stride * patch[2]),
+                             image="none", true_cfg=True),
+        QwenPromptEncodingStage(tokenizer, text_encoder, dtype=dit_dtype),
+        LatentPreparationStage(config.latent_channels, 1, spatial_stride),
+        FlowShiftTimestepStage(scheduler, patch),
+        DenoisingStage([dit], scheduler, cfg=CfgLayout(cfg_layout),
+                       parallel=groups if groups.layout.world_size > 1 else None, guidance=norm_rescaled_cfg),
+        DecodingStage(vae),
+    ]
+    info = {"attention_backend": backend.name, "dit_dtype": str(dit_dtype).removeprefix("torch."),
+            "lora": args.lora_path, "parallel": groups.layout.describe()}
+    return StagedPipeline(index.class_name, family, stages, device, info=info,
+                          lora=NativeLora(args) if args.lora_path else None)
