@@ -27,11 +27,18 @@ def _qwen_image(args: ServerArgs, index: ModelIndex, platform: Platform) -> Pipe
     return build_qwen_image_pipeline(args, index, platform)
 
 
+def _hunyuan_video(args: ServerArgs, index: ModelIndex, platform: Platform) -> Pipeline:
+    from sglang_diffusion.pipelines.hunyuan_video import build_hunyuan_video_pipeline
+
+    return build_hunyuan_video_pipeline(args, index, platform)
+
+
 # model_index.json `_class_name` -> factory(args, index, platform) of our native pipeline.
 # Native families register here as they land.
 NATIVE_PIPELINES: dict[str, Callable[[ServerArgs, ModelIndex, Platform], Pipeline]] = {
     "WanPipeline": _wan,  # Wan2.1 T2V, Wan2.2 T2V-A14B and TI2V-5B
     "WanImageToVideoPipeline": _wan,  # Wan2.1 I2V (and Wan2.2 I2V-A14B)
+    "HunyuanVideoPipeline": _hunyuan_video,  # HunyuanVideo, FastHunyuan
     "QwenImagePipeline": _qwen_image,
 }
 

@@ -105,6 +105,15 @@ def configure_vae(vae, args: ServerArgs, sp_size: int = 1) -> bool:
     return split
 
 
+def video_vae_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Denoised latents [B, C, F, H, W] -> the video VAE's decoder input: AutoencoderKLWan's
+    per-channel mean and std, AutoencoderKLHunyuanVideo's `latents / scaling_factor`."""
+    if vae.config.get("latents_mean") is not None:
+        mean, inv_std = _latent_stats(vae, latents)
+        return latents / inv_std + mean
+    return latents / vae.config.scaling_factor
+
+
 class DecodingStage(Stage):
     name = "decoding"
     reads = ("latents",)
@@ -124,8 +133,7 @@ class DecodingStage(Stage):
     def __call__(self, state: GenerationState) -> None:
         p = next(self.vae.parameters())
         latents = state.latents.to(p.device, p.dtype)
-        mean, inv_std = _latent_stats(self.vae, latents)
-        latents = latents / inv_std + mean
+        latents = video_vae_latents(self.vae, latents)
         if self.sp is not None:
             from sglang_diffusion.distributed.vae_parallel import sp_decode
 
