@@ -7,8 +7,9 @@
 - Without torch in the build environment (an isolated build) the package is built without _C
   and runs on its pure-PyTorch paths.
 
-Flags are portable (no -march=native): on x86-64 each csrc/cpu/*_avx2.cpp is compiled on its
-own with AVX2 flags, and the kernels pick that build at run time (csrc/cpu/isa.h).
+Flags are portable (no -march=native): on x86-64 each csrc/cpu/*_avx2.cpp and *_avx512.cpp is
+compiled on its own with that ISA's flags, and the kernels pick a build at run time from what
+the CPU reports (csrc/cpu/isa.h).
 """
 
 import os
@@ -29,9 +30,13 @@ PACKAGES = find_packages(include=["sglang_diffusion", "sglang_diffusion.*"]) + l
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # No -ffast-math: the kernels accumulate in fp32 and must keep NaN/Inf semantics.
 # -Wno-psabi: GCC notes on passing 32-byte vectors by value, as torch's own build silences.
-CXX_FLAGS = ["-O3", "-fopenmp", "-Wno-psabi"] + (["-DSGLD_CPU_HAVE_AVX2_BUILD=1"] if X86_64 else [])
-# What ATen compiles its own AVX2 kernels with.
-AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+CXX_FLAGS = ["-O3", "-fopenmp", "-Wno-psabi"] + (["-DSGLD_CPU_X86_BUILDS=1"] if X86_64 else [])
+# What ATen compiles its own AVX2 and AVX-512 kernels with, per suffix of csrc/cpu/<op>_<isa>.cpp.
+ISA_FLAGS = {
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+}
 # The .cu files include no torch headers: undo torch's CUDAExtension defines that hide the
 # __half / __nv_bfloat16 operators, so they build here as they do under plain nvcc.
 NVCC_FLAGS = ["-O3", "-lineinfo"] + [
@@ -47,11 +52,11 @@ def _rel(paths):
 
 
 def _cpu_sources():
-    """(portable sources, AVX2 sources); the AVX2 ones exist only on x86-64."""
+    """(portable sources, {isa: that ISA's sources}); the ISA builds exist only on x86-64."""
     cpu = sorted(ROOT.glob("csrc/cpu/*.cpp"))
-    portable = [p for p in cpu if not p.stem.endswith("_avx2")]
-    avx2 = [p for p in cpu if p.stem.endswith("_avx2")] if X86_64 else []
-    return _rel([ROOT / "csrc" / "bindings.cpp", *portable]), _rel(avx2)
+    portable = [p for p in cpu if not any(p.stem.endswith(f"_{isa}") for isa in ISA_FLAGS)]
+    by_isa = {isa: _rel(p for p in cpu if p.stem.endswith(f"_{isa}")) if X86_64 else [] for isa in ISA_FLAGS}
+    return _rel([ROOT / "csrc" / "bindings.cpp", *portable]), by_isa
 
 
 def _cuda_sources(torch, cuda_home):
@@ -83,7 +88,7 @@ def _native_build():
     cuda, no_cuda_reason = _cuda_sources(torch, cpp_extension.CUDA_HOME)
     if no_cuda_reason:
         print(f"sglang-diffusion: building _C without CUDA: {no_cuda_reason}", file=sys.stderr)
-    portable, avx2 = _cpu_sources()
+    portable, isa_sources = _cpu_sources()
     extension = cpp_extension.CUDAExtension if cuda else cpp_extension.CppExtension
     ext = extension(
         name="sglang_diffusion._C",
@@ -97,7 +102,7 @@ def _native_build():
         },
         extra_link_args=LINK_FLAGS,
     )
-    ext.avx2_sources = avx2
+    ext.isa_sources = isa_sources
 
     class BuildExt(cpp_extension.BuildExtension):
         """Keeps object files in build/temp.* for editable installs too.
@@ -112,17 +117,19 @@ def _native_build():
             self.build_temp = str(ROOT / "build" / f"temp.{tag}")
 
         def build_extension(self, ext):
-            if ext.avx2_sources:
+            for isa, sources in ext.isa_sources.items():
+                if not sources:
+                    continue
                 # Their own flags, so their own ninja file and folder; linked after the
-                # portable objects, so an inline function that both builds emit is taken from
-                # the portable one.
+                # portable objects and in ISA_FLAGS' order, so an inline function that several
+                # builds emit is taken from the portable build, or else from the narrower one.
                 objects = self.compiler.compile(
-                    ext.avx2_sources,
-                    output_dir=os.path.join(self.build_temp, "avx2"),
+                    sources,
+                    output_dir=os.path.join(self.build_temp, isa),
                     macros=ext.define_macros,
                     include_dirs=ext.include_dirs,
                     debug=self.debug,
-                    extra_postargs=ext.extra_compile_args["cxx"] + AVX2_FLAGS,
+                    extra_postargs=ext.extra_compile_args["cxx"] + ISA_FLAGS[isa],
                     depends=ext.depends,
                 )
                 ext.extra_objects = [*ext.extra_objects, *(o for o in objects if o not in ext.extra_objects)]

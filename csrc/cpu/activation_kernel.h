@@ -1,5 +1,6 @@
-// The tanh-GELU kernel of activation.h, compiled once per CPU build (isa.h): activation.cpp
-// includes it with CPU_CAPABILITY=DEFAULT, activation_avx2.cpp with CPU_CAPABILITY=AVX2.
+// The tanh-GELU kernel of ../params/activation.h, compiled once per CPU build (isa.h):
+// activation.cpp includes it with CPU_CAPABILITY=DEFAULT, activation_avx2.cpp and
+// activation_avx512.cpp with their flags.
 //
 // gelu_tanh(x) = x * sigmoid(2u) = x / (1 + exp(-2u)): one exp and one division instead of a
 // tanh, which ATen evaluates with a much slower polynomial (F.gelu: ~5x this kernel's time).
@@ -12,7 +13,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "activation.h"
+#include "../params/activation.h"
 #include "vec16.h"
 
 namespace sglang_diffusion::cpu {
@@ -55,14 +56,7 @@ void gelu_tanh_impl(const GeluTanhParams& p, int64_t begin, int64_t end) {
 
 // Elements [begin, end), one thread's share.
 void gelu_tanh(const GeluTanhParams& p, int64_t begin, int64_t end) {
-  switch (p.dtype) {
-    case ActDType::kFloat32:
-      return activation_impl::gelu_tanh_impl<float>(p, begin, end);
-    case ActDType::kBFloat16:
-      return activation_impl::gelu_tanh_impl<c10::BFloat16>(p, begin, end);
-    case ActDType::kFloat16:
-      return activation_impl::gelu_tanh_impl<c10::Half>(p, begin, end);
-  }
+  dispatch_dtype(p.dtype, [&](auto tag) { activation_impl::gelu_tanh_impl<decltype(tag)>(p, begin, end); });
 }
 
 }  // namespace CPU_CAPABILITY

@@ -1,6 +1,6 @@
-// The Ulysses layout changes (all_to_all.h). No vector code of its own: memcpy of a row is
-// already as wide as the machine allows, so there is no AVX2 build.
-#include "all_to_all.h"
+// The Ulysses layout changes (../params/all_to_all.h). No vector code of its own: memcpy of a
+// row is already as wide as the machine allows, so there are no ISA builds.
+#include "ops.h"
 
 #include <ATen/Parallel.h>
 
@@ -11,16 +11,12 @@
 namespace sglang_diffusion::cpu {
 
 void permute_rows(const PermuteRowsParams& p) {
-  int64_t rows = 1;
-  for (int i = 0; i < p.ndim; ++i) {
-    rows *= p.sizes[i];
-  }
   const int64_t row_bytes = p.row_len * p.elem_size;
   const auto* src = static_cast<const char*>(p.src);
   auto* out = static_cast<char*>(p.out);
   // A task of at least ~256 KiB: smaller ones cost more to hand out than to copy.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, row_bytes));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
     // The source offset of row `begin`, then carried along like an odometer.
     int64_t idx[kPermuteMaxDims] = {};
     int64_t rem = begin;

@@ -1,37 +1,18 @@
-// Fused norm + adaLN modulation on the CPU (norm.h): the portable build of norm_kernel.h and
-// the entry point, which splits the rows over torch's OpenMP threads.
+// Fused norm + adaLN modulation (../params/norm.h): the portable build of norm_kernel.h and the
+// entry point (dispatch.h).
 #define CPU_CAPABILITY DEFAULT
 #define CPU_CAPABILITY_DEFAULT
 
-#include "norm.h"
-
-#include <ATen/Parallel.h>
-
-#include <algorithm>
-#include <cstdint>
-
+#include "dispatch.h"
 #include "norm_kernel.h"
+#include "ops.h"
 
 namespace sglang_diffusion::cpu {
 
-#if SGLD_CPU_HAVE_AVX2_BUILD
-namespace AVX2 {
-void norm_modulate_rows(const NormModulateParams& p, int64_t begin, int64_t end);
-}  // namespace AVX2
-#endif
+SGLD_CPU_ISA_BUILDS(norm_modulate_rows)
 
-void norm_modulate(const NormModulateParams& params, Isa isa) {
-  auto rows = &DEFAULT::norm_modulate_rows;
-#if SGLD_CPU_HAVE_AVX2_BUILD
-  if (isa == Isa::kAvx2) {
-    rows = &AVX2::norm_modulate_rows;
-  }
-#endif
-  // A task of at least ~32K values: smaller ones cost more to hand out than to run.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / params.dim);
-  at::parallel_for(0, params.batch * params.seq_len, grain, [&](int64_t begin, int64_t end) {
-    rows(params, begin, end);
-  });
+void norm_modulate(const NormModulateParams& p, Isa isa) {
+  parallel_rows(SGLD_CPU_BUILD(norm_modulate_rows, isa), p.batch * p.seq_len, rows_per_task(p.dim), p);
 }
 
 }  // namespace sglang_diffusion::cpu

@@ -1,11 +1,12 @@
-// The RoPE row kernel of rope.h, compiled once per CPU build (isa.h): rope.cpp includes it
-// with CPU_CAPABILITY=DEFAULT, rope_avx2.cpp with CPU_CAPABILITY=AVX2. One token's q and k
-// heads share one row of the tables, which stays in L1 while every head is rotated.
+// The RoPE row kernel of ../params/rope.h, compiled once per CPU build (isa.h): rope.cpp
+// includes it with CPU_CAPABILITY=DEFAULT, rope_avx2.cpp and rope_avx512.cpp with their flags.
+// One token's q and k heads share one row of the tables, which stays in L1 while every head
+// is rotated.
 #pragma once
 
 #include <cstdint>
 
-#include "rope.h"
+#include "../params/rope.h"
 #include "vec16.h"
 
 namespace sglang_diffusion::cpu {
@@ -82,14 +83,7 @@ void rope_rows_impl(const RopeParams& p, int64_t begin, int64_t end) {
 
 // Tokens [begin, end) of the B * S tokens, one thread's share.
 void rope_rows(const RopeParams& p, int64_t begin, int64_t end) {
-  switch (p.dtype) {
-    case ActDType::kFloat32:
-      return rope_impl::rope_rows_impl<float>(p, begin, end);
-    case ActDType::kBFloat16:
-      return rope_impl::rope_rows_impl<c10::BFloat16>(p, begin, end);
-    case ActDType::kFloat16:
-      return rope_impl::rope_rows_impl<c10::Half>(p, begin, end);
-  }
+  dispatch_dtype(p.dtype, [&](auto tag) { rope_impl::rope_rows_impl<decltype(tag)>(p, begin, end); });
 }
 
 }  // namespace CPU_CAPABILITY

@@ -1,9 +1,9 @@
-// Tanh-approximate GELU on CUDA (activation.h): a grid-stride loop, one element per thread
+// Tanh-approximate GELU on CUDA (../params/activation.h): a grid-stride loop, one element per thread
 // per step, fp32 math. x / (1 + exp(-2u)) stays finite at the extremes: expf overflowing to
 // inf gives -0 (x -> -inf), expf -> 0 gives x (x -> +inf).
 #include <algorithm>
 
-#include "activation.h"
+#include "ops.h"
 #include "common.cuh"
 
 namespace sglang_diffusion::cuda {

@@ -1,7 +1,7 @@
-// The Ulysses layout changes on CUDA (all_to_all.h): one block per row of D elements, copied
+// The Ulysses layout changes on CUDA (../params/all_to_all.h): one block per row of D elements, copied
 // in the widest unit that divides the row's byte length and both addresses' alignment, so a
 // bf16 row of 128 moves as 16-byte vectors.
-#include "all_to_all.h"
+#include "ops.h"
 
 namespace sglang_diffusion::cuda {
 namespace {

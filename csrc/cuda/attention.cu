@@ -1,4 +1,4 @@
-// Attention forward on CUDA (attention.h): FlashAttention-2's online softmax in fp32 on CUDA
+// Attention forward on CUDA (../params/attention.h): FlashAttention-2's online softmax in fp32 on CUDA
 // cores. It is the fallback behind the Triton kernel (triton_kernels/attention.py, tensor
 // cores) and the flash-attn package, for a _C built with CUDA and no Triton.
 //
@@ -8,7 +8,7 @@
 //   scores   lane j computes query . key j over all of D (queries broadcast from shared memory)
 //   softmax  max and sum are warp reductions; base 2, the scale pre-multiplied by log2(e)
 //   P.V      lane l accumulates dims l, l + 32, ...; p_j is broadcast with a shuffle
-#include "attention.h"
+#include "ops.h"
 #include "common.cuh"
 
 namespace sglang_diffusion::cuda {

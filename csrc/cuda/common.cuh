@@ -1,4 +1,4 @@
-// What the CUDA kernels share: the dtype tag of their params structs, fp32 conversions of the
+// What the CUDA kernels share: dispatch on their params structs' dtype tag, fp32 conversions of the
 // storage types, warp and block reductions. Plain CUDA, no torch headers: CI compiles every
 // .cu file with nvcc alone (scripts/test.sh).
 #pragma once
@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-#include "dtype.h"
+#include "../params/dtype.h"
 
 namespace sglang_diffusion::cuda {
 

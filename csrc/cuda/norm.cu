@@ -1,7 +1,7 @@
-// Norm + adaLN modulation on CUDA (norm.h): one block per row, fp32 statistics by block
+// Norm + adaLN modulation on CUDA (../params/norm.h): one block per row, fp32 statistics by block
 // reductions (two passes: mean, then the centred sum of squares), the row re-read from L1/L2.
 #include "common.cuh"
-#include "norm.h"
+#include "ops.h"
 
 namespace sglang_diffusion::cuda {
 namespace {

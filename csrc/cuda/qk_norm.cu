@@ -1,7 +1,7 @@
-// RMS rows on CUDA (qk_norm.h): one block per row; the sum of squares is a block reduction
+// RMS rows on CUDA (../params/qk_norm.h): one block per row; the sum of squares is a block reduction
 // in fp32, then each thread scales the values it read (re-read from L1/L2).
 #include "common.cuh"
-#include "qk_norm.h"
+#include "ops.h"
 
 namespace sglang_diffusion::cuda {
 namespace {

@@ -1,7 +1,7 @@
-// RoPE on CUDA (rope.h): one block per token; its threads walk the (head, pair) grid of q's
+// RoPE on CUDA (../params/rope.h): one block per token; its threads walk the (head, pair) grid of q's
 // and then k's heads, so the token's cos/sin row is read from L1 by every head.
 #include "common.cuh"
-#include "rope.h"
+#include "ops.h"
 
 namespace sglang_diffusion::cuda {
 namespace {
@@ -39,11 +39,12 @@ __global__ void rope_kernel(RopeParams p) {
 }  // namespace
 
 cudaError_t rope(const RopeParams& params, cudaStream_t stream) {
-  if (params.tokens == 0) {
+  const int64_t tokens = params.batch * params.seq_len;
+  if (tokens == 0) {
     return cudaSuccess;
   }
   return dispatch_dtype(params.dtype, [&](auto tag) {
-    rope_kernel<decltype(tag)><<<static_cast<unsigned>(params.tokens), 256, 0, stream>>>(params);
+    rope_kernel<decltype(tag)><<<static_cast<unsigned>(tokens), 256, 0, stream>>>(params);
     return cudaGetLastError();
   });
 }

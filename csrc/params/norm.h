@@ -1,24 +1,21 @@
-// Fused norm + adaLN modulation on the CPU: the params struct and the entry point.
+// Norm fused with adaLN modulation (ops/norm.py):
 //
 //   plain:  out = norm(x) * (1 + scale) + shift
 //   gated:  residual_out = residual + gate * x  (rounded to the storage dtype)
 //           out = norm(residual_out) * (1 + scale) + shift
 //
-// norm is LayerNorm (biased variance) or RMSNorm over the last dimension, optionally
-// times weight plus bias. All arithmetic is fp32. No torch headers here: csrc/bindings.cpp
-// checks every tensor and fills the struct.
+// norm is LayerNorm (biased variance) or RMSNorm over the last dimension, optionally times
+// weight plus bias. All arithmetic is fp32.
 #pragma once
 
 #include <cstdint>
 
-#include "isa.h"
+#include "dtype.h"
 
-namespace sglang_diffusion::cpu {
-
-enum class DType : int8_t { kFloat32, kBFloat16, kFloat16 };
+namespace sglang_diffusion {
 
 // A modulation tensor broadcast to [B, S, D]: row (b, s) starts at
-// ptr + b * stride_b + s * stride_s (in elements); its last dimension is contiguous.
+// ptr + b * stride_b + s * stride_s; its last dimension is contiguous.
 struct ModParam {
   const void* ptr = nullptr;
   int64_t stride_b = 0;
@@ -45,7 +42,4 @@ struct NormModulateParams {
   DType mod_dtype = DType::kFloat32;  // gate, scale, shift: `dtype` or kFloat32
 };
 
-// Runs the `isa` build (see isa.h), OpenMP-parallel over the B * S rows.
-void norm_modulate(const NormModulateParams& params, Isa isa);
-
-}  // namespace sglang_diffusion::cpu
+}  // namespace sglang_diffusion
