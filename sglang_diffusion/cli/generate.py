@@ -22,8 +22,9 @@ def format_result(result: GenerationResult) -> str:
     if not result.files:
         lines.append(f"generated {result.width}x{result.height} {kind}, seed {result.seed} (not saved)")
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items() if k != "total")
+    cache = f"; cache {result.cache}" if result.cache else ""
     lines.append(f"time: {result.timings.get('total', 0.0):.2f} s ({stages}); "
-                 f"peak memory {result.peak_memory_bytes / 2**30:.2f} GiB")
+                 f"peak memory {result.peak_memory_bytes / 2**30:.2f} GiB{cache}")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from sglang_diffusion.config.cache import CacheDitParams, apply_cache_dit_mapping, cache_dit_params_from_env
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs, VaeConfig
 from sglang_diffusion.errors import ConfigError
@@ -118,6 +119,12 @@ def coerce(key: str, value: Any, annotation, *, from_cli: bool, where: str) -> A
         if isinstance(value, dict):
             return value
         raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    if base is CacheDitParams:
+        if isinstance(value, CacheDitParams):
+            return value
+        if from_cli and isinstance(value, str):
+            value = _parse_pairs_or_json(value, where)
+        return apply_cache_dit_mapping(value, cache_dit_params_from_env(), where)
     if base is VaeConfig:
         if isinstance(value, VaeConfig):
             return value

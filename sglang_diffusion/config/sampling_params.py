@@ -33,6 +33,10 @@ class SamplingParams:
         "default: made from the prompt and seed.", metavar="NAME")
     save_output: bool = option(True, "Save the image or video to disk.")
     return_frames: bool = option(False, "Return the frames (uint8 [F, H, W, 3]) from the Python API.")
+    enable_teacache: bool = option(False, "TeaCache for this request: skip every DiT block on steps whose "
+                                   "timestep embedding barely changed (native pipelines).")
+    teacache_thresh: float | None = option(None, "TeaCache's threshold on the accumulated rescaled change "
+                                           "(default: the model's calibrated one; higher is faster).")
     diffusers_kwargs: dict = option(None, "Extra keyword arguments for a diffusers pipeline call "
                                     "(diffusers backend).", default_factory=dict, metavar="JSON")
 
@@ -59,6 +63,8 @@ def validate_sampling_params(p: SamplingParams) -> None:
         value = getattr(p, name)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    if p.teacache_thresh is not None and p.teacache_thresh < 0:
+        raise ConfigError(f"teacache_thresh must not be negative, got {p.teacache_thresh}")
     if p.guidance_scale is not None and p.guidance_scale < 0:
         raise ConfigError(f"guidance_scale must not be negative, got {p.guidance_scale}")
     if p.output_file_name is not None:

@@ -11,6 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from sglang_diffusion.config.cache import CacheDitParams, cache_dit_params_from_env
 from sglang_diffusion.config.fields import option
 from sglang_diffusion.errors import ConfigError
 
@@ -107,11 +108,17 @@ class ServerArgs:
         + ", ".join(DIFFUSERS_ATTENTION_BACKENDS) + ").")
     enable_cache_dit: bool = option(
         False, "Cache-DiT acceleration of the diffusion transformer: blocks whose result barely changes "
-        "between steps are skipped (diffusers backend only; default from SGLANG_CACHE_DIT_ENABLED).",
+        "between steps are skipped (native and diffusers pipelines; default from SGLANG_CACHE_DIT_ENABLED).",
         default_factory=_env_flag("SGLANG_CACHE_DIT_ENABLED"))
-    cache_dit_config: str | None = option(None, "Cache-DiT YAML/JSON config file (diffusers backend only); "
-                                          "implies enable_cache_dit. Default: Cache-DiT's own defaults.",
-                                          metavar="PATH")
+    cache_dit_config: str | None = option(None, "Cache-DiT YAML/JSON config file; implies enable_cache_dit. "
+                                          "Native pipelines read the cache_dit_params keys from it, the "
+                                          "diffusers backend Cache-DiT's own format.", metavar="PATH")
+    cache_dit_params: CacheDitParams = option(
+        None, "DBCache settings of native pipelines (Fn_compute_blocks, Bn_compute_blocks, max_warmup_steps, "
+        "residual_diff_threshold, max_continuous_cached_steps, enable_taylorseer, taylorseer_order, scm_preset, "
+        "scm_compute_bins, scm_cache_bins, scm_policy; secondary_cache_config for a second expert). "
+        "Default from the SGLANG_CACHE_DIT_* variables.", default_factory=cache_dit_params_from_env,
+        metavar="JSON")
     mask_strategy_file_path: str | None = option(None, "Sliding-tile attention mask strategy file.",
                                                  metavar="PATH")
     enable_torch_compile: bool = option(False, "torch.compile the diffusion transformer.")

@@ -18,6 +18,7 @@ class PipelineOutput:
     is_video: bool
     params: SamplingParams  # the resolved parameters the outputs were made with
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    cache: str | None = None  # what step caching did: block-steps computed and skipped
 
 
 class Pipeline(Protocol):

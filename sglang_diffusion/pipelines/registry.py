@@ -52,16 +52,12 @@ def build_pipeline(args: ServerArgs, platform: Platform) -> Pipeline:
         raise ConfigError(f"backend sglang: there is no native pipeline for {index.class_name} "
                           f"(native: {', '.join(sorted(NATIVE_PIPELINES)) or 'none yet'}); "
                           "use --backend auto or --backend diffusers")
-    diffusers_only = args.cache_dit_enabled and args.backend == "auto" and native is not None
-    if args.backend == "diffusers" or native is None or diffusers_only:
+    if args.backend == "diffusers" or native is None:
         from sglang_diffusion.pipelines.diffusers_backend import DiffusersBackendPipeline
 
-        if diffusers_only:
-            logger.info("Cache-DiT runs on the diffusers backend only: running %s there", index.class_name)
-        elif args.backend == "auto":
+        if args.backend == "auto":
             logger.info("no native pipeline for %s: running it on the diffusers backend", index.class_name)
         return DiffusersBackendPipeline(args, index, platform)
-    if args.cache_dit_enabled:
-        raise ConfigError("Cache-DiT (cache_dit_config / enable_cache_dit) works on the diffusers backend only: "
-                          f"add --backend diffusers to run {index.class_name} with it")
+    logger.info("native pipeline for %s%s", index.class_name,
+                " with Cache-DiT (our DBCache over the native DiT)" if args.cache_dit_enabled else "")
     return native(args, index, platform)

@@ -20,5 +20,6 @@ class GenerationResult:
     fps: int | None
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds, with "total"
     peak_memory_bytes: int = 0
+    cache: str | None = None  # what step caching did: block-steps computed and skipped
     # when return_frames was asked for: one uint8 [F, H, W, 3] array per output (F == 1 for an image)
     frames: list[np.ndarray] | None = None

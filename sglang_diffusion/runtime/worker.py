@@ -71,7 +71,7 @@ class RankWorker:
         out.timings["total"] = time.perf_counter() - start
         n, f, h, w, _ = out.frames.shape
         return GenerationResult(files=files, prompt=p.prompt, seed=p.seed, height=h, width=w, num_frames=f,
-                                is_video=out.is_video, fps=fps, timings=out.timings,
+                                is_video=out.is_video, fps=fps, timings=out.timings, cache=out.cache,
                                 peak_memory_bytes=_peak_memory_bytes(self.platform),
                                 frames=list(out.frames) if p.return_frames else None)
 

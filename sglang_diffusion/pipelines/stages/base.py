@@ -42,6 +42,7 @@ class GenerationState:
     timesteps: torch.Tensor | None = None
     frames: np.ndarray | None = None  # uint8 [B, F, H, W, 3]
     timings: dict[str, float] = field(default_factory=dict)
+    cache_stats: Any = None  # a cache.stats.CacheStats when step caching ran
 
 
 _STATE_FIELDS = {f.name for f in fields(GenerationState)}
@@ -102,4 +103,5 @@ class StagedPipeline:
     def generate(self, params: SamplingParams, hooks: StepHooks | None = None) -> PipelineOutput:
         state = self.run(params, hooks)
         is_video = self.family.is_video if self.family else True
-        return PipelineOutput(frames=state.frames, is_video=is_video, params=state.params, timings=state.timings)
+        return PipelineOutput(frames=state.frames, is_video=is_video, params=state.params, timings=state.timings,
+                              cache=state.cache_stats.describe() if state.cache_stats is not None else None)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from sglang_diffusion.cache import Caching
 from sglang_diffusion.distributed.parallel_state import ParallelGroups, all_gather, all_reduce_max
 from sglang_diffusion.distributed.sharding import SequenceShard
 from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
@@ -128,6 +129,7 @@ class DenoisingStage(Stage):
     boundary_timestep: float | None = None
     cfg: CfgLayout = field(default_factory=CfgLayout)
     parallel: ParallelGroups | None = None  # None: one rank
+    caching: Caching = field(default_factory=Caching)  # step caching (sglang_diffusion.cache); default off
     # (cond, uncond, scale) -> prediction; None: uncond + scale * (cond - uncond). A family's own
     # rule (Qwen-Image rescales the result to the conditional prediction's norm) goes here.
     guidance: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
@@ -141,7 +143,8 @@ class DenoisingStage(Stage):
             else type(self.experts[0]).__name__
         cfg = "parallel" if self._cfg_ranks() > 1 else self.cfg.mode
         sp = f", sp {self.parallel.sp.size}" if self.parallel is not None and self.parallel.sp.size > 1 else ""
-        return f"{self.name}({experts}, cfg {cfg}{sp})"
+        cache = f", cache {self.caching.describe()}" if self.caching.cache_dit is not None else ""
+        return f"{self.name}({experts}, cfg {cfg}{sp}{cache})"
 
     def _cfg_ranks(self) -> int:
         return self.parallel.cfg.size if self.parallel is not None else 1
@@ -161,16 +164,21 @@ class DenoisingStage(Stage):
         return _Contexts(cond, uncond)
 
     def _predict(self, model, x: torch.Tensor, t: torch.Tensor, ctx: _Contexts, scale: float,
-                 do_cfg: bool, seq: SequenceShard | None) -> torch.Tensor:
+                 do_cfg: bool, seq: SequenceShard | None, runners=None) -> torch.Tensor:
+        """`runners(branch)`: this step's block runner of a guidance branch (step caching), or None."""
         if not do_cfg:
-            return _call(model, x, t, context=ctx.cond, seq=seq)
+            return _call(model, x, t, context=ctx.cond, seq=seq, runner=runners and runners("cond"))
         if self._cfg_ranks() > 1:
-            mine = _call(model, x, t, context=ctx.cond if ctx.cond is not None else ctx.uncond, seq=seq)
+            branch = "cond" if ctx.cond is not None else "uncond"
+            mine = _call(model, x, t, context=ctx.cond if branch == "cond" else ctx.uncond, seq=seq,
+                         runner=runners and runners(branch))
             cond, uncond = all_gather(mine, self.parallel.cfg)  # once per step
             return self._guide(cond, uncond, scale)
         layout = self.cfg.choose(self._layout_key(model, x, t),
                                  lambda layout: self._probe(model, x, t, ctx, layout, seq))
-        cond, uncond = self._branches(model, x, t, ctx, layout, seq)
+        if runners is not None:
+            runners = [runners("joined")] if layout == "batched" else [runners("cond"), runners("uncond")]
+        cond, uncond = self._branches(model, x, t, ctx, layout, seq, runners=runners)
         return self._guide(cond, uncond, scale)
 
     def _guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -179,12 +187,14 @@ class DenoisingStage(Stage):
         return uncond + scale * (cond - uncond)
 
     @staticmethod
-    def _branches(model, x, t, ctx: _Contexts, layout: str, seq, **kwargs) -> list[torch.Tensor]:
+    def _branches(model, x, t, ctx: _Contexts, layout: str, seq, runners=None, **kwargs) -> list[torch.Tensor]:
         """The conditional and unconditional predictions, in `layout`."""
         if layout == "batched" and ctx.both is None:
             ctx.both = type(ctx.cond).cat([ctx.cond, ctx.uncond])
         if seq is not None:
             kwargs["seq"] = seq
+        if runners is not None:
+            kwargs["runners"] = runners
         return model.forward_branches(x, t, [ctx.cond, ctx.uncond], joined=ctx.both if layout == "batched" else None,
                                       **kwargs)
 
@@ -217,24 +227,33 @@ class DenoisingStage(Stage):
         contexts: dict[int, _Contexts] = {}
         seq, grid, patch = self._sequence(latents)
         total = len(timesteps)
+        plan = [self._expert(t, state) for t in timesteps]
+        cache = self.caching.start(state.params, self.experts, [sum(e == i for e, _ in plan)
+                                                                 for i in range(len(self.experts))],
+                                   shard=seq)
         for i, t in enumerate(timesteps):
-            index, scale = self._expert(t, state)
+            index, scale = plan[i]
             model = self.experts[index]
             if index not in contexts:
                 contexts[index] = self._contexts(model, state)
             x = conditioning.model_input(latents).to(model.dtype)
             timestep = conditioning.timestep(t, latents.shape[0])
-            noise_pred = self._predict(model, x, timestep, contexts[index], scale, state.do_cfg, seq)
+            noise_pred = self._predict(model, x, timestep, contexts[index], scale, state.do_cfg, seq,
+                                       cache.step(index) if cache is not None else None)
             latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
             state.hooks.after_step(i + 1, total)
         if seq is not None:
             latents = seq.gather_latents(latents, grid, patch)  # once, after the last step
         state.latents = conditioning.finalize(latents)
+        if cache is not None:
+            state.cache_stats = cache.stats
 
 
-def _call(model, x: torch.Tensor, t: torch.Tensor, context, seq: SequenceShard | None) -> torch.Tensor:
-    """The DiT's forward; `seq` only under sequence parallelism (a DiT without SP takes none)."""
-    return model(x, t, context=context) if seq is None else model(x, t, context=context, seq=seq)
+def _call(model, x: torch.Tensor, t: torch.Tensor, context, seq: SequenceShard | None, runner=None) -> torch.Tensor:
+    """The DiT's forward; `seq` only under sequence parallelism (a DiT without SP takes none),
+    `runner` only with step caching."""
+    kwargs = {k: v for k, v in (("seq", seq), ("runner", runner)) if v is not None}
+    return model(x, t, context=context, **kwargs)
 
 
 def _now(device: torch.device) -> float:

@@ -1,0 +1,7 @@
+"""Step caching over any native DiT's block protocol (`models.dits.blocks`): DBCache with
+TaylorSeer and step computation masks, TeaCache; per-request state; decisions that every rank
+of a sequence-parallel group takes alike."""
+
+from sglang_diffusion.cache.caching import Caching, RequestCache
+
+__all__ = ["Caching", "RequestCache"]
