@@ -79,7 +79,7 @@ def test_installed_wheel_imports_the_native_extension_without_torch_first(venv):
 def test_installed_wheel_registers_the_native_ops(venv):
     script = "import torch, sglang_diffusion._C; print(torch.ops.sglang_diffusion_C.cpu_isa())"
     result = run([venv / "bin" / "python", "-c", script], cwd=venv)
-    assert result.stdout.strip() in ("avx2", "default")
+    assert result.stdout.strip() in ("default", "avx2", "avx512")
 
 
 def test_installed_wheel_runs_cli_help(venv):

@@ -24,12 +24,25 @@ class NativeLibrary:
 
     ops: Any | None
     missing_reason: str | None = None
-    cpu_isa: str | None = None  # "avx2" or "default": which CPU build of the kernels runs
     with_cuda: bool = False  # built with the csrc/cuda kernels
 
     @property
     def available(self) -> bool:
         return self.ops is not None
+
+    @property
+    def cpu_isa(self) -> str | None:
+        """Which CPU build of the kernels runs now: "default", "avx2" or "avx512" (csrc/cpu/isa.h:
+        the widest this CPU and torch allow, or the one SGLD_CPU_ISA names)."""
+        return self.ops.cpu_isa() if self.available else None
+
+    @property
+    def cpu_isas(self) -> tuple[str, ...]:
+        """The CPU builds this CPU can run, narrowest first (none without _C)."""
+        if not self.available:
+            return ()
+        # A _C built before the AVX-512 builds reports only the one it runs.
+        return tuple(self.ops.cpu_isas()) if hasattr(self.ops, "cpu_isas") else (self.ops.cpu_isa(),)
 
 
 @functools.cache
@@ -43,4 +56,4 @@ def native_library() -> NativeLibrary:
         return NativeLibrary(ops=None, missing_reason=reason)
     ops = torch.ops.sglang_diffusion_C
     with_cuda = ops.with_cuda() if hasattr(ops, "with_cuda") else False
-    return NativeLibrary(ops=ops, cpu_isa=ops.cpu_isa(), with_cuda=with_cuda)
+    return NativeLibrary(ops=ops, with_cuda=with_cuda)
