@@ -21,6 +21,9 @@ class SamplingParams:
     num_inference_steps: int | None = option(None, "Number of denoising steps (default: the model's).")
     guidance_scale: float | None = option(None, "Classifier-free guidance scale (default: the model's).")
     guidance_scale_2: float | None = option(None, "Guidance scale of the low-noise expert (Wan2.2 A14B).")
+    true_cfg_scale: float | None = option(None, "Classifier-free guidance scale, with a negative prompt, of "
+                                          "guidance-distilled models whose guidance_scale is an embedding "
+                                          "(FLUX.1); unset or 1: off.")
     seed: int = option(1024, "Random seed; the same seed gives the same output.")
     height: int | None = option(None, "Height of the output in pixels (default: the model's).")
     width: int | None = option(None, "Width of the output in pixels (default: the model's).")
@@ -65,8 +68,9 @@ def validate_sampling_params(p: SamplingParams) -> None:
             raise ConfigError(f"{name} must be at least 1, got {value}")
     if p.teacache_thresh is not None and p.teacache_thresh < 0:
         raise ConfigError(f"teacache_thresh must not be negative, got {p.teacache_thresh}")
-    if p.guidance_scale is not None and p.guidance_scale < 0:
-        raise ConfigError(f"guidance_scale must not be negative, got {p.guidance_scale}")
+    for name in ("guidance_scale", "true_cfg_scale"):
+        if getattr(p, name) is not None and getattr(p, name) < 0:
+            raise ConfigError(f"{name} must not be negative, got {getattr(p, name)}")
     if p.output_file_name is not None:
         name = p.output_file_name
         if not name.strip() or "/" in name or "\\" in name or ".." in name or name == ".":

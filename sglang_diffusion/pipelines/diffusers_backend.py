@@ -39,6 +39,7 @@ _CALL_ARGS = {
     "num_inference_steps": ("num_inference_steps",),
     "guidance_scale": ("guidance_scale", "true_cfg_scale"),
     "guidance_scale_2": ("guidance_scale_2",),
+    "true_cfg_scale": ("true_cfg_scale",),
     "height": ("height",),
     "width": ("width",),
     "num_frames": ("num_frames",),

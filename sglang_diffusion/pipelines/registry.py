@@ -21,6 +21,12 @@ def _wan(args: ServerArgs, index: ModelIndex, platform: Platform) -> Pipeline:
     return build_wan_pipeline(args, index, platform)
 
 
+def _flux(args: ServerArgs, index: ModelIndex, platform: Platform) -> Pipeline:
+    from sglang_diffusion.pipelines.flux import build_flux_pipeline
+
+    return build_flux_pipeline(args, index, platform)
+
+
 def _qwen_image(args: ServerArgs, index: ModelIndex, platform: Platform) -> Pipeline:
     from sglang_diffusion.pipelines.qwen_image import build_qwen_image_pipeline
 
@@ -38,6 +44,7 @@ def _hunyuan_video(args: ServerArgs, index: ModelIndex, platform: Platform) -> P
 NATIVE_PIPELINES: dict[str, Callable[[ServerArgs, ModelIndex, Platform], Pipeline]] = {
     "WanPipeline": _wan,  # Wan2.1 T2V, Wan2.2 T2V-A14B and TI2V-5B
     "WanImageToVideoPipeline": _wan,  # Wan2.1 I2V (and Wan2.2 I2V-A14B)
+    "FluxPipeline": _flux,  # FLUX.1-dev and -schnell
     "HunyuanVideoPipeline": _hunyuan_video,  # HunyuanVideo, FastHunyuan
     "QwenImagePipeline": _qwen_image,
 }

@@ -346,11 +346,14 @@ class FluxTransformer2DModel(nn.Module):
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: FluxContext,
                 num_blocks: int | None = None, runner: BlockRunner | None = None) -> torch.Tensor:
-        """latents [B, C, H, W] (H, W even), timestep [B] (in [0, 1]: the scheduler's t / 1000,
-        as diffusers' pipelines pass it) -> the flow prediction [B, C_out, H, W]. The latents
-        are packed 2x2 into tokens here; the RoPE tables of their grid are built once per context.
-        `num_blocks`: run only the first blocks (timing probes; the output is then meaningless).
-        `runner`: how the block loop runs (step caching, see `models.dits.blocks`)."""
+        """latents [B, C, H, W] or, as image pipelines keep them, [B, C, 1, H, W] (H, W even),
+        timestep [B] (in [0, 1]: the scheduler's t / 1000, as diffusers' pipelines pass it) ->
+        the flow prediction, shaped as the latents. The latents are packed 2x2 into tokens here;
+        the RoPE tables of their grid are built once per context. `num_blocks`: run only the
+        first blocks (timing probes; the output is then meaningless). `runner`: how the block
+        loop runs (step caching, see `models.dits.blocks`)."""
+        if latents.dim() == 5:
+            return self.forward(latents.squeeze(2), timestep, context, num_blocks, runner).unsqueeze(2)
         _, _, height, width = latents.shape
         grid = (height // 2, width // 2)
         if grid not in context.tables:

@@ -35,6 +35,8 @@ class GenerationState:
     do_cfg: bool = False
     prompt_embeds: torch.Tensor | None = None  # [B, L, C]
     negative_prompt_embeds: torch.Tensor | None = None
+    pooled_prompt_embeds: torch.Tensor | None = None  # [B, C'] pooled text (FLUX.1's CLIP)
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
     image: Any = None  # the input image (PIL), image-conditioned families
     image_embeds: torch.Tensor | None = None  # [B, L', C'] CLIP tokens (Wan2.1 I2V)
     conditioning: Any = None  # a stages.conditioning object: how latents become the DiT's input

@@ -3,7 +3,9 @@ the same three methods whatever the mode, so a family quirk lives here, not in t
 
 - `model_input(latents)`: what the DiT sees [B, C_in, F', H', W'];
 - `timestep(t, batch)`: the DiT's timestep, [B] or per token [B, S];
-- `finalize(latents)`: the latents the VAE decodes.
+- `finalize(latents)`: the latents the VAE decodes;
+- `context(model, state, negative)`: the DiT's per-request context of the prompt (or the
+  negative prompt), from what the text stages wrote.
 """
 
 from __future__ import annotations
@@ -22,6 +24,25 @@ class TextOnly:
 
     def finalize(self, latents: torch.Tensor) -> torch.Tensor:
         return latents
+
+    def context(self, model, state, negative: bool):
+        embeds = state.negative_prompt_embeds if negative else state.prompt_embeds
+        return model.encode_context(embeds, state.image_embeds)
+
+
+class PooledText(TextOnly):
+    """Text-to-image DiTs that take a pooled text embedding (and, guidance-distilled, the
+    guidance scale as an embedding) beside the text states, and timesteps in [0, 1], the
+    scheduler's t / 1000 (FLUX.1, as diffusers' FluxPipeline passes them)."""
+
+    def timestep(self, t: torch.Tensor, batch: int) -> torch.Tensor:
+        return t.expand(batch) / 1000  # [B]
+
+    def context(self, model, state, negative: bool):
+        embeds = state.negative_prompt_embeds if negative else state.prompt_embeds
+        pooled = state.negative_pooled_prompt_embeds if negative else state.pooled_prompt_embeds
+        guidance = state.params.guidance_scale if model.config.guidance_embeds else None
+        return model.encode_context(embeds, pooled, guidance)
 
 
 class ChannelConcat(TextOnly):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import logging
 
+import numpy as np
 import torch
 
 from sglang_diffusion.config.server_args import ServerArgs, VaeConfig
@@ -133,6 +134,11 @@ class DecodingStage(Stage):
     def __call__(self, state: GenerationState) -> None:
         p = next(self.vae.parameters())
         latents = state.latents.to(p.device, p.dtype)
+        if not hasattr(self.vae.config, "z_dim") and not hasattr(self.vae.config, "temporal_compression_ratio"):
+            # a 2D image VAE (FLUX): [B, C, 1, H, W] decodes as [B, C, H, W]
+            video = self.vae.decode(image_vae_latents(self.vae, latents[:, :, 0]), return_dict=False)[0]
+            state.frames = _to_frames(video.unsqueeze(2))
+            return
         latents = video_vae_latents(self.vae, latents)
         if self.sp is not None:
             from sglang_diffusion.distributed.vae_parallel import sp_decode
@@ -140,6 +146,25 @@ class DecodingStage(Stage):
             video = sp_decode(self.vae, latents, self.sp)  # [B, 3, F, H, W] in [-1, 1], on every rank
         else:
             video = self.vae.decode(latents, return_dict=False)[0]  # [B, 3, F, H, W] in [-1, 1]
-        video = (video / 2 + 0.5).clamp(0, 1).float()
-        frames = (video * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1)  # [B, F, H, W, 3]
-        state.frames = frames.cpu().numpy()
+        state.frames = _to_frames(video)
+
+
+def image_vae_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Denoised latents [B, C, H, W] -> the 2D VAE's decoder input, as diffusers' pipelines
+    undo the latent normalisation: AutoencoderKL (FLUX.1) `latents / scaling_factor +
+    shift_factor`; AutoencoderKLFlux2 (FLUX.2) takes its 2x2-patchified latents [B, 4C, H/2, W/2],
+    normalised by its batch-norm statistics, and unpatchifies them here."""
+    bn = getattr(vae, "bn", None)
+    if bn is None:
+        return latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+    mean = bn.running_mean.view(1, -1, 1, 1).to(latents)
+    std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(latents)
+    b, c, h, w = latents.shape
+    x = (latents * std + mean).view(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)  # [B, C/4, h, 2, w, 2]
+    return x.reshape(b, c // 4, h * 2, w * 2)
+
+
+def _to_frames(video: torch.Tensor) -> np.ndarray:
+    """Decoded [B, 3, F, H, W] in [-1, 1] -> uint8 frames [B, F, H, W, 3]."""
+    video = (video / 2 + 0.5).clamp(0, 1).float()
+    return (video * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()

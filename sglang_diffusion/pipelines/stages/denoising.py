@@ -129,6 +129,8 @@ class DenoisingStage(Stage):
     boundary_timestep: float | None = None
     cfg: CfgLayout = field(default_factory=CfgLayout)
     parallel: ParallelGroups | None = None  # None: one rank
+    # The SamplingParams field that scales CFG (FLUX.1: true_cfg_scale; its guidance_scale is embedded).
+    cfg_scale: str = "guidance_scale"
     caching: Caching = field(default_factory=Caching)  # step caching (sglang_diffusion.cache); default off
     # (cond, uncond, scale) -> prediction; None: uncond + scale * (cond - uncond). A family's own
     # rule (Qwen-Image rescales the result to the conditional prediction's norm) goes here.
@@ -152,14 +154,15 @@ class DenoisingStage(Stage):
     def _expert(self, t: torch.Tensor, state: GenerationState) -> tuple[int, float]:
         p = state.params
         if self.boundary_timestep is None or t >= self.boundary_timestep:
-            return 0, p.guidance_scale
+            return 0, getattr(p, self.cfg_scale)
         return 1, p.guidance_scale_2 if p.guidance_scale_2 is not None else p.guidance_scale
 
     def _contexts(self, model, state: GenerationState) -> _Contexts:
         # CFG parallel: rank 0 of the CFG group runs the conditional branch, rank 1 the other
         cfg_rank = self.parallel.cfg.rank if self._cfg_ranks() > 1 and state.do_cfg else 0
-        cond = model.encode_context(state.prompt_embeds, state.image_embeds) if cfg_rank == 0 else None
-        uncond = (model.encode_context(state.negative_prompt_embeds, state.image_embeds)
+        conditioning = state.conditioning  # it knows what the family's DiT context is made of
+        cond = conditioning.context(model, state, negative=False) if cfg_rank == 0 else None
+        uncond = (conditioning.context(model, state, negative=True)
                   if state.do_cfg and (cfg_rank == 1 or self._cfg_ranks() == 1) else None)
         return _Contexts(cond, uncond)
 
@@ -215,11 +218,11 @@ class DenoisingStage(Stage):
                 f"torch {torch.__version__}")
 
     def _sequence(self, latents: torch.Tensor) -> tuple[SequenceShard | None, tuple, tuple]:
-        """This rank's shard of the DiT's tokens (None without SP), the token grid, the patch."""
+        """This rank's shard of the DiT's tokens, the token grid, the patch (None, (), () without SP)."""
+        if self.parallel is None or self.parallel.sp.size == 1:
+            return None, (), ()
         patch = tuple(self.experts[0].config.patch_size)
         grid = tuple(n // p for n, p in zip(latents.shape[2:], patch))
-        if self.parallel is None or self.parallel.sp.size == 1:
-            return None, grid, patch
         return SequenceShard(grid[0] * grid[1] * grid[2], self.parallel), grid, patch
 
     def __call__(self, state: GenerationState) -> None:

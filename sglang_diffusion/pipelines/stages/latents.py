@@ -15,8 +15,10 @@ class LatentPreparationStage(Stage):
     reads = ("params", "generator")
     writes = ("latents", "conditioning")
 
-    def __init__(self, channels: int, temporal_stride: int, spatial_stride: int):
+    def __init__(self, channels: int, temporal_stride: int, spatial_stride: int, conditioning=TextOnly):
+        """`conditioning`: the stages.conditioning class of a text-only request (TextOnly, PooledText)."""
         self.channels, self.temporal_stride, self.spatial_stride = channels, temporal_stride, spatial_stride
+        self.conditioning = conditioning
 
     def __call__(self, state: GenerationState) -> None:
         p = state.params
@@ -24,4 +26,4 @@ class LatentPreparationStage(Stage):
                  p.height // self.spatial_stride, p.width // self.spatial_stride)
         noise = torch.randn(shape, generator=state.generator, dtype=torch.float32, device="cpu")
         state.latents = noise.to(state.device)
-        state.conditioning = TextOnly()
+        state.conditioning = self.conditioning()

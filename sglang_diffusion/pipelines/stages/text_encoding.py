@@ -60,3 +60,44 @@ class TextEncodingStage(Stage):
             embeds = self._encode(prompts, state.device)
         state.prompt_embeds = embeds[:1].repeat_interleave(n, dim=0)  # [n, L, C]
         state.negative_prompt_embeds = embeds[1:].repeat_interleave(n, dim=0) if state.do_cfg else None
+
+
+class PooledTextEncodingStage(Stage):
+    """FLUX.1's two encoders, as diffusers' FluxPipeline runs them: CLIP's pooled output of the
+    prompt padded to the tokenizer's 77 tokens, and T5's states of the prompt padded to
+    `max_sequence_length` (no attention mask, padding states kept: the DiT attends to them).
+    With classifier-free guidance the negative prompt the same way."""
+
+    name = "text_encoding"
+    reads = ("params",)
+    writes = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+
+    def __init__(self, clip_tokenizer, clip_encoder, tokenizer, text_encoder, *, dtype: torch.dtype,
+                 max_sequence_length: int = 512):
+        self.clip_tokenizer, self.clip_encoder = clip_tokenizer, clip_encoder
+        self.tokenizer, self.text_encoder, self.dtype = tokenizer, text_encoder, dtype
+        self.max_sequence_length = max_sequence_length
+
+    def describe(self) -> str:
+        return f"{self.name}({type(self.clip_encoder).__name__} pooled + {type(self.text_encoder).__name__})"
+
+    @staticmethod
+    def _ids(tokenizer, prompts: list[str], length: int, encoder) -> torch.Tensor:
+        ids = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        return ids.input_ids.to(next(encoder.parameters()).device)
+
+    def _encode(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        clip_ids = self._ids(self.clip_tokenizer, prompts, self.clip_tokenizer.model_max_length, self.clip_encoder)
+        pooled = self.clip_encoder(clip_ids, output_hidden_states=False).pooler_output  # [B, C_clip]
+        ids = self._ids(self.tokenizer, prompts, self.max_sequence_length, self.text_encoder)
+        states = self.text_encoder(ids, output_hidden_states=False)[0]  # [B, L, C]
+        return states.to(device, self.dtype), pooled.to(device, self.dtype)
+
+    def __call__(self, state: GenerationState) -> None:
+        p, n = state.params, state.batch_size
+        states, pooled = self._encode([p.prompt] + ([p.negative_prompt or ""] if state.do_cfg else []), state.device)
+        state.prompt_embeds = states[:1].repeat_interleave(n, dim=0)  # [n, L, C]
+        state.pooled_prompt_embeds = pooled[:1].repeat_interleave(n, dim=0)  # [n, C_clip]
+        if state.do_cfg:
+            state.negative_prompt_embeds = states[1:].repeat_interleave(n, dim=0)
+            state.negative_pooled_prompt_embeds = pooled[1:].repeat_interleave(n, dim=0)

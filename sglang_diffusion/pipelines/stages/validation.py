@@ -33,17 +33,21 @@ class InputValidationStage(Stage):
     """`image`: "required" (I2V), "optional" (TI2V) or "none" (T2V). `temporal_stride` /
     `spatial_multiple`: frame counts must be k * stride + 1, sizes multiples of the VAE's
     compression times the DiT's patch. `true_cfg`: guidance runs only when a negative prompt
-    is given (FLUX.1's and Qwen-Image's true CFG, as diffusers runs it). Image families (task
-    t2i) make one frame and refuse num_frames > 1."""
+    is given (FLUX.1's and Qwen-Image's true CFG, as diffusers runs it). `cfg_scale`: the
+    SamplingParams field that scales classifier-free guidance (FLUX.1: true_cfg_scale, its
+    guidance_scale being the distilled guidance embedding). Image families (task t2i) make one
+    frame and refuse num_frames > 1."""
 
     name = "input_validation"
     writes = ("params", "generator", "batch_size", "do_cfg")
 
     def __init__(self, family: Family | None, *, temporal_stride: int, spatial_multiple: tuple[int, int],
-                 image: str = "none", has_second_expert: bool = False, true_cfg: bool = False):
+                 image: str = "none", has_second_expert: bool = False, true_cfg: bool = False,
+                 cfg_scale: str = "guidance_scale"):
         assert image in ("required", "optional", "none")
         self.family, self.temporal_stride, self.spatial_multiple = family, temporal_stride, spatial_multiple
         self.image, self.has_second_expert, self.true_cfg = image, has_second_expert, true_cfg
+        self.cfg_scale = cfg_scale
         self.defaults = dict(family.defaults) if family else {}
 
     def describe(self) -> str:
@@ -73,9 +77,10 @@ class InputValidationStage(Stage):
         state.params = dataclasses.replace(p, **self._corrected(p))
         state.image = load_image(p.image_path) if p.image_path is not None else None
         state.batch_size = p.num_outputs_per_prompt
-        state.do_cfg = p.guidance_scale > 1.0 and (not self.true_cfg or p.negative_prompt is not None)
-        if self.true_cfg and p.guidance_scale > 1.0 and p.negative_prompt is None:
-            logger.info("guidance_scale %g without a negative prompt: true CFG off (as diffusers)", p.guidance_scale)
+        scale = getattr(p, self.cfg_scale) or 1.0
+        state.do_cfg = scale > 1.0 and (not self.true_cfg or p.negative_prompt is not None)
+        if self.true_cfg and scale > 1.0 and p.negative_prompt is None:
+            logger.info("%s %g without a negative prompt: true CFG off (as diffusers)", self.cfg_scale, scale)
         state.generator = torch.Generator("cpu").manual_seed(p.seed)
 
     def _corrected(self, p) -> dict:
