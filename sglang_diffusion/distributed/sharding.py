@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 
 from sglang_diffusion.distributed.parallel_state import ParallelGroups
-from sglang_diffusion.distributed.ring import ring_attention
-from sglang_diffusion.distributed.ulysses import ulysses_attention
+from sglang_diffusion.distributed.ring import merge_partials, ring_attention
+from sglang_diffusion.distributed.ulysses import out_to_seq_shards, qkv_to_head_shards, ulysses_attention
 from sglang_diffusion.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -149,3 +149,42 @@ class SequenceShard:
 
         return ulysses_attention(q, k, v, attn, g.ulysses)
 
+    def joint_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_q: torch.Tensor,
+                        text_k: torch.Tensor, text_v: torch.Tensor, backend) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint attention of a dual-stream DiT (HunyuanVideo): this rank's shard of the video
+        tokens q, k, v [B, s, H, D] and the text tokens text_q/k/v [B, L, H, D], the same on every
+        rank, attend over every video token and the text -> (video out [B, s, H, D], text out
+        [B, L, H, D], the same on every rank up to float rounding).
+
+        The text rides along: after the Ulysses exchange each rank takes its heads of it, its
+        queries join the rank's block of queries and its keys are one more key block, which the
+        ring merges in once, by its log-sum-exp; the text outputs' heads are gathered at the end."""
+        g = self.groups
+        u, r = g.ulysses.size, g.ring.size
+        block = u * self.shard_len
+        valid = [max(0, min(block, self.num_tokens - j * block)) for j in range(r)]
+        length = text_q.shape[1]
+        if u > 1:
+            q, k, v = qkv_to_head_shards(q, k, v, g.ulysses)  # [B, U*s, H/U, D]
+            heads = slice(g.ulysses.rank * q.shape[2], (g.ulysses.rank + 1) * q.shape[2])
+            text_q, text_k, text_v = text_q[:, :, heads], text_k[:, :, heads], text_v[:, :, heads]
+        queries = torch.cat([q, text_q], dim=1)  # [B, U*s + L, H/U, D]
+        if r == 1:
+            out = backend.forward(queries, torch.cat([k[:, :valid[0]], text_k], dim=1),
+                                  torch.cat([v[:, :valid[0]], text_v], dim=1), None)[0]
+        else:
+            def block_attn(qb, kb, vb):
+                out, lse = backend.forward(qb, kb, vb, None)
+                if lse is None:
+                    raise RuntimeError(f"ring attention needs the log-sum-exp; backend {backend.name} returns none")
+                return out, lse
+
+            out, lse = ring_attention(queries, k, v, block_attn, g.ring, valid)
+            out = merge_partials(out, lse, *block_attn(queries, text_k, text_v))[0].to(q.dtype)
+        video, text = out[:, :-length], out[:, -length:]
+        if u > 1:
+            video = out_to_seq_shards(video.contiguous(), g.ulysses)  # [B, s, H, D]
+            parts = [torch.empty_like(text) for _ in range(u)]
+            dist.all_gather(parts, text.contiguous(), group=g.ulysses.group)
+            text = torch.cat(parts, dim=2)  # [B, L, H, D]
+        return video, text

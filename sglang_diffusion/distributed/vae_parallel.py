@@ -1,12 +1,18 @@
-"""Tiled VAE decoding split across the sequence-parallel ranks (`--vae-sp`).
+"""Tiled VAE decoding split across the sequence-parallel ranks (`--vae-sp`), for
+`AutoencoderKLWan` and `AutoencoderKLHunyuanVideo`.
 
-diffusers' `AutoencoderKLWan.tiled_decode` cuts the latent into overlapping spatial tiles,
+Wan: diffusers' `AutoencoderKLWan.tiled_decode` cuts the latent into overlapping spatial tiles,
 decodes each one over all frames (the causal cache cleared per tile), then blends every tile
 into its upper and left neighbours and crops. Here the ranks of an SP group share that work:
 rank r decodes tiles r, r + size, r + 2 * size, ... (row-major order), the decoded tiles are
 all-gathered, and every rank blends them as `tiled_decode` does. Each tile goes through the
 same calls on the same input as in `tiled_decode`, so the video is the single-rank tiled
 decode's, bit for bit where the convolutions are deterministic (the CPU).
+
+HunyuanVideo: `AutoencoderKLHunyuanVideo.decode` cuts long latents into overlapping temporal
+tiles (`_temporal_tiled_decode`, on by default), each of them spatially tiled when it is large
+(`tiled_decode`); every tile is decoded on its own (no cache between tiles). The ranks share
+the (temporal, spatial) tiles the same way, and every rank blends them as diffusers does.
 """
 
 from __future__ import annotations
@@ -20,21 +26,25 @@ from sglang_diffusion.errors import ConfigError
 
 
 def check_vae_supports_sp(vae) -> None:
-    from diffusers import AutoencoderKLWan
+    from diffusers import AutoencoderKLHunyuanVideo, AutoencoderKLWan
 
-    if not isinstance(vae, AutoencoderKLWan):
-        raise ConfigError(f"vae_sp: splitting VAE decoding across ranks is implemented for AutoencoderKLWan, "
-                          f"not {type(vae).__name__}")
+    if not isinstance(vae, (AutoencoderKLWan, AutoencoderKLHunyuanVideo)):
+        raise ConfigError(f"vae_sp: splitting VAE decoding across ranks is implemented for AutoencoderKLWan and "
+                          f"AutoencoderKLHunyuanVideo, not {type(vae).__name__}")
 
 
 def sp_decode(vae, z: torch.Tensor, group: RankGroup) -> torch.Tensor:
     """What `vae.decode(z)` returns ([B, 3, F, H, W] in [-1, 1]), its tiles decoded across
     `group` (a collective: every rank of the group calls it with the same z)."""
-    if group.size == 1 or not _is_tiled(vae, z):
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    hunyuan = isinstance(vae, AutoencoderKLHunyuanVideo)
+    if group.size == 1 or not (_hunyuan_tiles(vae, z)[1] if hunyuan else _is_tiled(vae, z)):
         return vae.decode(z, return_dict=False)[0]  # a single tile: nothing to split
+    decode = _hunyuan_decode if hunyuan else _tiled_decode
     if vae.use_slicing and z.shape[0] > 1:  # as decode() slices: one video at a time
-        return torch.cat([_tiled_decode(vae, part, group) for part in z.split(1)])
-    return _tiled_decode(vae, z, group)
+        return torch.cat([decode(vae, part, group) for part in z.split(1)])
+    return decode(vae, z, group)
 
 
 def _is_tiled(vae, z: torch.Tensor) -> bool:
@@ -114,3 +124,83 @@ def _all_gather_tiles(mine: list[torch.Tensor], count: int, group: RankGroup, dt
             tiles[k] = buffer[offset:offset + size].view(shape)
             offset += size
     return tiles
+
+
+# ---- AutoencoderKLHunyuanVideo -------------------------------------------------------------
+
+
+def _hunyuan_tiles(vae, z: torch.Tensor) -> tuple[bool, list[tuple[int, list[tuple[int, int]] | None]]]:
+    """The tiles `vae.decode(z)` decodes: (temporal tiling or not, [(first latent frame of a
+    temporal tile, its spatial tile starts (latent rows, columns) or None when it decodes
+    whole)]). No temporal tiling: one temporal tile at frame 0; a single whole tile: no tiles."""
+    frames, height, width = z.shape[2:]
+    ratio = vae.spatial_compression_ratio
+    tile_h, tile_w = vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio
+    step_h, step_w = vae.tile_sample_stride_height // ratio, vae.tile_sample_stride_width // ratio
+    tile_t = vae.tile_sample_min_num_frames // vae.temporal_compression_ratio
+    temporal = vae.use_framewise_decoding and frames > tile_t
+    spatial = vae.use_tiling and (width > tile_w or height > tile_h)
+    if not temporal and not spatial:
+        return False, []
+    starts = [(i, j) for i in range(0, height, step_h) for j in range(0, width, step_w)] if spatial else None
+    if not temporal:
+        return False, [(0, starts)]
+    step_t = vae.tile_sample_stride_num_frames // vae.temporal_compression_ratio
+    return True, [(t, starts) for t in range(0, frames, step_t)]
+
+
+def _hunyuan_decode(vae, z: torch.Tensor, group: RankGroup) -> torch.Tensor:
+    """`vae.decode(z)` with its tiles decoded across `group`: the (temporal, spatial) tiles in
+    order, rank r decoding tiles r, r + size, ...; every rank then blends them as
+    `_temporal_tiled_decode` and `tiled_decode` do."""
+    ratio, t_ratio = vae.spatial_compression_ratio, vae.temporal_compression_ratio
+    tile_h, tile_w = vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio
+    temporal, temporal_tiles = _hunyuan_tiles(vae, z)
+    tile_t = vae.tile_sample_min_num_frames // t_ratio + 1 if temporal else z.shape[2]
+    work = []  # latent tiles in decode order
+    for t, starts in temporal_tiles:
+        clip = z[:, :, t:t + tile_t]
+        work += [clip] if starts is None else [clip[:, :, :, i:i + tile_h, j:j + tile_w] for i, j in starts]
+    mine = [vae.decoder(vae.post_quant_conv(tile)) for tile in work[group.rank::group.size]]
+    tiles = iter(_all_gather_tiles(mine, len(work), group, vae.dtype, z.device))
+
+    decoded = []  # per temporal tile: [B, 3, f, H, W]
+    for t, starts in temporal_tiles:
+        clip_shape = z[:, :, t:t + tile_t].shape
+        decoded.append(next(tiles) if starts is None else _hunyuan_blend_spatial(vae, [next(tiles) for _ in starts],
+                                                                                 starts, clip_shape))
+    if not temporal:
+        return decoded[0]
+    stride = vae.tile_sample_stride_num_frames
+    blend = vae.tile_sample_min_num_frames - stride
+    result = []
+    for n, tile in enumerate(decoded):  # as _temporal_tiled_decode
+        if n > 0:
+            tile = vae.blend_t(decoded[n - 1], tile[:, :, 1:], blend)
+            decoded[n] = tile
+            result.append(tile[:, :, :stride])
+        else:
+            result.append(tile[:, :, :stride + 1])
+    return torch.cat(result, dim=2)[:, :, :(z.shape[2] - 1) * t_ratio + 1]
+
+
+def _hunyuan_blend_spatial(vae, tiles: list[torch.Tensor], starts: list[tuple[int, int]], shape) -> torch.Tensor:
+    """Decoded spatial tiles of one latent clip (`shape` [B, C, f, h, w]) blended and cropped as
+    `AutoencoderKLHunyuanVideo.tiled_decode` does."""
+    ratio = vae.spatial_compression_ratio
+    cols = len({j for _, j in starts})
+    rows = [tiles[r:r + cols] for r in range(0, len(tiles), cols)]
+    blend_h = vae.tile_sample_min_height - vae.tile_sample_stride_height
+    blend_w = vae.tile_sample_min_width - vae.tile_sample_stride_width
+    result_rows = []
+    for i, row in enumerate(rows):
+        result_row = []
+        for j, tile in enumerate(row):
+            if i > 0:
+                tile = vae.blend_v(rows[i - 1][j], tile, blend_h)
+            if j > 0:
+                tile = vae.blend_h(row[j - 1], tile, blend_w)
+            row[j] = tile
+            result_row.append(tile[:, :, :, :vae.tile_sample_stride_height, :vae.tile_sample_stride_width])
+        result_rows.append(torch.cat(result_row, dim=-1))
+    return torch.cat(result_rows, dim=3)[:, :, :, :shape[3] * ratio, :shape[4] * ratio]
