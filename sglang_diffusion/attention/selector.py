@@ -9,6 +9,9 @@ the platform default, ``auto``.
   is cached on disk (``<cache_dir>/attention_autotune.json``, keyed also by the torch and
   package versions and the device's name) and logged with its timings. Approximate backends
   (``sage_attn``) are never chosen by ``auto``: name them.
+- ``fa3`` is an alias of ``fa`` (SGLang diffusion's name for it).
+- ``sliding_tile_attn`` (approximate, video DiTs only) is what ``mask_strategy_file_path`` asks
+  for: ``attention_request`` turns the flags into a name and options.
 - An unknown name is a ConfigError listing the valid ones. ``--attention-backend-config``'s
   options are validated against the chosen backend (unknown key: ConfigError).
 
@@ -33,6 +36,7 @@ import torch
 from sglang_diffusion.attention.backends.base import AttentionBackend
 from sglang_diffusion.attention.backends.fa import FlashAttentionBackend
 from sglang_diffusion.attention.backends.sage_attn import SageAttentionBackend
+from sglang_diffusion.attention.backends.sliding_tile_attn import SlidingTileAttentionBackend
 from sglang_diffusion.attention.backends.torch_sdpa import TorchSdpaBackend
 from sglang_diffusion.attention.backends.triton import TritonBackend
 from sglang_diffusion.attention.config import parse_backend_config, validate_options
@@ -41,11 +45,27 @@ from sglang_diffusion.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 BACKENDS: dict[str, type[AttentionBackend]] = {
-    cls.name: cls for cls in (FlashAttentionBackend, TorchSdpaBackend, SageAttentionBackend, TritonBackend)
+    cls.name: cls for cls in (FlashAttentionBackend, TorchSdpaBackend, SageAttentionBackend, TritonBackend,
+                              SlidingTileAttentionBackend)
 }
-VALID_NAMES = ("auto", *BACKENDS)
+ALIASES = {"fa3": "fa"}
+VALID_NAMES = ("auto", *BACKENDS, *ALIASES)
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "sglang_diffusion"
 CACHE_FILE = "attention_autotune.json"
+
+
+def attention_request(attention_backend: str, attention_backend_config: Optional[str],
+                      mask_strategy_file_path: Optional[str]) -> tuple[str, dict[str, Any] | str | None]:
+    """(backend name, its options) from the flags: ``mask_strategy_file_path`` selects
+    sliding_tile_attn (with ``auto``) and becomes its option of that name."""
+    if not mask_strategy_file_path:
+        return attention_backend, attention_backend_config
+    if attention_backend not in ("auto", SlidingTileAttentionBackend.name):
+        raise ConfigError(f"mask_strategy_file_path is the window file of sliding tile attention: use "
+                          f"--attention-backend sliding_tile_attn (or auto), not {attention_backend}")
+    options = parse_backend_config(attention_backend_config)
+    options["mask_strategy_file_path"] = mask_strategy_file_path
+    return SlidingTileAttentionBackend.name, options
 
 
 def resolve_backend_name(flag: Optional[str], component_override: Optional[str] = None) -> str:
@@ -69,6 +89,7 @@ def select_attention_backend(
     ``config``: the options (a dict, or ``--attention-backend-config``'s text)."""
     if name not in VALID_NAMES:
         raise ConfigError(f"attention_backend: unknown backend {name!r} (valid: {', '.join(VALID_NAMES)})")
+    name = ALIASES.get(name, name)
     options = parse_backend_config(config) if isinstance(config, str) or config is None else dict(config)
     for key, value in options.items():
         if not isinstance(value, (bool, int, float, str)):

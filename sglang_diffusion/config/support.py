@@ -6,6 +6,7 @@ when its capability lands.
 
 from __future__ import annotations
 
+from sglang_diffusion.config.families import FAMILIES
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import ConfigError, NotSupportedYetError
 
@@ -24,16 +25,20 @@ def parallel_options(args: ServerArgs) -> list[str]:
 
 
 def unsupported_options(args: ServerArgs) -> list[str]:
-    found = []
-    if args.mask_strategy_file_path:
-        found.append("mask_strategy_file_path (sliding-tile attention masks)")
-    return found
+    return []
+
+
+def sliding_tiles_requested(args: ServerArgs) -> bool:
+    return args.attention_backend == "sliding_tile_attn" or bool(args.mask_strategy_file_path)
 
 
 def check_supported(args: ServerArgs) -> None:
     found = unsupported_options(args)
     if found:
         raise NotSupportedYetError("not supported yet: " + "; ".join(found))
+    if sliding_tiles_requested(args) and args.sp_layout[2] > 1:
+        raise ConfigError(f"sliding tile attention with ring_degree={args.sp_layout[2]}: ring attention splits the "
+                          "keys across ranks, not by tile windows; use ulysses_degree for sequence parallelism")
 
 
 def check_pipeline_supported(args: ServerArgs, pipeline) -> None:
@@ -48,6 +53,15 @@ def check_pipeline_supported(args: ServerArgs, pipeline) -> None:
         raise ConfigError(f"vae_sp splits VAE decoding across the sequence-parallel ranks of native pipelines only, "
                           f"not on the {backend} backend: drop --vae-sp (or use --backend sglang where the model "
                           "has a native pipeline)")
+    if sliding_tiles_requested(args):
+        family = FAMILIES.get(pipeline.describe().get("family") or "")
+        if family is not None and not family.is_video:
+            raise ConfigError(f"sliding tile attention (attention_backend sliding_tile_attn / mask_strategy_file_path) "
+                              f"tiles a video's frames x height x width token grid; {family.name} is an image model: "
+                              "use another attention backend")
+        if backend != "sglang":
+            raise NotSupportedYetError(f"not supported yet: sliding tile attention on the {backend} backend (it runs in "
+                                       "the native Wan pipelines: --backend sglang)")
     if args.lora_path and getattr(pipeline, "lora", None) is None:
         raise NotSupportedYetError(f"not supported yet: lora_path on the {pipeline.describe()['backend']} backend "
                                    "(LoRA adapters run on the diffusers backend: --backend diffusers)")

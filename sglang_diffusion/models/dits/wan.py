@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang_diffusion.attention.backends.sliding_tile_attn import SlidingTileAttentionBackend
+from sglang_diffusion.attention.sliding_tile import SlidingTiles, TiledForward
 from sglang_diffusion.errors import ModelLoadError
 from sglang_diffusion.layers.adanorm import AdaNorm
 from sglang_diffusion.layers.attention import Attention, keys_with_bias, masked_keys, query_for_key_bias
@@ -342,6 +344,9 @@ class WanTransformer3DModel(nn.Module):
     # proj_out each rank's tokens go back in place (the loop gathers latents once, at the end).
     sp_plan = {"blocks.0": {"x": 1, "mod": 1}, "rope": {"cos": 0, "sin": 0}, "norm_out": {"temb": 1},
                "proj_out": {"place": 1}}
+    # Sliding tile attention (--attention-backend sliding_tile_attn): tokens per tile, FastVideo's
+    # for Wan; the backend's tile_size option overrides it.
+    sliding_tile_size = (6, 8, 8)
 
     def __init__(self, config: WanConfig):
         super().__init__()
@@ -360,6 +365,7 @@ class WanTransformer3DModel(nn.Module):
         out_channels = config.out_channels or config.in_channels
         self.proj_out = nn.Linear(dim, out_channels * math.prod(config.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.sliding_tiles: SlidingTiles | None = None  # set by set_attention_backend(sliding_tile_attn)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -373,6 +379,10 @@ class WanTransformer3DModel(nn.Module):
         for module in self.modules():
             if isinstance(module, Attention):
                 module.set_backend(backend)
+        self.sliding_tiles = None
+        if isinstance(backend, SlidingTileAttentionBackend):  # self-attention runs tiled (see _embed)
+            self.sliding_tiles = SlidingTiles(backend, self.config.num_layers, self.config.num_attention_heads,
+                                              backend.tile_size or self.sliding_tile_size)
 
     @torch.no_grad()
     def encode_context(self, encoder_hidden_states: torch.Tensor,
@@ -406,10 +416,11 @@ class WanTransformer3DModel(nn.Module):
         `runner`: how the block loop runs (step caching, see `models.dits.blocks`); None: every block."""
         if context is None:
             context = self.encode_context(encoder_hidden_states, encoder_hidden_states_image)
-        x, temb, mod, cos, sin = self._embed(hidden_states, timestep, seq)
-        blocks = [_bound(block, kv, mod, cos, sin, seq) for block, kv in zip(self.blocks[:num_blocks], context.kv)]
+        x, temb, mod, cos, sin, tiling = self._embed(hidden_states, timestep, seq)
+        seqs = self._self_attention_sequences(tiling, seq)
+        blocks = [_bound(block, kv, mod, cos, sin, s) for block, kv, s in zip(self.blocks[:num_blocks], context.kv, seqs)]
         (x,) = run_blocks(blocks, (x,), runner, signal=lambda: mod)
-        return self._head(x, temb, hidden_states.shape, seq)
+        return self._head(x, temb, hidden_states.shape, seq, tiling)
 
     def forward_branches(self, hidden_states: torch.Tensor, timestep: torch.Tensor, contexts: list[WanContext],
                          joined: WanContext | None = None, seq=None, num_blocks: int | None = None,
@@ -423,13 +434,14 @@ class WanTransformer3DModel(nn.Module):
         its cross-attention on, the branches run one after the other, or, given `joined`
         (`WanContext.cat(contexts)`), as one batch. `runners`: one `BlockRunner` per context, or
         one for the joined batch; None: every block."""
-        x, temb, mod, cos, sin = self._embed(hidden_states, timestep, seq)
+        x, temb, mod, cos, sin, tiling = self._embed(hidden_states, timestep, seq)
         first, *rest = self.blocks[:num_blocks]
+        seqs = self._self_attention_sequences(tiling, seq)
         shared: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def self_attention() -> tuple[torch.Tensor, torch.Tensor]:
             if not shared:
-                shared.append(first.self_attention(x, mod, cos, sin, seq))
+                shared.append(first.self_attention(x, mod, cos, sin, seqs[0]))
             return shared[0]
 
         n = len(contexts)
@@ -439,14 +451,16 @@ class WanTransformer3DModel(nn.Module):
 
             xn, temb_n, mod_n = (torch.cat([a] * n) for a in (x, temb, mod))
             out = self._branch(first, rest, joined_self_attention, xn, joined, temb_n, mod_n, cos, sin, seq,
-                               (n * hidden_states.shape[0], *hidden_states.shape[1:]), runners[0] if runners else None)
+                               (n * hidden_states.shape[0], *hidden_states.shape[1:]), runners[0] if runners else None,
+                               seqs, tiling)
             return list(out.chunk(n))
         runners = runners or [None] * n
-        return [self._branch(first, rest, self_attention, x, c, temb, mod, cos, sin, seq, hidden_states.shape, r)
+        return [self._branch(first, rest, self_attention, x, c, temb, mod, cos, sin, seq, hidden_states.shape, r,
+                             seqs, tiling)
                 for c, r in zip(contexts, runners)]
 
     def _branch(self, first, rest, self_attention, x, context: WanContext, temb, mod, cos, sin, seq, shape,
-                runner: BlockRunner | None) -> torch.Tensor:
+                runner: BlockRunner | None, seqs: list, tiling: TiledForward | None) -> torch.Tensor:
         """One guidance branch from the embedded latents `x` [B, S, D]. Its first block's input
         is always `x`, so that block continues from `self_attention()` (x's, shared)."""
 
@@ -454,28 +468,47 @@ class WanTransformer3DModel(nn.Module):
             x_attn, h = self_attention()
             return (first.cross_attention_and_ffn(x_attn, h, context.kv[0], mod),)
 
-        blocks = [first_block, *(_bound(b, kv, mod, cos, sin, seq) for b, kv in zip(rest, context.kv[1:]))]
+        blocks = [first_block, *(_bound(b, kv, mod, cos, sin, s) for b, kv, s in zip(rest, context.kv[1:], seqs[1:]))]
         (x,) = run_blocks(blocks, (x,), runner, signal=lambda: mod)
-        return self._head(x, temb, shape, seq)
+        return self._head(x, temb, shape, seq, tiling)
+
+    def _self_attention_sequences(self, tiling: TiledForward | None, seq) -> list:
+        """Per block, what its self-attention spans: the SP shard (or None), or under sliding
+        tile attention that layer's tiled attention (wrapping the shard)."""
+        if tiling is None:
+            return [seq] * len(self.blocks)
+        return [tiling.layer(i, seq) for i in range(len(self.blocks))]
 
     def _embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, seq):
-        """Patches, timestep embeddings and RoPE tables -> (x [B, S, D], temb, mod, cos, sin),
-        this rank's tokens only under sequence parallelism."""
+        """Patches, timestep embeddings and RoPE tables -> (x [B, S, D], temb, mod, cos, sin,
+        tiling), this rank's tokens only under sequence parallelism. Under sliding tile
+        attention (`tiling`, None otherwise or at a full-attention step) every per-token tensor
+        is in tiled order, reordered here once for all blocks; `_head` restores the order."""
         _, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
-        cos, sin = self.rope((frames // p_t, height // p_h, width // p_w), hidden_states.device)  # [S, D/2] each
+        grid = (frames // p_t, height // p_h, width // p_w)
+        cos, sin = self.rope(grid, hidden_states.device)  # [S, D/2] each
 
         x = self.patch_embedding(hidden_states.to(self.dtype))  # [B, D, F', H', W']
         x = x.flatten(2).transpose(1, 2).contiguous()  # [B, S, D]
         temb, mod = self.condition_embedder.time(timestep, x.dtype)  # [B(, S), D], [B(, S), 6, D]
+        tiling = self.sliding_tiles.plan(grid, timestep) if self.sliding_tiles is not None else None
+        if tiling is not None:  # tokens (and their RoPE rows, per-token timesteps) tile by tile
+            layout = tiling.layout
+            x, cos, sin = layout.reorder(x, 1), layout.reorder(cos, 0), layout.reorder(sin, 0)
+            if temb.dim() == 3:
+                temb, mod = layout.reorder(temb, 1), layout.reorder(mod, 1)
         if seq is not None:  # this rank's tokens (`sp_plan`): [B, S, ...] -> [B, s, ...]
             x, cos, sin = seq.split(x, 1), seq.split(cos, 0), seq.split(sin, 0)
             if temb.dim() == 3:
                 temb, mod = seq.split(temb, 1), seq.split(mod, 1)
-        return x, temb, mod, cos, sin
+        return x, temb, mod, cos, sin, tiling
 
-    def _head(self, x: torch.Tensor, temb: torch.Tensor, shape: torch.Size | tuple, seq) -> torch.Tensor:
-        """5. Output norm, projection & unpatchify -> [B, C_out, F', H', W'] (`shape`: the latents')."""
+    def _head(self, x: torch.Tensor, temb: torch.Tensor, shape: torch.Size | tuple, seq,
+              tiling: TiledForward | None = None) -> torch.Tensor:
+        """5. Output norm, projection & unpatchify -> [B, C_out, F', H', W'] (`shape`: the latents').
+        Tiled tokens go back to row-major order; under SP they are gathered first (a rank's tiled
+        tokens are not a row-major range), so then the prediction is right at every token."""
         b, _, frames, height, width = shape
         p_t, p_h, p_w = self.config.patch_size
         grid = (frames // p_t, height // p_h, width // p_w)
@@ -484,8 +517,10 @@ class WanTransformer3DModel(nn.Module):
         if temb.dim() == 3:
             shift, scale = shift.squeeze(-2), scale.squeeze(-2)
         x = self.proj_out(self.norm_out(x, scale, shift))  # [B, S, C_out * p_t * p_h * p_w]
-        if seq is not None:
-            x = seq.place(x, 1)  # [B, s, ...] -> [B, S, ...], zeros at other ranks' tokens
+        if seq is not None:  # [B, s, ...] -> [B, S, ...]
+            x = seq.gather(x, 1) if tiling is not None else seq.place(x, 1)  # place: zeros at other ranks' tokens
+        if tiling is not None:
+            x = tiling.layout.restore(x, 1)
         x = x.reshape(b, *grid, p_t, p_h, p_w, -1)  # [B, F', H', W', p_t, p_h, p_w, C_out]
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C_out, F', p_t, H', p_h, W', p_w]
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
