@@ -42,6 +42,16 @@ def backend_for_ring(backend, requested: str, select: Callable[[str], object]):
     return chosen
 
 
+def _with_lse(backend, scale: float | None = None):
+    """One block's attention with its log-sum-exp, which ring attention merges by."""
+    def block_attn(q, k, v):
+        out, lse = backend.forward(q, k, v, scale)
+        if lse is None:
+            raise RuntimeError(f"ring attention needs the log-sum-exp; backend {backend.name} returns none")
+        return out, lse
+    return block_attn
+
+
 @dataclass(frozen=True)
 class SequenceShard:
     num_tokens: int  # S, the real tokens of the whole sequence
@@ -138,14 +148,8 @@ class SequenceShard:
             def attn(qh, kh, vh):
                 return backend.forward(qh, kh[:, :valid[0]], vh[:, :valid[0]], scale)[0]
         else:
-            def block_attn(qb, kb, vb):
-                out, lse = backend.forward(qb, kb, vb, scale)
-                if lse is None:
-                    raise RuntimeError(f"ring attention needs the log-sum-exp; backend {backend.name} returns none")
-                return out, lse
-
             def attn(qh, kh, vh):
-                return ring_attention(qh, kh, vh, block_attn, g.ring, valid)[0]
+                return ring_attention(qh, kh, vh, _with_lse(backend, scale), g.ring, valid)[0]
 
         return ulysses_attention(q, k, v, attn, g.ulysses)
 
@@ -173,12 +177,7 @@ class SequenceShard:
             out = backend.forward(queries, torch.cat([k[:, :valid[0]], text_k], dim=1),
                                   torch.cat([v[:, :valid[0]], text_v], dim=1), None)[0]
         else:
-            def block_attn(qb, kb, vb):
-                out, lse = backend.forward(qb, kb, vb, None)
-                if lse is None:
-                    raise RuntimeError(f"ring attention needs the log-sum-exp; backend {backend.name} returns none")
-                return out, lse
-
+            block_attn = _with_lse(backend)
             out, lse = ring_attention(queries, k, v, block_attn, g.ring, valid)
             out = merge_partials(out, lse, *block_attn(queries, text_k, text_v))[0].to(q.dtype)
         video, text = out[:, :-length], out[:, -length:]

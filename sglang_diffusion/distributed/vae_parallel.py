@@ -83,19 +83,8 @@ def _tiled_decode(vae, z: torch.Tensor, group: RankGroup) -> torch.Tensor:
     stride_h, stride_w = vae.tile_sample_stride_height // patch, vae.tile_sample_stride_width // patch
     blend_h = vae.tile_sample_min_height // patch - stride_h
     blend_w = vae.tile_sample_min_width // patch - stride_w
-    cols = len(range(0, width, step_w))
-    rows = [tiles[r:r + cols] for r in range(0, len(tiles), cols)]
-    result_rows = []
-    for i, row in enumerate(rows):
-        result_row = []
-        for j, tile in enumerate(row):
-            if i > 0:
-                tile = vae.blend_v(rows[i - 1][j], tile, blend_h)
-            if j > 0:
-                tile = vae.blend_h(row[j - 1], tile, blend_w)
-            result_row.append(tile[:, :, :, :stride_h, :stride_w])
-        result_rows.append(torch.cat(result_row, dim=-1))
-    dec = torch.cat(result_rows, dim=3)[:, :, :, :height * ratio // patch, :width * ratio // patch]
+    dec = _blend_tiles(vae, tiles, len(range(0, width, step_w)), (blend_h, blend_w), (stride_h, stride_w))
+    dec = dec[:, :, :, :height * ratio // patch, :width * ratio // patch]
     if vae.config.patch_size is not None:
         dec = unpatchify(dec, patch_size=vae.config.patch_size)
     return torch.clamp(dec, min=-1.0, max=1.0)
@@ -188,19 +177,26 @@ def _hunyuan_blend_spatial(vae, tiles: list[torch.Tensor], starts: list[tuple[in
     """Decoded spatial tiles of one latent clip (`shape` [B, C, f, h, w]) blended and cropped as
     `AutoencoderKLHunyuanVideo.tiled_decode` does."""
     ratio = vae.spatial_compression_ratio
-    cols = len({j for _, j in starts})
+    stride = (vae.tile_sample_stride_height, vae.tile_sample_stride_width)
+    blend = (vae.tile_sample_min_height - stride[0], vae.tile_sample_min_width - stride[1])
+    dec = _blend_tiles(vae, tiles, len({j for _, j in starts}), blend, stride)
+    return dec[:, :, :, :shape[3] * ratio, :shape[4] * ratio]
+
+
+def _blend_tiles(vae, tiles: list[torch.Tensor], cols: int, blend: tuple[int, int], stride: tuple[int, int]
+                 ) -> torch.Tensor:
+    """Decoded tiles in row-major order, `cols` per row -> one frame stack, each tile blended into
+    its upper and left neighbours over `blend` (height, width) pixels and cut to `stride`, as the
+    VAEs' tiled_decode do (blend_v / blend_h write into their second tile)."""
     rows = [tiles[r:r + cols] for r in range(0, len(tiles), cols)]
-    blend_h = vae.tile_sample_min_height - vae.tile_sample_stride_height
-    blend_w = vae.tile_sample_min_width - vae.tile_sample_stride_width
     result_rows = []
     for i, row in enumerate(rows):
         result_row = []
         for j, tile in enumerate(row):
             if i > 0:
-                tile = vae.blend_v(rows[i - 1][j], tile, blend_h)
+                tile = vae.blend_v(rows[i - 1][j], tile, blend[0])
             if j > 0:
-                tile = vae.blend_h(row[j - 1], tile, blend_w)
-            row[j] = tile
-            result_row.append(tile[:, :, :, :vae.tile_sample_stride_height, :vae.tile_sample_stride_width])
+                tile = vae.blend_h(row[j - 1], tile, blend[1])
+            result_row.append(tile[:, :, :, :stride[0], :stride[1]])
         result_rows.append(torch.cat(result_row, dim=-1))
-    return torch.cat(result_rows, dim=3)[:, :, :, :shape[3] * ratio, :shape[4] * ratio]
+    return torch.cat(result_rows, dim=3)
