@@ -2,14 +2,18 @@
 
 The Engine starts (model loaded) before the port opens, so the first answer of /health is
 already "ok". Sampling parameters given here (--num-inference-steps, --output-path, ...) are
-the defaults of every request. Ctrl-C or SIGTERM drains: no new work is taken, queued image
-requests and the work in flight finish, queued video jobs are marked interrupted, then the
-Engine and its rank processes stop. A second Ctrl-C stops the work in flight at its next step.
+the defaults of every request. The output path is locked first: a second server on it refuses
+to start. Ctrl-C or SIGTERM drains while the port stays open: new work gets 503 with
+Retry-After and /health says shutting_down, queued image requests and the work in flight
+finish, queued video jobs are marked interrupted; then the server closes, and the Engine and its
+rank processes stop. A second Ctrl-C or SIGTERM stops the work in flight at its next step.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from pathlib import Path
 from typing import Sequence
 
 from sglang_diffusion.cli.args import build_parser, parse
@@ -36,24 +40,41 @@ def run(argv: Sequence[str]) -> int:
 
     from sglang_diffusion.runtime.engine import Engine
     from sglang_diffusion.server.app import create_app
-    from sglang_diffusion.server.state import build_state
+    from sglang_diffusion.server.jobs import OwnerLock
+    from sglang_diffusion.server.state import build_state, resolve_api_key
     from sglang_diffusion.storage.s3 import S3Storage
 
-    s3 = S3Storage(server_args) if server_args.cloud_storage_type == "s3" else None  # before the model loads
-    engine = Engine(server_args).start()
+    # before the model loads: the storage, the key and the output path's lock
+    s3 = S3Storage(server_args) if server_args.cloud_storage_type == "s3" else None
+    resolve_api_key(server_args)
+    lock = OwnerLock(Path(defaults.output_path).expanduser())
+    try:
+        engine = Engine(server_args).start()
+    except BaseException:
+        lock.release()
+        raise
     if engine.follower:  # its ranks served the rank 0 of another machine (or torchrun rank) until it stopped
+        lock.release()
         return 0
     try:
-        state = build_state(server_args, defaults, engine, s3)
+        state = build_state(server_args, defaults, engine, s3, lock)
     except BaseException:
         engine.shutdown()
+        lock.release()
         raise
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
+            """First signal: drain with the port open, then exit; a second: stop the work in flight too."""
             if state.queue.draining.is_set():
                 state.cancel_running()
+                return super().handle_exit(sig, frame)
             state.queue.draining.set()
+            logger.info("shutting down: draining the work in flight (a second Ctrl-C stops it)")
+            threading.Thread(target=self._drain_then_exit, args=(sig, frame), name="drain", daemon=True).start()
+
+        def _drain_then_exit(self, sig, frame) -> None:
+            state.drain()
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(create_app(state), host=server_args.host, port=server_args.port,

@@ -144,16 +144,30 @@ class ServerArgs:
     # Server
     host: str = option("127.0.0.1", "Address the HTTP server listens on (serve only).")
     port: int = option(DEFAULT_PORT, "Port the HTTP server listens on (serve only).")
-    api_key: str | None = option(None, "Require `Authorization: Bearer API_KEY` on every /v1 route (serve only).",
-                                 secret=True)
+    api_key: str | None = option(None, "Require `Authorization: Bearer API_KEY` on every /v1 route and the API "
+                                 "docs (serve only). Default from SGLANG_API_KEY (not visible in ps).", secret=True,
+                                 default_factory=_env("SGLANG_API_KEY"))
+    api_key_file: str | None = option(None, "Read the API key from this file (its first line) instead "
+                                      "(serve only).", metavar="PATH")
+    served_model_name: list = option(None, "Name(s) the server lists in /v1/models and echoes in answers "
+                                     "(default: model_path); requests may name any model (serve only).",
+                                     default_factory=list, metavar="NAME")
     max_queue_size: int = option(16, "Requests waiting for the engine past which the server answers 429 "
                                  "with Retry-After (serve only).")
     max_upload_mb: int = option(20, "Largest request body (uploaded images included), in MiB (serve only).")
     max_resolution: int = option(4096, "Largest width or height a request may ask for, in pixels (serve only).")
     max_num_frames: int = option(1024, "Most video frames a request may ask for (serve only).")
     max_inference_steps: int = option(1000, "Most denoising steps a request may ask for (serve only).")
-    lora_dirs: list = option(None, "Directories the LoRA routes may load adapters from; any other path, and "
-                             "any Hugging Face id, is refused. Empty: any path or id (serve only).",
+    max_upload_pixels: int = option(4096 * 4096, "Largest uploaded image, in pixels (width x height, read from "
+                                    "its header before it is decoded) (serve only).")
+    max_prompt_chars: int = option(8192, "Longest prompt and negative prompt, in characters (serve only).")
+    max_prompt_tokens: int = option(1024, "Longest prompt and negative prompt, in tokens of the model's "
+                                    "longest-reaching tokenizer (serve only).")
+    output_ttl_s: int | None = option(None, "Seconds a finished video job and served files are kept, then "
+                                      "deleted (jobs listed as expired); 0: forever. Default: 86400 for local "
+                                      "storage, 0 with cloud storage (serve only).")
+    lora_dirs: list = option(None, "Directories the LoRA routes may load adapters from. Any other local path "
+                             "is refused; Hugging Face ids are allowed (serve only).",
                              default_factory=list, metavar="DIR")
     # Output storage (serve only); defaults from the SGLANG_CLOUD_STORAGE_TYPE / SGLANG_S3_* variables
     cloud_storage_type: str = option("local", "Where served outputs go: local (the output path) or s3 "
@@ -176,6 +190,10 @@ class ServerArgs:
     s3_presigned_urls: bool = option(False, "Answer with presigned URLs (for a private bucket) instead of "
                                      "the objects' public URLs.")
     s3_url_expiry_s: int = option(3600, "Lifetime of a presigned URL, in seconds.")
+    s3_connect_timeout_s: float = option(5.0, "Seconds to wait for a connection to the S3 endpoint.")
+    s3_read_timeout_s: float = option(10.0, "Seconds to wait for each answer of the S3 endpoint.")
+    s3_max_attempts: int = option(2, "Tries of each S3 call (1: no retry). An image answered by url waits at "
+                                  "most s3_max_attempts x (connect + read timeout), then answers the local URL.")
     # Logging
     log_level: str = option("info", "Log level.", choices=("debug", "info", "warning", "error"))
 
@@ -216,9 +234,16 @@ def validate_server_args(args: ServerArgs) -> None:
     if not 0 < args.port < 65536:
         raise ConfigError(f"port must be between 1 and 65535, got {args.port}")
     for name in ("max_queue_size", "max_upload_mb", "max_resolution", "max_num_frames", "max_inference_steps",
-                 "s3_url_expiry_s"):
+                 "max_upload_pixels", "max_prompt_chars", "max_prompt_tokens", "s3_url_expiry_s", "s3_max_attempts"):
         if getattr(args, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("s3_connect_timeout_s", "s3_read_timeout_s"):
+        if not 0 < getattr(args, name) <= 600:
+            raise ConfigError(f"{name} must be over 0 and at most 600 seconds, got {getattr(args, name)}")
+    if args.output_ttl_s is not None and args.output_ttl_s < 0:
+        raise ConfigError(f"output_ttl_s must be 0 (keep forever) or more, got {args.output_ttl_s}")
+    if args.api_key and args.api_key_file:
+        raise ConfigError("give api_key (or SGLANG_API_KEY) or api_key_file, not both")
     if args.cloud_storage_type not in CLOUD_STORAGE_TYPES:
         raise ConfigError(f"cloud_storage_type (or SGLANG_CLOUD_STORAGE_TYPE): {args.cloud_storage_type!r} is "
                           f"not one of {', '.join(CLOUD_STORAGE_TYPES)}")

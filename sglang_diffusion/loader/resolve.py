@@ -52,7 +52,7 @@ def read_model_index(folder: Path) -> ModelIndex:
     return ModelIndex(folder, class_name, components, extras)
 
 
-def _is_repo_id(name: str) -> bool:
+def is_repo_id(name: str) -> bool:
     return bool(_REPO_ID.match(name)) and not name.startswith((".", "~"))
 
 
@@ -65,7 +65,7 @@ def resolve_model_path(model_path: str, revision: str | None = None) -> Path:
         read_model_index(local)  # fails clearly if it is not a diffusers folder
         return local
     tried = [f"a local folder ({local} does not exist)"]
-    if _is_repo_id(model_path):
+    if is_repo_id(model_path):
         from diffusers import DiffusionPipeline
 
         try:
@@ -89,7 +89,7 @@ def resolve_component_path(component: str, path: str) -> Path:
                                  "give a complete component folder (config.json + safetensors)")
         return local
     tried = [f"a local folder ({local} does not exist)"]
-    if _is_repo_id(path):
+    if is_repo_id(path):
         from huggingface_hub import snapshot_download
 
         try:

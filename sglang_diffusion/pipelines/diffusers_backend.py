@@ -190,7 +190,7 @@ class DiffusersBackendPipeline:
     # -- generation ------------------------------------------------------------------------
     def describe(self) -> dict:
         return {"pipeline": type(self.pipe).__name__, "backend": self.backend,
-                "family": self.family.name if self.family else None,
+                "family": self.family.name if self.family else None, "image_input": "image" in self._call_params,
                 "attention_backend": self._attention_backend or "diffusers default",
                 "cache_dit": self._cache_dit.describe() if self._cache_dit else None}
 

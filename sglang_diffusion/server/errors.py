@@ -1,10 +1,12 @@
 """OpenAI-style error bodies, `{"error": {"message", "type", "param", "code"}}`, for every failure.
 
 Status codes: 400 a malformed request (missing or mistyped field, value out of range, size not
-"WxH"); 401 a missing or wrong API key; 404 an unknown route, job or model; 413 a body or upload
-over the limit; 422 a well-formed request this model cannot serve (an image for a text-only
-model, a size it does not allow); 429 the queue is full (with Retry-After); 503 shutting down.
-A bug answers 500 with no internals in the body; the traceback goes to the log.
+"WxH", a float that is not finite); 401 a missing or wrong API key; 403 a LoRA path outside the
+allowed directories; 404 an unknown route or job; 409 a video not finished yet; 413 a body or
+upload over the limit; 422 a well-formed request this model cannot serve (an image for a
+text-only model, a size it does not allow); 429 the queue is full (with Retry-After); 503
+shutting down (with Retry-After). A bug answers 500 with no internals in the body; the traceback
+goes to the log.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sglang_diffusion.errors import ConfigError, InvalidRequestError, ModelLoadError
@@ -21,6 +24,30 @@ from sglang_diffusion.errors import ConfigError, InvalidRequestError, ModelLoadE
 logger = logging.getLogger(__name__)
 
 INVALID_REQUEST = "invalid_request_error"
+_DESCRIPTIONS = {400: "Malformed request", 401: "Missing or wrong API key", 403: "Path not allowed",
+                 404: "Not found", 409: "Not ready", 413: "Body or upload too large",
+                 422: "Not servable by this model", 429: "Queue full (see Retry-After)",
+                 503: "Shutting down (see Retry-After)"}
+# What any route can answer: a bad body or query, the body limit, the drain gate.
+COMMON_STATUSES = (400, 413, 503)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict:
+    """`responses=` for a route: the error statuses it can answer besides COMMON_STATUSES, each with
+    the error body (401 is added to every route behind the API key when the server has one)."""
+    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+            for status in sorted({*COMMON_STATUSES, *statuses})}
 
 
 class APIError(Exception):
@@ -39,7 +66,9 @@ def error_response(status: int, message: str, *, type: str = INVALID_REQUEST, pa
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form")]
+    # field names and list indices; not the tags pydantic adds for union members ("constrained-float")
+    loc = [str(p) for p in first.get("loc", ())
+           if p not in ("body", "query", "path", "form") and (isinstance(p, int) or str(p).isidentifier())]
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
@@ -61,7 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
         return error_response(exc.status_code, str(exc.detail), code=code, headers=exc.headers)
 
     @app.exception_handler(ConfigError)

@@ -1,5 +1,8 @@
-"""Images in and out of the HTTP API: encoding outputs, and checking uploads (size, that they
-are images at all) before they reach the engine."""
+"""Images in and out of the HTTP API: encoding outputs, and checking uploads before they reach
+the engine. An upload's bytes are bounded by max_upload_mb, its pixels by max_upload_pixels as
+its header declares them, before anything is decoded: a small PNG can declare 12000x12000
+pixels, half a GiB once decoded. Decoding runs off the event loop (`asyncio.to_thread`).
+"""
 
 from __future__ import annotations
 
@@ -26,20 +29,28 @@ def _too_large(param: str, limit_bytes: int) -> APIError:
                     param=param, code="upload_too_large")
 
 
-def decode_image(data: bytes, param: str, limit_bytes: int) -> Image.Image:
-    """Bytes a client sent -> an RGB image, or a 400/413 naming the field."""
+def _unreadable(param: str) -> APIError:
+    return APIError(400, f"{param}: not a readable image (PNG, JPEG, WebP, ...)", param=param, code="invalid_image")
+
+
+def decode_image(data: bytes, param: str, limit_bytes: int, limit_pixels: int) -> Image.Image:
+    """Bytes a client sent -> an RGB image, or a 400/413 naming the field. Blocking: call it
+    through `asyncio.to_thread`."""
     if len(data) > limit_bytes:
         raise _too_large(param, limit_bytes)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            width, height = im.size
+            if width * height > limit_pixels:
+                raise APIError(413, f"{param}: {width}x{height} is over the limit of {limit_pixels} pixels "
+                               "(max_upload_pixels)", param=param, code="image_too_large")
+            im.load()  # the first frame only, of an animated image
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError):
-        raise APIError(400, f"{param}: not a readable image (PNG, JPEG, WebP, ...)", param=param,
-                       code="invalid_image") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError, SyntaxError):
+        raise _unreadable(param) from None
 
 
-def decode_data_url(url: str, param: str, limit_bytes: int) -> Image.Image:
+def decode_data_url(url: str, param: str, limit_bytes: int, limit_pixels: int) -> Image.Image:
     """`data:image/...;base64,...` -> an image. Remote URLs are refused: the server fetches nothing."""
     head, sep, payload = url.partition(",")
     if not (head.startswith("data:") and head.endswith(";base64") and sep):
@@ -51,4 +62,4 @@ def decode_data_url(url: str, param: str, limit_bytes: int) -> Image.Image:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise APIError(400, f"{param}: the data: URL is not valid base64", param=param, code="invalid_image") from None
-    return decode_image(data, param, limit_bytes)
+    return decode_image(data, param, limit_bytes, limit_pixels)

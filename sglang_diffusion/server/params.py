@@ -1,11 +1,14 @@
 """From a request body to `SamplingParams`: the server's defaults (sampling flags given to
-`sglang serve`), then what the request sets; sizes, steps and frames checked against the
-server's limits and the model."""
+`sglang serve`), then what the request sets; sizes, steps, frames and prompts checked against
+the server's limits and the model."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
+from pathlib import Path
+from typing import Callable
 
 from sglang_diffusion.config.families import GENERIC_VIDEO_FPS, Family
 from sglang_diffusion.config.sampling_params import SamplingParams
@@ -18,16 +21,50 @@ from sglang_diffusion.server.schemas import GenerationOptions, VideoCreateReques
 # that are multiples of 16 come out exactly as asked (others would be silently rounded).
 SIZE_MULTIPLE = 16
 _SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*$")
+logger = logging.getLogger(__name__)
+
+
+def token_counter(model_folder: Path) -> Callable[[str], int] | None:
+    """Tokens of a prompt for the model's tokenizer that takes the most (the main text encoder's, not
+    CLIP's 77), or None when the folder has no tokenizer that loads."""
+    from transformers import AutoTokenizer
+
+    best, reach = None, -1
+    for folder in sorted(model_folder.glob("tokenizer*")):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except Exception as e:  # a tokenizer this transformers cannot read: only the character bound applies
+            logger.warning("prompt token bound: cannot load %s (%s: %s)", folder.name, type(e).__name__, e)
+            continue
+        if tokenizer.model_max_length > reach:
+            best, reach = tokenizer, tokenizer.model_max_length
+    if best is None:
+        return None
+    return lambda text: len(best(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 class ParamsBuilder:
-    def __init__(self, args: ServerArgs, defaults: SamplingParams, family: Family | None, model_id: str):
+    def __init__(self, args: ServerArgs, defaults: SamplingParams, family: Family | None, model_id: str,
+                 count_tokens: Callable[[str], int] | None = None):
         self.args, self.defaults, self.family, self.model_id = args, defaults, family, model_id
+        self.served_names = list(args.served_model_name) or [model_id]
+        self.count_tokens = count_tokens
 
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model not in (self.model_id, self.model_id.rstrip("/").rsplit("/", 1)[-1]):
-            raise APIError(404, f"model {model!r} is not served here; this server serves {self.model_id!r}",
-                           param="model", code="model_not_found")
+    def served_name(self, model: str | None) -> str:
+        """The name answers echo: the one asked for if it is served, else the first served name
+        (any name is accepted: this server has one model)."""
+        return model if model in self.served_names else self.served_names[0]
+
+    def check_prompt(self, text: str | None, param: str) -> None:
+        if text is None:
+            return
+        if len(text) > self.args.max_prompt_chars:
+            raise APIError(400, f"{param} is {len(text)} characters, over the server's limit of "
+                           f"{self.args.max_prompt_chars} (max_prompt_chars)", param=param, code="prompt_too_long")
+        tokens = self.count_tokens(text) if self.count_tokens is not None else 0
+        if tokens > self.args.max_prompt_tokens:
+            raise APIError(400, f"{param} is {tokens} tokens, over the server's limit of "
+                           f"{self.args.max_prompt_tokens} (max_prompt_tokens)", param=param, code="prompt_too_long")
 
     def default(self, name: str):
         """A request field's value when the request leaves it out: the server's, else the family's."""
@@ -60,7 +97,8 @@ class ParamsBuilder:
     def sampling(self, req: GenerationOptions, **server_set) -> SamplingParams:
         """The request's parameters over the server's defaults; `server_set` are the fields the
         server itself decides (output handling, inputs)."""
-        self.check_model(req.model)
+        self.check_prompt(req.prompt, "prompt")
+        self.check_prompt(req.negative_prompt, "negative_prompt")
         steps = req.num_inference_steps
         if steps is not None and steps > self.args.max_inference_steps:
             raise APIError(400, f"num_inference_steps {steps} is over the server's limit of "

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from sglang_diffusion.runtime.result import GenerationResult
-from sglang_diffusion.server.errors import APIError
+from sglang_diffusion.server.errors import APIError, error_responses
 from sglang_diffusion.server.forms import openapi_body, read_body
 from sglang_diffusion.server.media import decode_image, encode_image
 from sglang_diffusion.server.outputs import IMAGE_FORMATS, new_id
@@ -19,6 +20,7 @@ from sglang_diffusion.server.schemas import ImageEditRequest, ImageGenerationReq
 from sglang_diffusion.server.state import ServerState
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
+_GENERATION_ERRORS = error_responses(404, 422, 429)
 
 
 def check_makes_images(state: ServerState) -> None:
@@ -33,11 +35,18 @@ def _check_options(body: ImageOptions) -> None:
 
 
 async def _store(state: ServerState, request: Request, content: bytes, output_format: str) -> str:
-    """Write one image under images/ (and to the bucket, with cloud storage on); its URL."""
+    """Write one image under images/ (and to the bucket, with cloud storage on); its URL. The
+    upload is awaited at most the storage's bounded time, then the local URL answers."""
     image_id = new_id("img")
     path = state.outputs.images / f"{image_id}.{IMAGE_FORMATS[output_format]}"
     await asyncio.to_thread(path.write_bytes, content)
-    key = await asyncio.wrap_future(state.outputs.publish(path, f"images/{path.name}"))
+    publication = state.outputs.publish(path, f"images/{path.name}")
+    if not publication.future.done():
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(publication.future)), state.outputs.wait_s)
+        except asyncio.TimeoutError:
+            publication.keep_local(f"the upload of {path.name} took over {state.outputs.wait_s:g} s")
+    key = publication.future.result()
     if key is not None:
         return state.outputs.object_url(key)
     return str(request.url_for("image_content", image_id=image_id))
@@ -54,21 +63,31 @@ async def _respond(state: ServerState, request: Request, result: GenerationResul
             data.append({"b64_json": base64.b64encode(content).decode("ascii")})
         else:
             data.append({"url": await _store(state, request, content, body.output_format)})
-    return {"created": int(time.time()), "data": data, "output_format": body.output_format,
-            "size": f"{result.width}x{result.height}", "seed": result.seed}
+    return {"created": int(time.time()), "data": data, "model": state.params.served_name(body.model),
+            "output_format": body.output_format, "size": f"{result.width}x{result.height}", "seed": result.seed}
 
 
-@router.post("/generations", summary="Create images from a prompt")
-async def create_images(body: ImageGenerationRequest, request: Request) -> dict:
+@router.post("/generations", summary="Create images from a prompt", responses=_GENERATION_ERRORS,
+             openapi_extra=openapi_body(ImageGenerationRequest, allow_form=False))
+async def create_images(request: Request) -> dict:
     state: ServerState = request.app.state.server
+    body, _ = await read_body(request, ImageGenerationRequest, allow_form=False)
     _check_options(body)
     check_makes_images(state)
     params = state.params.sampling(body, num_outputs_per_prompt=body.n, return_frames=True, save_output=False)
-    result = await state.generate(params)
-    return await _respond(state, request, result, body)
+    async with state.answering():
+        result = await state.generate(params, request)
+        return await _respond(state, request, result, body)
 
 
-@router.post("/edits", summary="Edit images: multipart image (or several) + prompt, optional mask",
+async def _decode_all(state: ServerState, uploads: list, param: str) -> list:
+    """Each upload of a field as an image, decoded one at a time off the event loop."""
+    limit, pixels = state.args.max_upload_mb * 2**20, state.args.max_upload_pixels
+    return [await asyncio.to_thread(decode_image, await f.read(), param, limit, pixels) for f in uploads]
+
+
+@router.post("/edits", summary="Edit images: multipart image (or several: repeated image, or image[]) + prompt, "
+             "optional mask", responses=_GENERATION_ERRORS,
              openapi_extra=openapi_body(ImageEditRequest, {"image": "The image(s) to edit.",
                                                            "mask": "Where to edit, for models that take a mask."},
                                         allow_json=False))
@@ -77,29 +96,35 @@ async def edit_images(request: Request) -> dict:
     body, files = await read_body(request, ImageEditRequest, allow_json=False)
     _check_options(body)
     check_makes_images(state)
-    limit = state.args.max_upload_mb * 2**20
-    images = [decode_image(await f.read(), "image", limit) for f in files.get("image", [])]
-    if not images:
+    if not files.get("image"):
         raise APIError(400, "image is required: upload the image to edit as the multipart field 'image'",
                        param="image", code="missing_image")
-    extra = dict(state.params.defaults.diffusers_kwargs)
+    if state.takes_image() is False:
+        raise APIError(422, f"{state.model_id} takes no input image: use POST /v1/images/generations",
+                       param="image", code="unsupported_by_model")
+    # everything but the images is checked before they are decoded
+    params = state.params.sampling(body, num_outputs_per_prompt=body.n, return_frames=True, save_output=False)
+    images = await _decode_all(state, files["image"], "image")
+    extra = dict(params.diffusers_kwargs)
     if len(images) > 1:
         extra["image"] = images
     if files.get("mask"):
-        extra["mask_image"] = decode_image(await files["mask"][0].read(), "mask", limit)
+        (extra["mask_image"],) = await _decode_all(state, files["mask"][:1], "mask")
     path = state.outputs.upload_path()
     await asyncio.to_thread(images[0].save, path, format="PNG")
+    del images
     try:
-        params = state.params.sampling(body, image_path=str(path), diffusers_kwargs=extra,
-                                       num_outputs_per_prompt=body.n, return_frames=True, save_output=False)
-        result = await state.generate(params)
+        params = dataclasses.replace(params, image_path=str(path), diffusers_kwargs=extra)
+        async with state.answering():
+            result = await state.generate(params, request)
+            return await _respond(state, request, result, body)
     finally:
         path.unlink(missing_ok=True)
-    return await _respond(state, request, result, body)
 
 
 @router.get("/{image_id}/content", name="image_content", summary="The file of an image answered by url",
-            response_class=FileResponse)
+            response_class=FileResponse, responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+                                                    **error_responses(404)})
 async def image_content(image_id: str, request: Request):
     state: ServerState = request.app.state.server
     path = state.outputs.image_file(image_id)

@@ -5,13 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from sglang_diffusion.server.errors import error_responses
 from sglang_diffusion.server.state import ServerState
 
 router = APIRouter(tags=["info"])
 v1_router = APIRouter(prefix="/v1", tags=["info"])
 
 
-@router.get("/health", summary="200 while serving; 503 once shutting down")
+@router.get("/health", summary="200 while serving; 503 once shutting down (in-flight work is draining)",
+            responses={503: {"description": "Shutting down", "content": {"application/json": {
+                "schema": {"type": "object", "properties": {"status": {"const": "shutting_down"}}}}}}})
 async def health(request: Request) -> JSONResponse:
     state: ServerState = request.app.state.server
     if state.queue.draining.is_set():
@@ -19,11 +22,11 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "queue_depth": state.queue.depth})
 
 
-@v1_router.get("/models", summary="The served model")
+@v1_router.get("/models", summary="The served model, under each of its served names", responses=error_responses())
 async def models(request: Request) -> dict:
     state: ServerState = request.app.state.server
-    return {"object": "list", "data": [{"id": state.model_id, "object": "model", "created": state.started_at,
-                                        "owned_by": "sglang-diffusion"}]}
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": state.started_at,
+                                        "owned_by": "sglang-diffusion"} for name in state.params.served_names]}
 
 
 @router.get("/model_info", summary="Model, task, pipeline, backends and parallel layout")
@@ -32,7 +35,7 @@ async def model_info(request: Request) -> dict:
     args, info = state.args, state.engine.info
     sp, ulysses, ring = args.sp_layout
     return {
-        "model": state.model_id, "task": state.family.task if state.family else None,
+        "model": state.model_id, "served_model_names": state.params.served_names, "task": state.family.task if state.family else None,
         "family": info.get("family"), "pipeline": info.get("pipeline"), "backend": info.get("backend"),
         "attention_backend": info.get("attention_backend"), "device": info.get("device"),
         "dit_precision": args.dit_precision, "vae_precision": args.vae_precision,

@@ -2,9 +2,10 @@
 `POST /v1/unmerge_lora_weights`, `GET /v1/list_loras`.
 
 The work runs on every rank through `Engine.call`, queued behind the generations already
-waiting (so a generation never sees half-merged weights). A path outside the allowed LoRA
-directories is refused here, before any rank touches it; one that cannot be loaded is refused
-by the loader, which leaves the weights as they were.
+waiting (so a generation never sees half-merged weights). An adapter comes from a Hugging Face
+id or from a path under --lora-dirs; any other path is refused here with one answer whether it
+exists or not, before any rank touches it. One that cannot be loaded is refused by the loader,
+which leaves the weights as they were.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 
 from sglang_diffusion.loader.lora import LoraSpec, list_loras, merge_loras, set_loras, unmerge_loras
-from sglang_diffusion.server.errors import APIError
+from sglang_diffusion.loader.resolve import is_repo_id
+from sglang_diffusion.server.errors import APIError, error_responses
+from sglang_diffusion.server.forms import openapi_body, read_body
 from sglang_diffusion.server.schemas import LoraMergeRequest, LoraSetRequest
 from sglang_diffusion.server.state import ServerState
 
-router = APIRouter(prefix="/v1", tags=["lora"])
+router = APIRouter(prefix="/v1", tags=["lora"], responses=error_responses(422))
 
 
 def _per_adapter(value, count: int, name: str) -> list:
@@ -31,17 +34,21 @@ def _per_adapter(value, count: int, name: str) -> list:
 
 
 def allowed_lora_path(path: str, lora_dirs: list[str]) -> str:
-    """`path` if the server may load it: with lora_dirs set, an existing file or folder inside one."""
-    if not lora_dirs:
-        return path
+    """What the loader may open for `path`: a Hugging Face id as is (unless a local path of that
+    name exists), or a path inside one of `lora_dirs`, resolved (symlinks and `..` included)."""
     try:
-        real = Path(path).expanduser().resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise APIError(400, f"lora_path {path!r}: no such file or folder", param="lora_path",
-                       code="not_found") from None
-    if not any(real.is_relative_to(Path(d).expanduser().resolve()) for d in lora_dirs):
-        raise APIError(403, f"lora_path {path!r} is outside the allowed LoRA directories (lora_dirs)",
-                       param="lora_path", code="path_not_allowed")
+        local = Path(path).expanduser()
+        if is_repo_id(path) and not local.exists():
+            return path
+        real = local.resolve()
+    except (OSError, RuntimeError, ValueError):  # a NUL byte, a symlink loop, "~nobody": no allowed path
+        real = None
+    if real is None or not any(real.is_relative_to(Path(d).expanduser().resolve()) for d in lora_dirs):
+        where = "the allowed LoRA directories (lora_dirs)" if lora_dirs else "any allowed directory: this server " \
+            "loads LoRA adapters from Hugging Face ids only (start it with --lora-dirs for local ones)"
+        raise APIError(403, f"lora_path {path!r} is outside {where}", param="lora_path", code="path_not_allowed")
+    if not real.exists():
+        raise APIError(400, f"lora_path {path!r}: no such file or folder", param="lora_path", code="not_found")
     return str(real)
 
 
@@ -50,9 +57,11 @@ async def _on_engine(request: Request, fn, *args) -> dict:
     return await state.call(lambda: state.engine.call(fn, *args), bounded=False)
 
 
-@router.post("/set_lora", summary="Load LoRA adapter(s) by nickname and merge them into the weights")
-async def set_lora(body: LoraSetRequest, request: Request) -> dict:
+@router.post("/set_lora", summary="Load LoRA adapter(s) by nickname and merge them into the weights",
+             responses=error_responses(403), openapi_extra=openapi_body(LoraSetRequest, allow_form=False))
+async def set_lora(request: Request) -> dict:
     state: ServerState = request.app.state.server
+    body, _ = await read_body(request, LoraSetRequest, allow_form=False)
     nicknames = body.lora_nickname if isinstance(body.lora_nickname, list) else [body.lora_nickname]
     if not nicknames or not all(n.strip() for n in nicknames):
         raise APIError(400, "lora_nickname: give one or more non-empty names", param="lora_nickname",
@@ -66,9 +75,10 @@ async def set_lora(body: LoraSetRequest, request: Request) -> dict:
     return {"status": "ok", **await _on_engine(request, set_loras, specs)}
 
 
-@router.post("/merge_lora_weights", summary="Merge the last set LoRA adapter(s) again")
-async def merge_lora_weights(request: Request, body: LoraMergeRequest | None = None) -> dict:
-    body = body or LoraMergeRequest()
+@router.post("/merge_lora_weights", summary="Merge the last set LoRA adapter(s) again",
+             openapi_extra=openapi_body(LoraMergeRequest, allow_form=False, optional=True))
+async def merge_lora_weights(request: Request) -> dict:
+    body, _ = await read_body(request, LoraMergeRequest, allow_form=False, optional=True)
     return {"status": "ok", **await _on_engine(request, merge_loras, body.target, body.strength)}
 
 

@@ -4,11 +4,16 @@ lists, `DELETE /v1/videos/{id}` cancels a queued or running job (the engine stop
 denoising step) or deletes a finished one.
 
 A job runs on the engine's feeder thread; its state lives in the job store, so that polling,
-restarts and cancellation all read one record.
+restarts and cancellation all read one record, and it moves only along the store's transitions:
+a DELETE and the job's own thread race, and exactly one of them records the outcome (counted
+once in /metrics). A DELETE while the finished video is being stored fails the job as cancelled,
+and the stored file is then removed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -21,9 +26,9 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.errors import RequestCancelled, SGLangDiffusionError
-from sglang_diffusion.server.errors import APIError
+from sglang_diffusion.server.errors import APIError, error_responses
 from sglang_diffusion.server.forms import openapi_body, read_body
-from sglang_diffusion.server.jobs import CANCELLED, COMPLETED, FAILED, IN_PROGRESS, INTERRUPTED, VideoJob
+from sglang_diffusion.server.jobs import CANCELLED, COMPLETED, EXPIRED, FAILED, IN_PROGRESS, INTERRUPTED, VideoJob
 from sglang_diffusion.server.media import decode_data_url, decode_image
 from sglang_diffusion.server.outputs import new_id, valid_id
 from sglang_diffusion.server.schemas import VideoCreateRequest
@@ -31,20 +36,25 @@ from sglang_diffusion.server.state import ServerState
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
+LIST_PROMPT_CHARS = 256  # a listed job shows this much of its prompt; GET /v1/videos/{id} shows all
 
 
 def _seconds(num_frames: int | None, fps: int) -> str:
     return f"{num_frames / fps:g}" if num_frames else "auto"
 
 
-def video_object(state: ServerState, request: Request, job: VideoJob) -> dict:
+def video_object(state: ServerState, request: Request, job: VideoJob, listed: bool = False) -> dict:
     url = None
     if job.status == COMPLETED:
         url = (state.outputs.object_url(job.s3_key) if job.s3_key
                else str(request.url_for("video_content", video_id=job.id)))
+    prompt = job.prompt
+    if listed and prompt is not None and len(prompt) > LIST_PROMPT_CHARS:
+        prompt = prompt[:LIST_PROMPT_CHARS] + "..."
     return {"id": job.id, "object": "video", "model": job.model, "status": job.status, "progress": job.progress,
-            "created_at": job.created_at, "completed_at": job.completed_at, "expires_at": None,
-            "prompt": job.prompt, "seconds": job.seconds, "size": job.size, "remixed_from_video_id": None,
+            "created_at": job.created_at, "completed_at": job.completed_at,
+            "expires_at": state.expiry.expires_at(job.completed_at), "prompt": prompt, "seconds": job.seconds,
+            "size": job.size, "remixed_from_video_id": None,
             "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
             "url": url}
 
@@ -56,33 +66,37 @@ def _get(state: ServerState, video_id: str) -> VideoJob:
     return job
 
 
-def _fail(state: ServerState, job_id: str, code: str, message: str) -> None:
-    state.jobs.update(job_id, status=FAILED, error_code=code, error_message=message, completed_at=int(time.time()))
-    state.metrics.jobs.labels(CANCELLED if code == CANCELLED else FAILED).inc()
+def _fail(state: ServerState, job_id: str, code: str, message: str) -> bool:
+    """Fail the job unless it already finished (someone else recorded the outcome); whether it did."""
+    failed = state.jobs.transition(job_id, FAILED, error_code=code, error_message=message,
+                                   completed_at=int(time.time()))
+    if failed:
+        state.metrics.jobs.labels(CANCELLED if code == CANCELLED else FAILED).inc()
+    return failed
 
 
 def _run_job(state: ServerState, job_id: str, params: SamplingParams, cancel: threading.Event) -> None:
     """The body of a job, on the feeder thread; the upload (if any) finishes it in the background."""
-    if state.queue.draining.is_set():
-        return _fail(state, job_id, INTERRUPTED, "the server shut down before the job started; submit it again")
-    if cancel.is_set():
-        return _fail(state, job_id, CANCELLED, "cancelled before it started")
-    state.jobs.update(job_id, status=IN_PROGRESS)
-
-    def on_progress(done: int, total: int) -> None:
-        state.jobs.update(job_id, progress=min(99, done * 100 // max(total, 1)))
-
     try:
-        result = state.engine.generate(params, on_progress=on_progress, cancel=cancel)
-    except RequestCancelled as e:
-        return _fail(state, job_id, CANCELLED, str(e))
-    except SGLangDiffusionError as e:
-        state.metrics.observe_error(e)
-        return _fail(state, job_id, "invalid_request", str(e))
-    except Exception as e:  # a bug or a dead rank: the job says so, the server keeps serving
-        logger.exception("video job %s failed", job_id)
-        state.metrics.observe_error(e)
-        return _fail(state, job_id, "internal_error", f"{type(e).__name__}: the server log has the details")
+        if state.queue.draining.is_set():
+            return _fail(state, job_id, INTERRUPTED, "the server shut down before the job started; submit it again")
+        if cancel.is_set() or not state.jobs.transition(job_id, IN_PROGRESS):
+            return _fail(state, job_id, CANCELLED, "cancelled before it started")
+
+        def on_progress(done: int, total: int) -> None:
+            state.jobs.update(job_id, progress=min(99, done * 100 // max(total, 1)))
+
+        try:
+            result = state.engine.generate(params, on_progress=on_progress, cancel=cancel)
+        except RequestCancelled as e:
+            return _fail(state, job_id, CANCELLED, str(e))
+        except SGLangDiffusionError as e:
+            state.metrics.observe_error(e)
+            return _fail(state, job_id, "invalid_request", str(e))
+        except Exception as e:  # a bug or a dead rank: the job says so, the server keeps serving
+            logger.exception("video job %s failed", job_id)
+            state.metrics.observe_error(e)
+            return _fail(state, job_id, "internal_error", f"{type(e).__name__}: the server log has the details")
     finally:
         if params.image_path:
             Path(params.image_path).unlink(missing_ok=True)
@@ -92,39 +106,48 @@ def _run_job(state: ServerState, job_id: str, params: SamplingParams, cancel: th
     path = result.files[0]
     state.jobs.update(job_id, file_name=path.name, size=f"{result.width}x{result.height}",
                       seconds=_seconds(result.num_frames, result.fps))
+    if cancel.is_set():  # cancelled as the last step ended
+        path.unlink(missing_ok=True)
+        return _fail(state, job_id, CANCELLED, "cancelled after its last denoising step")
+    state.outputs.publish(path, f"videos/{path.name}").future.add_done_callback(
+        lambda upload: _finish(state, job_id, path, upload.result()))
 
-    def finish(upload: Future) -> None:
-        key = upload.result()
-        state.jobs.update(job_id, status=COMPLETED, progress=100, completed_at=int(time.time()), s3_key=key,
-                          file_name=None if key else path.name)
+
+def _finish(state: ServerState, job_id: str, path: Path, key: str | None) -> None:
+    """The upload is over (or there was none): completed, unless a DELETE cancelled the job meanwhile."""
+    if state.jobs.transition(job_id, COMPLETED, progress=100, completed_at=int(time.time()), s3_key=key,
+                             file_name=None if key else path.name):
         state.metrics.jobs.labels(COMPLETED).inc()
-
-    state.outputs.publish(path, f"videos/{path.name}").add_done_callback(finish)
+        return
+    path.unlink(missing_ok=True)
+    if key:
+        state.outputs.delete_object(key)
+    logger.info("video job %s was cancelled while its file was stored; the file is removed", job_id)
 
 
 async def _input_image(state: ServerState, body: VideoCreateRequest, files: dict) -> str | None:
-    """The image-to-video input, saved under uploads/ for the engine; its path."""
-    limit = state.args.max_upload_mb * 2**20
+    """The image-to-video input, decoded off the event loop and saved under uploads/ for the engine; its path."""
+    limits = state.args.max_upload_mb * 2**20, state.args.max_upload_pixels
     if files.get("input_reference"):
-        image = decode_image(await files["input_reference"][0].read(), "input_reference", limit)
+        data = await files["input_reference"][0].read()
+        image = await asyncio.to_thread(decode_image, data, "input_reference", *limits)
     elif body.input_reference is not None:
         if body.input_reference.file_id is not None or body.input_reference.image_url is None:
             raise APIError(400, "input_reference: upload the image (multipart) or give image_url as a data: URL; "
                            "file ids are not supported", param="input_reference", code="invalid_value")
-        image = decode_data_url(body.input_reference.image_url, "input_reference", limit)
+        image = await asyncio.to_thread(decode_data_url, body.input_reference.image_url, "input_reference", *limits)
     else:
         return None
     path = state.outputs.upload_path()
-    image.save(path, format="PNG")
+    await asyncio.to_thread(image.save, path, format="PNG")
     return str(path)
 
 
-@router.post("", summary="Create a video job",
-             openapi_extra=openapi_body(VideoCreateRequest, {"input_reference": "The first frame (image-to-video)."},
-                                        allow_json=True))
+@router.post("", summary="Create a video job", responses=error_responses(404, 422, 429),
+             openapi_extra=openapi_body(VideoCreateRequest, {"input_reference": "The first frame (image-to-video)."}))
 async def create_video(request: Request) -> dict:
     state: ServerState = request.app.state.server
-    body, files = await read_body(request, VideoCreateRequest, allow_json=True)
+    body, files = await read_body(request, VideoCreateRequest)
     if state.family is not None and not state.family.is_video:
         raise APIError(422, f"{state.model_id} makes images: use POST /v1/images/generations", param="model",
                        code="unsupported_by_model")
@@ -134,16 +157,18 @@ async def create_video(request: Request) -> dict:
         raise APIError(422, f"{state.model_id} {problem}", param="input_reference", code="unsupported_by_model")
     num_frames, fps = state.params.video_frames(body)
     job_id = new_id("video")
+    # everything but the input image is checked before it is decoded
+    params = state.params.sampling(body, num_frames=num_frames, fps=fps, save_output=True, return_frames=False,
+                                   output_path=str(state.outputs.videos), output_file_name=f"{job_id}.mp4")
     image_path = await _input_image(state, body, files)
     try:
-        params = state.params.sampling(body, num_frames=num_frames, fps=fps, image_path=image_path,
-                                       save_output=True, return_frames=False,
-                                       output_path=str(state.outputs.videos), output_file_name=f"{job_id}.mp4")
+        params = dataclasses.replace(params, image_path=image_path)
         width, height = params.width or state.params.default("width"), params.height or state.params.default("height")
         frames = num_frames or state.params.default("num_frames")
-        job = VideoJob(id=job_id, model=state.model_id, prompt=body.prompt,
+        job = VideoJob(id=job_id, model=state.params.served_name(body.model), prompt=body.prompt,
                        size=f"{width}x{height}" if width and height else "auto", seconds=_seconds(frames, fps),
-                       params={k: v for k, v in params.explicit().items() if k not in ("output_path", "image_path")})
+                       params={k: v for k, v in params.explicit().items()
+                               if k not in ("output_path", "image_path", "output_file_name", "prompt")})
         state.jobs.add(job)
         cancel = threading.Event()
         try:
@@ -161,29 +186,34 @@ async def create_video(request: Request) -> dict:
     return video_object(state, request, job)
 
 
-@router.get("", summary="List video jobs")
+@router.get("", summary="List video jobs (each prompt shortened to its first "
+            f"{LIST_PROMPT_CHARS} characters)", responses=error_responses(404))
 async def list_videos(request: Request, limit: int = Query(20, ge=1, le=100), after: str | None = None,
                       order: Literal["asc", "desc"] = "desc") -> dict:
     state: ServerState = request.app.state.server
     if after is not None:
         _get(state, after)
     jobs = state.jobs.list(limit + 1, order, after)
-    data = [video_object(state, request, j) for j in jobs[:limit]]
+    data = [video_object(state, request, j, listed=True) for j in jobs[:limit]]
     return {"object": "list", "data": data, "has_more": len(jobs) > limit,
             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
 
 
-@router.get("/{video_id}", summary="A video job's status and progress")
+@router.get("/{video_id}", summary="A video job's status and progress", responses=error_responses(404))
 async def retrieve_video(video_id: str, request: Request) -> dict:
     state: ServerState = request.app.state.server
     return video_object(state, request, _get(state, video_id))
 
 
 @router.get("/{video_id}/content", name="video_content", summary="The MP4 of a completed job",
-            response_class=FileResponse)
+            response_class=FileResponse, responses={200: {"content": {"video/mp4": {}}}, 307: {"description":
+                                                    "Redirect to the object (cloud storage)"},
+                                                    **error_responses(404, 409)})
 async def video_content(video_id: str, request: Request, variant: Literal["video"] = "video"):
     state: ServerState = request.app.state.server
     job = _get(state, video_id)
+    if job.status == EXPIRED:
+        raise APIError(404, f"video {video_id} has expired; its file is deleted", param="video_id", code="expired")
     if job.status != COMPLETED:
         raise APIError(409, f"video {video_id} is {job.status}, not completed", param="video_id",
                        code="video_not_ready")
@@ -192,15 +222,19 @@ async def video_content(video_id: str, request: Request, variant: Literal["video
     return FileResponse(state.outputs.videos / job.file_name, media_type="video/mp4", filename=f"{video_id}.mp4")
 
 
-@router.delete("/{video_id}", summary="Cancel a queued or running job, or delete a finished one")
+@router.delete("/{video_id}", summary="Cancel a queued or running job, or delete a finished one",
+               responses=error_responses(404))
 async def delete_video(video_id: str, request: Request) -> dict:
     state: ServerState = request.app.state.server
     job = _get(state, video_id)
     if not job.finished:
-        future, cancel = state.running.get(video_id, (None, threading.Event()))
-        cancel.set()
-        if future is None or future.cancel():  # still queued: it will never run
+        future, cancel = state.running.get(video_id, (None, None))
+        if future is not None and future.cancel():  # still queued: it will never run
             _fail(state, video_id, CANCELLED, "cancelled before it started")
+        elif future is not None:  # on the engine: it stops at its next step and records that itself
+            cancel.set()
+        else:  # its file is being stored: the upload's end sees the job failed and removes the file
+            _fail(state, video_id, CANCELLED, "cancelled while its video was being stored")
         logger.info("video job %s cancelled", video_id)
         return {"id": video_id, "object": "video.deleted", "deleted": False, "cancelled": True}
     if job.file_name:

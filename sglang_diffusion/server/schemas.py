@@ -1,26 +1,30 @@
 """Request bodies of the OpenAI-compatible routes (OpenAI's field names, plus our extensions).
 
 Fields OpenAI defines that mean nothing here (quality, style, background, moderation, ...) are
-accepted and ignored, so that clients written for OpenAI work unchanged. Range checks that
-depend on server options (largest size, most steps) happen in `params.py`.
+accepted and ignored, so that clients written for OpenAI work unchanged. Every float is finite
+and within a stated range. Checks that depend on server options (largest size, most steps,
+longest prompt) happen in `params.py`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_IMAGES_PER_REQUEST = 10  # OpenAI's own bound on n
 MAX_SEED = 2**63 - 1
+MAX_GUIDANCE_SCALE = 100.0
+MAX_LORA_STRENGTH = 100.0
 
 
 class GenerationOptions(BaseModel):
     """What every generation route takes besides the prompt."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    model: str | None = Field(None, description="The served model's id (see /v1/models); default: that model.")
+    model: str | None = Field(None, description="Any name: the server serves its one model whatever this says, "
+                              "and answers with its served name (see /v1/models).")
     user: str | None = Field(None, description="An end-user id, logged with the request.")
     size: str | None = Field(None, description='"WIDTHxHEIGHT" in pixels, e.g. "1024x1024", or "auto" '
                              "(the model's default).", max_length=32)
@@ -28,7 +32,8 @@ class GenerationOptions(BaseModel):
     height: int | None = Field(None, ge=1, description="Height in pixels (instead of size).")
     negative_prompt: str | None = Field(None, description="What to steer the generation away from.")
     num_inference_steps: int | None = Field(None, ge=1, description="Denoising steps (default: the model's).")
-    guidance_scale: float | None = Field(None, ge=0, description="Classifier-free guidance scale.")
+    guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE_SCALE,
+                                         description="Classifier-free guidance scale.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed (default: the server's).")
 
 
@@ -51,7 +56,7 @@ class ImageEditRequest(ImageOptions):
 
 
 class InputReference(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     image_url: str | None = Field(None, description="A data: URL (data:image/png;base64,...); remote URLs are "
                                   "not fetched.")
@@ -67,19 +72,24 @@ class VideoCreateRequest(GenerationOptions):
         None, description="Image-to-video: the first frame, as an uploaded file (multipart) or a data: URL.")
 
 
+Strength = Field(ge=-MAX_LORA_STRENGTH, le=MAX_LORA_STRENGTH)
+
+
 class LoraSetRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     lora_nickname: str | list[str] = Field(description="Name(s) of the adapter(s) to merge.")
     lora_path: str | None | list[str | None] = Field(
         None, description="Where to load each adapter from (a .safetensors file, a folder or a Hugging Face id); "
         "may be left out for an adapter already loaded under its nickname.")
     target: str | list[str] = Field("all", description='Component(s) to merge into: "all", "transformer", ...')
-    strength: float | list[float] = Field(1.0, description="Scale of each adapter's delta.")
+    strength: Annotated[float, Strength] | list[Annotated[float, Strength]] = Field(
+        1.0, description=f"Scale of each adapter's delta, within +-{MAX_LORA_STRENGTH:g}.")
 
 
 class LoraMergeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     target: str | None = Field(None, description="Component to merge into (default: as last set).")
-    strength: float | None = Field(None, description="Scale of the delta (default: as last set).")
+    strength: Annotated[float, Strength] | None = Field(
+        None, description=f"Scale of the delta, within +-{MAX_LORA_STRENGTH:g} (default: as last set).")

@@ -21,11 +21,14 @@ class S3Storage:
             raise ConfigError("cloud_storage_type=s3 needs a bucket: s3_bucket_name (or SGLANG_S3_BUCKET_NAME)")
         self.bucket, self.endpoint_url, self.region = args.s3_bucket_name, args.s3_endpoint_url, args.s3_region_name
         self.presigned, self.expiry_s = args.s3_presigned_urls, args.s3_url_expiry_s
-        # A few quick retries: a failed upload keeps the file locally, so waiting long gains nothing.
+        # Bounded: a failed upload keeps the file locally, so waiting long gains nothing. An endpoint that
+        # accepts connections but never answers costs at most max_attempts x (connect + read timeout).
+        self.max_wait_s = args.s3_max_attempts * (args.s3_connect_timeout_s + args.s3_read_timeout_s)
         self._client = boto3.client(
             "s3", endpoint_url=self.endpoint_url, region_name=self.region,
             aws_access_key_id=args.s3_access_key_id, aws_secret_access_key=args.s3_secret_access_key,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60))
+            config=Config(retries={"total_max_attempts": args.s3_max_attempts, "mode": "standard"},
+                          connect_timeout=args.s3_connect_timeout_s, read_timeout=args.s3_read_timeout_s))
 
     def upload(self, path: Path, key: str) -> None:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"

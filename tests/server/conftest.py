@@ -61,7 +61,7 @@ def start_server(model: Path, output_path: Path, *args, env: dict | None = None)
         # One intra-op thread: tiny models gain nothing from more, and on a small shared machine two
         # spinning torch thread pools (server and test process) made generations 5-15x slower.
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})})
     server = ServerProcess(proc, f"http://127.0.0.1:{port}", output_path, log_path)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
