@@ -110,3 +110,52 @@ def test_vae_sp_splits_temporal_and_spatial_tiles_bit_for_bit(pools, world, mode
         for rank in range(world):
             got = results[rank][case][0]
             assert torch.equal(got, want), (case, rank, (got - want).abs().max().item())
+
+
+# ---- the guide's config files ------------------------------------------------------------------
+
+
+def guide_files(model, tmp_path) -> dict:
+    """The CLI guide's config.json and config.yaml (num_gpus 2, sp_size 2, vae_tiling and vae_sp
+    with its 256-pixel tiles, two text_encoder_precisions), the model swapped for the tiny
+    HunyuanVideo, 448 pixels wide so that the VAE makes 3 tiles (2 on rank 0, 1 on rank 1)."""
+    import json
+
+    import yaml
+
+    from tests.cli.test_generate import guide_config
+
+    files = {}
+    for kind in ("json", "yaml"):
+        config = guide_config(model, tmp_path / kind, width=448, text_encoder_precisions=["fp16", "fp16"])
+        files[kind] = tmp_path / f"config.{kind}"
+        files[kind].write_text(json.dumps(config) if kind == "json" else yaml.safe_dump(config))
+    return files
+
+
+@pytest.mark.slow
+def test_guide_config_json_and_yaml_on_two_ranks_give_one_rank_and_diffusers(model, tmp_path):
+    import imageio.v3 as iio
+    import numpy as np
+
+    from sglang_diffusion.api import DiffGenerator
+    from sglang_diffusion.config.loading import build_args, load_config_file
+    from tests.conftest import run_cli
+    from tests.distributed.test_engine_parallel import psnr
+
+    files = guide_files(model, tmp_path)
+    for kind, path in files.items():
+        proc = run_cli("generate", "--config", path, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        assert "tiles split over 2 SP ranks" in proc.stderr and "sp=2" in proc.stderr
+    for name, extra in {"one": dict(num_gpus=1, sp_degree=1),
+                        "diffusers": dict(num_gpus=1, sp_degree=1, vae_sp=False, backend="diffusers")}.items():
+        server, sampling = build_args({**load_config_file(files["json"]), **extra, "output_path": str(tmp_path / name)})
+        with DiffGenerator(server) as gen:
+            gen.engine.generate(sampling)
+    videos = {d: iio.imread(next((tmp_path / d).glob("*.mp4")), plugin="pyav")
+              for d in ("json", "yaml", "one", "diffusers")}
+    assert videos["one"].shape == (5, 32, 448, 3)
+    assert np.array_equal(videos["json"], videos["yaml"])
+    for other in ("json", "diffusers"):
+        assert psnr(videos[other], videos["one"]) >= 40.0, (other, psnr(videos[other], videos["one"]))
