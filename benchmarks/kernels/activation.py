@@ -34,8 +34,8 @@ def shape_arg(text: str) -> tuple[int, ...]:
     return tuple(int(n) for n in text.split("x"))
 
 
-def run_shape(shape, dtype, device, args) -> dict:
-    x = torch.randn(shape, generator=torch.Generator(device=device).manual_seed(0), device=device).to(dtype)
+def measure(device, dtype, shape, warmup, reps) -> dict:
+    (x,) = harness.randn(device, dtype, shape)
     out, h, hd = torch.empty_like(x), x.clone(), x.clone()
     fns = {
         "eager": lambda: F.gelu(x, approximate="tanh"),
@@ -53,17 +53,8 @@ def run_shape(shape, dtype, device, args) -> dict:
     tol = 1e-6 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(gelu_tanh(x).float(), gelu_tanh_reference(x).float(), atol=tol, rtol=tol)
 
-    with torch.inference_mode():
-        results = harness.time_providers(fns, args.warmup, args.reps, device)
-    nbytes = 2 * x.numel() * x.element_size()
-    for r in results.values():
-        r["gbs"] = nbytes / r["median_ms"] / 1e6
-    eager_ms = results["eager"]["median_ms"]
-    return {
-        "shape": list(shape), "bytes_moved": nbytes, "copy_gbs": harness.copy_bandwidth_gbs(nbytes // 2, device),
-        "results": results,
-        "speedup_vs_eager": {n: eager_ms / r["median_ms"] for n, r in results.items() if n != "eager"},
-    }
+    nbytes = 2 * x.numel() * x.element_size()  # read x, write the output
+    return {"shape": list(shape), **harness.time_memory_bound(fns, nbytes, device, warmup, reps)}
 
 
 def main() -> None:
@@ -72,12 +63,12 @@ def main() -> None:
     args = parser.parse_args()
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    runs = [run_shape(shape, dtype, device, args) for shape in args.shapes]
+    runs = [measure(device, dtype, shape, args.warmup, args.reps) for shape in args.shapes]
     rec = harness.record("activation", device, op="gelu_tanh", dtype=args.dtype, runs=runs)
     path = harness.write(rec, f"activation-{args.dtype}", args.out_dir)
     for run in runs:
         print(f"gelu_tanh x {run['shape']} {args.dtype} on {device}; copy bandwidth {run['copy_gbs']:.1f} GB/s")
-        harness.print_results(run["results"], "eager", lambda n, r: f"{r['gbs']:.1f} GB/s")
+        harness.print_results(run["results"], "eager", harness.gbs_column)
     print(f"wrote {harness.shown(path)}")
 
 

@@ -26,18 +26,33 @@ from sglang_diffusion.ops import _dispatch, _native  # noqa: E402
 from sglang_diffusion.ops.attention import attention, attention_reference  # noqa: E402
 
 
-def main() -> None:
-    parser = harness.argument_parser(__doc__, warmup=1, reps=5)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=4096)
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--head-dim", type=int, default=128)
-    args = parser.parse_args()
+def _add_flop_rate(results: dict, flops: int, ceiling_gflops: float) -> None:
+    for r in results.values():
+        r["gflops"] = flops / r["median_ms"] / 1e6
+        r["fraction_of_matmul"] = r["gflops"] / ceiling_gflops
 
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    b, s, h, d = args.batch, args.seq_len, args.heads, args.head_dim
-    gen = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(b, s, h, d, generator=gen, device=device).to(dtype) for _ in range(3))  # [B, S, H, D]
+
+def _single_thread_cpu_time(fns: dict, flops: int, reps: int, device: torch.device) -> tuple[dict, dict]:
+    """sdpa and native on one thread, by the thread's CPU time, with the matmul ceiling alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            single = harness.time_providers({n: fns[n] for n in ("sdpa", "native")}, 1, reps, device, clock="thread")
+            n = 2048
+            a, m = torch.randn(n, n), torch.randn(n, n)
+            mm = harness.time_providers({"mm": lambda: a @ m}, 1, reps, device, clock="thread")["mm"]
+    finally:
+        torch.set_num_threads(threads)
+    matmul = {**mm, "gflops": 2 * n**3 / mm["median_ms"] / 1e6}
+    _add_flop_rate(single, flops, matmul["gflops"])
+    return single, matmul
+
+
+def measure(device, dtype, batch, seq_len, heads, head_dim, warmup, reps, matmul_n: int = 2048) -> dict:
+    """`matmul_n`: the size of the n x n x n matmul that gives the ceiling (a GPU needs a large one)."""
+    b, s, h, d = batch, seq_len, heads, head_dim
+    q, k, v = harness.randn(device, dtype, *[(b, s, h, d)] * 3)  # [B, S, H, D]
     out, lse = torch.empty_like(q), torch.empty(b, h, s, device=device)
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D] views
 
@@ -70,43 +85,39 @@ def main() -> None:
                                        rtol=1e-2)
 
     with torch.inference_mode():
-        results = harness.time_providers(fns, args.warmup, args.reps, device)
-        peak = harness.matmul_gflops(device, dtype)
+        results = harness.time_providers(fns, warmup, reps, device)
+        peak = harness.matmul_gflops(device, dtype, matmul_n)
     flops = 4 * b * h * s * s * d
-    for r in results.values():
-        r["gflops"] = flops / r["median_ms"] / 1e6
-        r["fraction_of_matmul"] = r["gflops"] / peak
+    _add_flop_rate(results, flops, peak)
     single = single_matmul = None
     if device.type == "cpu" and "native" in fns:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with torch.inference_mode():
-                single = harness.time_providers({n: fns[n] for n in ("sdpa", "native")}, 1, args.reps, device,
-                                                clock="thread")
-                n = 2048
-                a, m = torch.randn(n, n), torch.randn(n, n)
-                mm = harness.time_providers({"mm": lambda: a @ m}, 1, args.reps, device, clock="thread")["mm"]
-        finally:
-            torch.set_num_threads(threads)
-        for r in single.values():
-            r["gflops"] = flops / r["median_ms"] / 1e6
-            r["fraction_of_matmul"] = r["gflops"] / (2 * n**3 / mm["median_ms"] / 1e6)
-        single_matmul = {**mm, "gflops": 2 * n**3 / mm["median_ms"] / 1e6}
-    rec = harness.record(
-        "attention", device, shapes={"q": [b, s, h, d], "k": [b, s, h, d], "v": [b, s, h, d]}, dtype=args.dtype,
-        flops=flops, matmul_gflops=peak, results=results,
-        speedup_vs_sdpa={n: results["sdpa"]["median_ms"] / r["median_ms"] for n, r in results.items() if n != "sdpa"},
+        single, single_matmul = _single_thread_cpu_time(fns, flops, reps, device)
+    return dict(
+        shapes={"q": [b, s, h, d], "k": [b, s, h, d], "v": [b, s, h, d]}, dtype=harness.dtype_name(dtype),
+        flops=flops, matmul_gflops=peak, results=results, speedup_vs_sdpa=harness.speedups(results, "sdpa"),
         single_thread_cpu_time=single, single_thread_matmul_2048=single_matmul,
     )
-    path = harness.write(rec, "attention", args.out_dir)
-    print(f"attention [B, S, H, D] = {[b, s, h, d]} {args.dtype} on {device}; matmul ceiling {peak:.1f} GFLOP/s")
-    harness.print_results(results, "sdpa", lambda n, r: f"{r['gflops']:.1f} GFLOP/s ({100 * r['fraction_of_matmul']:.0f}% of matmul)")
-    if single:
-        print(f"one thread, CPU time per call (matmul ceiling {single_matmul['gflops']:.1f} GFLOP/s):")
-        harness.print_results(single, "sdpa", lambda n, r: f"{r['gflops']:.1f} GFLOP/s "
-                                                           f"({100 * r['fraction_of_matmul']:.0f}% of matmul)")
-    print(f"wrote {harness.shown(path)}")
+
+
+def _flop_column(name: str, r: dict) -> str:
+    return f"{r['gflops']:.1f} GFLOP/s ({100 * r['fraction_of_matmul']:.0f}% of matmul)"
+
+
+def main() -> None:
+    parser = harness.argument_parser(__doc__, warmup=1, reps=5)
+    harness.add_head_shape(parser, seq_len=4096)
+    args = parser.parse_args()
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    fields = measure(device, dtype, args.batch, args.seq_len, args.heads, args.head_dim, args.warmup, args.reps)
+    headline = (f"attention [B, S, H, D] = {fields['shapes']['q']} {args.dtype} on {device}; "
+                f"matmul ceiling {fields['matmul_gflops']:.1f} GFLOP/s")
+    rec = harness.record("attention", device, **fields)
+    harness.publish(rec, "attention", args.out_dir, headline, baseline="sdpa", extra=_flop_column)
+    if fields["single_thread_cpu_time"]:
+        print(f"one thread, CPU time per call (matmul ceiling {fields['single_thread_matmul_2048']['gflops']:.1f} "
+              "GFLOP/s):")
+        harness.print_results(fields["single_thread_cpu_time"], "sdpa", _flop_column)
 
 
 if __name__ == "__main__":

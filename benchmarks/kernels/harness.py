@@ -1,4 +1,9 @@
-"""What the kernel benchmarks share: interleaved timing, the run's record, the JSON file.
+"""What the kernel benchmarks share: options, seeded inputs, interleaved timing, bandwidth and
+speed-up figures, the run's record, the JSON file.
+
+Each benchmark module has ``measure(...)``, which returns the record's fields (shapes, results,
+ratios) for explicit sizes, and a ``main()`` that parses the command line, records, writes and
+prints; benchmarks/gpu/check.py calls the same ``measure`` functions on a card.
 
 Timing: every provider is warmed up, then the providers take turns within each repetition,
 so a change in the machine's load hits them alike; wall time per call on the CPU, CUDA events
@@ -40,6 +45,21 @@ def argument_parser(description: str, warmup: int = 3, reps: int = 30) -> argpar
     return parser
 
 
+def add_head_shape(parser: argparse.ArgumentParser, seq_len: int, batch: int = 1) -> None:
+    """--batch, --seq-len, --heads, --head-dim of [B, S, H, D] inputs; the head defaults are
+    Wan2.1-1.3B's self-attention (12 heads x 128, width 1536)."""
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--seq-len", type=int, default=seq_len)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--head-dim", type=int, default=128)
+
+
+def randn(device: torch.device, dtype: torch.dtype, *shapes) -> list[torch.Tensor]:
+    """A standard-normal tensor per shape, drawn in turn from one generator seeded 0."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    return [torch.randn(shape, generator=gen, device=device).to(dtype) for shape in shapes]
+
+
 def time_providers(fns: dict, warmup: int, reps: int, device: torch.device, clock: str = "wall") -> dict:
     for fn in fns.values():
         for _ in range(warmup):
@@ -63,7 +83,8 @@ def time_providers(fns: dict, warmup: int, reps: int, device: torch.device, cloc
                 samples[name].append((now() - t0) * 1e3)
     results = {}
     for name, ms in samples.items():
-        q = statistics.quantiles(ms, n=10) if len(ms) > 1 else [ms[0]] * 9  # deciles: q[1] p20, q[7] p80
+        # deciles, q[1] p20 and q[7] p80; "inclusive" keeps them within the samples when reps are few
+        q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
         results[name] = {"median_ms": statistics.median(ms), "p20_ms": q[1], "p80_ms": q[7], "reps": reps}
     return results
 
@@ -77,11 +98,42 @@ def copy_bandwidth_gbs(nbytes: int, device: torch.device, reps: int = 10) -> flo
     return 2 * src.numel() * 4 / ms / 1e6
 
 
+def speedups(results: dict, baseline: str) -> dict:
+    """Each other provider's speed-up over ``baseline`` (ratio of medians)."""
+    base = results[baseline]["median_ms"]
+    return {name: base / r["median_ms"] for name, r in results.items() if name != baseline}
+
+
+def time_memory_bound(fns: dict, nbytes: int, device: torch.device, warmup: int, reps: int) -> dict:
+    """Times a memory-bound op's providers (the first is the baseline, "eager") and returns the
+    record's fields: the bytes each call reads and writes, this machine's copy bandwidth over
+    the same traffic (the ceiling), the results with each provider's GB/s, the speed-ups."""
+    with torch.inference_mode():
+        results = time_providers(fns, warmup, reps, device)
+    for r in results.values():
+        r["gbs"] = nbytes / r["median_ms"] / 1e6
+    baseline = next(iter(fns))
+    return {
+        "bytes_moved": nbytes,
+        "copy_gbs": copy_bandwidth_gbs(nbytes // 2, device),
+        "results": results,
+        f"speedup_vs_{baseline}": speedups(results, baseline),
+    }
+
+
+def gbs_column(name: str, r: dict) -> str:
+    return f"{r['gbs']:.1f} GB/s"
+
+
 def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     """This machine's matmul rate at n x n x n: the ceiling of attention's FLOP rate."""
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     ms = time_providers({"mm": lambda: a @ b}, 2, reps, device)["mm"]["median_ms"]
     return 2 * n**3 / ms / 1e6
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def record(benchmark: str, device: torch.device, **fields) -> dict:
@@ -109,6 +161,16 @@ def shown(path: Path) -> Path:
     point anywhere)."""
     path = path.resolve()
     return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def publish(rec: dict, name: str, out_dir: Path, headline: str, baseline: str = "eager", extra=gbs_column) -> Path:
+    """Writes ``rec`` (from ``record``) as JSON, then prints the headline, its results table
+    against ``baseline`` and where the file went."""
+    path = write(rec, name, out_dir)
+    print(headline + (f"; copy bandwidth {rec['copy_gbs']:.1f} GB/s" if "copy_gbs" in rec else ""))
+    print_results(rec["results"], baseline, extra)
+    print(f"wrote {shown(path)}")
+    return path
 
 
 def print_results(results: dict, baseline: str, extra=None) -> None:

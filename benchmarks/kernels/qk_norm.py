@@ -22,21 +22,11 @@ from sglang_diffusion.ops import _dispatch, _native  # noqa: E402
 from sglang_diffusion.ops.qk_norm import qk_rms_norm, qk_rms_norm_reference  # noqa: E402
 
 
-def main() -> None:
-    parser = harness.argument_parser(__doc__)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=8192)
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--mode", choices=["across", "per_head"], default="across")
-    args = parser.parse_args()
-
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    b, s, h, d = args.batch, args.seq_len, args.heads, args.head_dim
-    across = args.mode == "across"
+def measure(device, dtype, batch, seq_len, heads, head_dim, mode, warmup, reps) -> dict:
+    b, s, h, d = batch, seq_len, heads, head_dim
+    across = mode == "across"
     width = h * d if across else d
-    gen = torch.Generator(device=device).manual_seed(0)
-    q, k = (torch.randn(b, s, h, d, generator=gen, device=device).to(dtype) for _ in range(2))  # [B, S, H, D]
+    q, k = harness.randn(device, dtype, (b, s, h, d), (b, s, h, d))  # [B, S, H, D]
     norm_q, norm_k = (torch.nn.RMSNorm(width, eps=1e-6).to(device, dtype) for _ in range(2))
     for m in (norm_q, norm_k):
         m.weight.data.uniform_(0.5, 1.5)
@@ -64,22 +54,23 @@ def main() -> None:
     for g, e in zip(qk_rms_norm(q, k, wq, wk, 1e-6, across), expected):
         torch.testing.assert_close(g.float(), e.float(), atol=tol, rtol=tol)
 
-    with torch.inference_mode():
-        results = harness.time_providers(fns, args.warmup, args.reps, device)
-    nbytes = 2 * (q.numel() + k.numel()) * q.element_size()
-    copy_gbs = harness.copy_bandwidth_gbs(nbytes // 2, device)
-    for r in results.values():
-        r["gbs"] = nbytes / r["median_ms"] / 1e6
-    rec = harness.record(
-        "qk_norm", device, shapes={"q": [b, s, h, d], "k": [b, s, h, d]}, dtype=args.dtype, mode=args.mode,
-        bytes_moved=nbytes, copy_gbs=copy_gbs, results=results,
-        speedup_vs_eager={n: results["eager"]["median_ms"] / r["median_ms"] for n, r in results.items() if n != "eager"},
+    nbytes = 2 * (q.numel() + k.numel()) * q.element_size()  # read and write q and k
+    timed = harness.time_memory_bound(fns, nbytes, device, warmup, reps)
+    return dict(shapes={"q": [b, s, h, d], "k": [b, s, h, d]}, dtype=harness.dtype_name(dtype), mode=mode, **timed)
+
+
+def main() -> None:
+    parser = harness.argument_parser(__doc__)
+    harness.add_head_shape(parser, seq_len=8192)
+    parser.add_argument("--mode", choices=["across", "per_head"], default="across")
+    args = parser.parse_args()
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    fields = measure(
+        device, dtype, args.batch, args.seq_len, args.heads, args.head_dim, args.mode, args.warmup, args.reps
     )
-    path = harness.write(rec, f"qk_norm-{args.mode}", args.out_dir)
-    print(f"qk_norm ({args.mode}) q, k [B, S, H, D] = {[b, s, h, d]} {args.dtype} on {device}; "
-          f"copy bandwidth {copy_gbs:.1f} GB/s")
-    harness.print_results(results, "eager", lambda n, r: f"{r['gbs']:.1f} GB/s")
-    print(f"wrote {harness.shown(path)}")
+    headline = f"qk_norm ({args.mode}) q, k [B, S, H, D] = {fields['shapes']['q']} {args.dtype} on {device}"
+    harness.publish(harness.record("qk_norm", device, **fields), f"qk_norm-{args.mode}", args.out_dir, headline)
 
 
 if __name__ == "__main__":

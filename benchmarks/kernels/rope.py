@@ -35,18 +35,9 @@ def wan_rotary(x, freqs_cos, freqs_sin):
     return out.type_as(x)
 
 
-def main() -> None:
-    parser = harness.argument_parser(__doc__)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=8192)
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--head-dim", type=int, default=128)
-    args = parser.parse_args()
-
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    b, s, h, d = args.batch, args.seq_len, args.heads, args.head_dim
-    gen = torch.Generator(device=device).manual_seed(0)
-    q, k = (torch.randn(b, s, h, d, generator=gen, device=device).to(dtype) for _ in range(2))  # [B, S, H, D]
+def measure(device, dtype, batch, seq_len, heads, head_dim, warmup, reps) -> dict:
+    b, s, h, d = batch, seq_len, heads, head_dim
+    q, k = harness.randn(device, dtype, (b, s, h, d), (b, s, h, d))  # [B, S, H, D]
     cos, sin = (t.to(device) for t in rope_cos_sin_1d(torch.arange(s), d))  # [S, D/2]
     # diffusers keeps the tables as [1, S, 1, D], each angle repeated for both members of a pair.
     cos_full = cos.repeat_interleave(2, dim=-1)[None, :, None, :]
@@ -67,21 +58,21 @@ def main() -> None:
         for g, e in zip(got, expected):
             torch.testing.assert_close(g.float(), e.float(), atol=tol, rtol=tol)
 
-    with torch.inference_mode():
-        results = harness.time_providers(fns, args.warmup, args.reps, device)
     nbytes = 2 * (q.numel() + k.numel()) * q.element_size()  # read and write q and k
-    copy_gbs = harness.copy_bandwidth_gbs(nbytes // 2, device)
-    for r in results.values():
-        r["gbs"] = nbytes / r["median_ms"] / 1e6
-    rec = harness.record(
-        "rope", device, shapes={"q": [b, s, h, d], "k": [b, s, h, d], "cos": [s, d // 2]}, dtype=args.dtype,
-        interleaved=True, bytes_moved=nbytes, copy_gbs=copy_gbs, results=results,
-        speedup_vs_eager={n: results["eager"]["median_ms"] / r["median_ms"] for n, r in results.items() if n != "eager"},
-    )
-    path = harness.write(rec, "rope", args.out_dir)
-    print(f"rope q, k [B, S, H, D] = {[b, s, h, d]} {args.dtype} on {device}; copy bandwidth {copy_gbs:.1f} GB/s")
-    harness.print_results(results, "eager", lambda n, r: f"{r['gbs']:.1f} GB/s")
-    print(f"wrote {harness.shown(path)}")
+    timed = harness.time_memory_bound(fns, nbytes, device, warmup, reps)
+    shapes = {"q": [b, s, h, d], "k": [b, s, h, d], "cos": [s, d // 2]}
+    return dict(shapes=shapes, dtype=harness.dtype_name(dtype), interleaved=True, **timed)
+
+
+def main() -> None:
+    parser = harness.argument_parser(__doc__)
+    harness.add_head_shape(parser, seq_len=8192)
+    args = parser.parse_args()
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    fields = measure(device, dtype, args.batch, args.seq_len, args.heads, args.head_dim, args.warmup, args.reps)
+    headline = f"rope q, k [B, S, H, D] = {fields['shapes']['q']} {args.dtype} on {device}"
+    harness.publish(harness.record("rope", device, **fields), "rope", args.out_dir, headline)
 
 
 if __name__ == "__main__":
