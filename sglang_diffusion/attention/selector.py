@@ -22,10 +22,7 @@ arguments (plus the on-disk tuning cache), cached in-process.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +30,7 @@ from typing import Any, Optional
 
 import torch
 
+from sglang_diffusion import tuning_cache
 from sglang_diffusion.attention.backends.base import AttentionBackend
 from sglang_diffusion.attention.backends.fa import FlashAttentionBackend
 from sglang_diffusion.attention.backends.sage_attn import SageAttentionBackend
@@ -50,7 +48,7 @@ BACKENDS: dict[str, type[AttentionBackend]] = {
 }
 ALIASES = {"fa3": "fa"}
 VALID_NAMES = ("auto", *BACKENDS, *ALIASES)
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "sglang_diffusion"
+DEFAULT_CACHE_DIR = tuning_cache.DEFAULT_CACHE_DIR
 CACHE_FILE = "attention_autotune.json"
 
 
@@ -137,42 +135,11 @@ def _runnable_exact(device, dtype, head_dim) -> tuple[list[str], dict[str, str]]
     return runnable, refused
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} x{torch.get_num_threads()} threads"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
-
-
 def _cache_key(device, dtype, head_dim) -> str:
     from sglang_diffusion import __version__
 
-    return f"{_device_name(device)}|{_dt(dtype)}|d{head_dim}|torch {torch.__version__}|sglang-diffusion {__version__}"
-
-
-def _read_cache(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_cache(path: Path, key: str, entry: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_cache(path)
-        data[key] = entry
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        tmp.replace(path)  # atomic: concurrent ranks never see half a file
-    except OSError as exc:
-        logger.warning("attention autotune: cannot write the cache %s (%s); the choice holds for this run", path, exc)
+    return (f"{tuning_cache.device_name(device)}|{_dt(dtype)}|d{head_dim}|torch {torch.__version__}|"
+            f"sglang-diffusion {__version__}")
 
 
 def _tuning_shape(device: torch.device, head_dim: int) -> tuple[int, int, int, int]:
@@ -206,7 +173,7 @@ def _auto(device, dtype, head_dim, cache_dir: Path) -> tuple[str, str]:
         return runnable[0], f"auto: the only exact backend that runs here ({skipped})"
     path = cache_dir / CACHE_FILE
     key = _cache_key(device, dtype, head_dim)
-    entry = _read_cache(path).get(key)
+    entry = tuning_cache.read(path).get(key)
     if isinstance(entry, dict) and entry.get("backend") in runnable and set(entry.get("timings_ms", {})) == set(runnable):
         return entry["backend"], f"auto: tuned earlier, cached in {path} ({_fmt(entry['timings_ms'])})"
     shape = _tuning_shape(device, head_dim)
@@ -216,7 +183,7 @@ def _auto(device, dtype, head_dim, cache_dir: Path) -> tuple[str, str]:
         backend = cls(device, dtype, head_dim, validate_options(name, cls.OPTIONS, {}))
         timings[name] = round(_time_backend(backend, shape) * 1e3, 3)
     best = min(timings, key=timings.get)
-    _write_cache(path, key, {"backend": best, "timings_ms": timings, "shape": list(shape)})
+    tuning_cache.write(path, key, {"backend": best, "timings_ms": timings, "shape": list(shape)}, "attention autotune")
     return best, f"auto: fastest exact backend on [B, S, H, D] = {list(shape)} ({_fmt(timings)}), cached in {path}"
 
 

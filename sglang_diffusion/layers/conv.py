@@ -10,6 +10,7 @@ otherwise. Results match to float rounding (a different summation order).
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
 
@@ -26,11 +27,18 @@ def conv3d(conv: nn.Conv3d, input: torch.Tensor, padding: tuple[int, int, int]) 
     else through `F.conv3d`."""
     weight, bias = conv.weight, conv.bias
     if (getattr(conv, "_onednn_memory_format", None) is not None and input.device.type == "cpu"
-            and input.dtype in (torch.float32, torch.bfloat16) and weight.dtype == input.dtype
-            and not torch.is_grad_enabled()):
+            and (input.dtype == torch.float32 or (input.dtype == torch.bfloat16 and _onednn_bf16()))
+            and weight.dtype == input.dtype and not torch.is_grad_enabled()):
         return torch.mkldnn_convolution(input.contiguous(memory_format=conv._onednn_memory_format), weight, bias,
                                         padding, conv.stride, conv.dilation, conv.groups)
     return F.conv3d(input, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    """Whether oneDNN has a bf16 convolution on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT):
+    on an AVX2-only CPU it refuses bf16, and F.conv3d runs it instead."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _onednn_conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):

@@ -1,0 +1,87 @@
+"""The CPU precision policy (sglang_diffusion/precision.py, platform.py): decided from measured
+rates, here mocked both ways (an AMX-like CPU where bf16 is fast, an AVX2-like one where it is
+slow), and the measurement itself, cached on disk."""
+
+import logging
+
+import pytest
+import torch
+
+from sglang_diffusion import precision
+from sglang_diffusion.platform import Platform
+
+# A Xeon with AMX (issue 15's figures) and an EPYC with AVX2 only, GFLOP/s per thread.
+FAST_BF16 = precision.Rates({"matmul": {"fp32": 199.0, "bf16": 335.0}, "attention": {"fp32": 90.0, "bf16": 150.0}})
+SLOW_BF16 = precision.Rates({"matmul": {"fp32": 77.2, "bf16": 1.3}, "attention": {"fp32": 50.5, "bf16": 51.7}})
+SLIGHTLY_FASTER = precision.Rates({"matmul": {"fp32": 100.0, "bf16": 110.0}, "attention": {"fp32": 50.0, "bf16": 60.0}})
+CPU = Platform(torch.device("cpu"))
+
+
+@pytest.fixture
+def rates(monkeypatch):
+    def use(r: precision.Rates):
+        monkeypatch.setattr(precision, "cpu_rates", lambda cache_dir=None: r)
+
+    return use
+
+
+def test_fast_bf16_runs_as_requested_and_is_the_default(rates, caplog):
+    rates(FAST_BF16)
+    with caplog.at_level(logging.INFO, logger="sglang_diffusion.platform"):
+        assert CPU.usable_dtype(torch.bfloat16, "transformer") == torch.bfloat16
+        assert CPU.default_precision == "bf16"
+    assert "transformer: bfloat16 on the CPU (requested; measured bf16 at 1.67x fp32" in caplog.text
+    assert "matmul 335.0 vs 199.0, attention 150.0 vs 90.0 GFLOP/s per thread" in caplog.text
+    assert "default precision on the CPU: bf16 (bf16 is clearly faster than fp32 here" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_slow_bf16_maps_to_fp32_with_a_warning_giving_both_rates(rates, caplog):
+    rates(SLOW_BF16)
+    with caplog.at_level(logging.INFO, logger="sglang_diffusion.platform"):
+        assert CPU.usable_dtype(torch.bfloat16, "transformer") == torch.float32
+        assert CPU.default_precision == "fp32"
+    warning = next(r for r in caplog.records if r.levelno == logging.WARNING).getMessage()
+    assert warning.startswith("transformer: bfloat16 requested, running in fp32 on the CPU (bf16 is slower")
+    assert "matmul 1.3 vs 77.2" in warning and "attention 51.7 vs 50.5" in warning
+    assert "default precision on the CPU: fp32 (bf16 is not 1.25x fp32 here" in caplog.text
+
+
+def test_slightly_faster_bf16_runs_when_asked_but_is_not_the_default(rates):
+    rates(SLIGHTLY_FASTER)  # 1.1x: the slower kernel's ratio counts
+    assert CPU.usable_dtype(torch.bfloat16, "transformer") == torch.bfloat16
+    assert CPU.default_precision == "fp32"
+
+
+def test_unmeasured_fp16_runs_as_fp32_and_says_why(rates, caplog):
+    rates(FAST_BF16)  # no fp16 entry: the CPU has no AVX-512-FP16
+    with caplog.at_level(logging.WARNING, logger="sglang_diffusion.platform"):
+        assert CPU.usable_dtype(torch.float16, "vae") == torch.float32
+    assert "vae: float16 requested, running in fp32 on the CPU (fp16 is slower than fp32 here, fp16 not " \
+           "measured (no AVX-512-FP16 on this CPU))" in caplog.text
+
+
+def test_fp32_and_gpu_dtypes_are_never_measured(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_rates", lambda cache_dir=None: pytest.fail("measured"))
+    assert CPU.usable_dtype(torch.float32, "vae") == torch.float32
+    assert Platform(torch.device("cuda", 0)).usable_dtype(torch.bfloat16, "transformer") == torch.bfloat16
+    assert Platform(torch.device("cuda", 0)).default_precision == "bf16"
+
+
+def test_rates_are_measured_once_and_then_read_from_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(precision, "MATMUL_N", 32)
+    monkeypatch.setattr(precision, "ATTENTION_SHAPE", (1, 2, 32, 16))
+    monkeypatch.setattr(precision, "ROUNDS", 1)
+    calls = []
+    measure = precision.measure_rates
+    monkeypatch.setattr(precision, "measure_rates", lambda: calls.append(1) or measure())
+    precision._cached_rates.cache_clear()
+    try:
+        first = precision.cpu_rates(tmp_path)
+        assert set(first.gflops) == {"matmul", "attention"}
+        assert all(r["fp32"] > 0 and r["bf16"] > 0 for r in first.gflops.values())
+        assert (tmp_path / precision.CACHE_FILE).is_file()
+        precision._cached_rates.cache_clear()  # a new process: the file answers
+        assert precision.cpu_rates(tmp_path) == first and len(calls) == 1
+    finally:
+        precision._cached_rates.cache_clear()
