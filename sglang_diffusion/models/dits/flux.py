@@ -43,7 +43,6 @@ from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_featu
 from sglang_diffusion.layers.joint_attention import JointAttention
 from sglang_diffusion.layers.mlp import FeedForward
 from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
-from sglang_diffusion.ops.activation import gelu_tanh
 from sglang_diffusion.ops.qk_norm import qk_rms_norm
 from sglang_diffusion.ops.rope import apply_rope, rope_cos_sin_1d
 
@@ -169,9 +168,9 @@ class FluxTransformerBlock(nn.Module):
         hc, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(c, emb)
         attn_out, context_attn_out = self.attn(h, hc, cos, sin)
         x, h = self.norm2.residual(x, attn_out, gate_msa, scale_mlp, shift_mlp)
-        x = x + gate_mlp * self.ff(h)
+        x = torch.addcmul(x, gate_mlp, self.ff(h))  # x + gate_mlp * FF(h), one pass
         c, hc = self.norm2_context.residual(c, context_attn_out, c_gate_msa, c_scale_mlp, c_shift_mlp)
-        c = c + c_gate_mlp * self.ff_context(hc)
+        c = torch.addcmul(c, c_gate_mlp, self.ff_context(hc))
         return x, c
 
 
@@ -209,8 +208,12 @@ class FluxSingleTransformerBlock(nn.Module):
         qkv, mlp = self.to_qkv_mlp(h).split([3 * s.shape[-1], self.mlp_dim], dim=-1)
         q, k, v = _heads(qkv, self.head_dim).chunk(3, dim=2)  # [B, L + S, H, D] each
         out = self.attn(q, k, v, cos, sin).flatten(2)  # [B, L + S, H*D]
-        mlp = gelu_tanh(mlp.contiguous(), inplace=True)  # [B, L + S, mlp_dim]
-        return s + gate * self.proj_out(torch.cat([out, mlp], dim=-1))
+        mlp = F.gelu(mlp, approximate="tanh")  # [B, L + S, mlp_dim], contiguous
+        # proj_out of [out, mlp] as two GEMMs into one result: no concatenated copy
+        dim = out.shape[-1]
+        y = F.linear(out, self.proj_out.weight[:, :dim], self.proj_out.bias)  # [B, L + S, D]
+        y.view(-1, dim).addmm_(mlp.view(-1, self.mlp_dim), self.proj_out.weight[:, dim:].t())
+        return torch.addcmul(s, gate, y)
 
 
 class FluxTimeTextEmbedding(nn.Module):
@@ -230,6 +233,17 @@ class FluxTimeTextEmbedding(nn.Module):
 
 
 # ---- model ---------------------------------------------------------------------------------
+
+
+def _joined(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[c, x] along the sequence: the tensor they were sliced from when they are its two parts
+    (one single-stream block's output feeding the next: no copy), else a concatenation."""
+    base = c._base
+    if (base is not None and x._base is base and base.dim() == 3 and base.shape[1] == c.shape[1] + x.shape[1]
+            and c.storage_offset() == base.storage_offset()
+            and x.storage_offset() == base.storage_offset() + c.shape[1] * base.stride(1)):
+        return base
+    return torch.cat([c, x], dim=1)
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -411,7 +425,7 @@ class FluxTransformer2DModel(nn.Module):
         def single(block: FluxSingleTransformerBlock) -> Block:
             def step(state: State) -> State:
                 x, c = state
-                s = block(torch.cat([c, x], dim=1), emb, cos, sin)  # [B, L + S, D]
+                s = block(_joined(c, x), emb, cos, sin)  # [B, L + S, D]
                 return s[:, c.shape[1]:], s[:, :c.shape[1]]
             return step
 
