@@ -20,18 +20,19 @@ from sglang_diffusion.ops.rope import apply_rope
 
 
 class JointAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, head_dim: int, eps: float = 1e-6):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, eps: float = 1e-6, bias: bool = True):
+        """`bias`: whether the projections have biases (FLUX.2's have none)."""
         super().__init__()
         self.head_dim, self.eps = head_dim, eps
         inner = num_heads * head_dim
-        self.to_qkv = nn.Linear(dim, 3 * inner)
-        self.add_qkv = nn.Linear(dim, 3 * inner)
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=bias)
+        self.add_qkv = nn.Linear(dim, 3 * inner, bias=bias)
         self.norm_q = nn.RMSNorm(head_dim, eps=eps)
         self.norm_k = nn.RMSNorm(head_dim, eps=eps)
         self.norm_added_q = nn.RMSNorm(head_dim, eps=eps)
         self.norm_added_k = nn.RMSNorm(head_dim, eps=eps)
-        self.to_out = nn.Linear(inner, dim)
-        self.to_add_out = nn.Linear(inner, dim)
+        self.to_out = nn.Linear(inner, dim, bias=bias)
+        self.to_add_out = nn.Linear(inner, dim, bias=bias)
         self.attn = Attention(num_heads, head_dim)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:

@@ -131,10 +131,10 @@ class AdaLayerNormZero(nn.Module):
 class AdaLayerNormContinuous(nn.Module):
     """The final norm: LayerNorm (no affine) of x, modulated by `linear`(SiLU(temb)) = (scale, shift)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, bias: bool = True, eps: float = EPS):
         super().__init__()
-        self.linear = nn.Linear(dim, 2 * dim)
-        self.norm = AdaNorm(dim, EPS)
+        self.linear = nn.Linear(dim, 2 * dim, bias=bias)
+        self.norm = AdaNorm(dim, eps)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         scale, shift = self.linear(emb).unsqueeze(1).chunk(2, dim=-1)  # [B, 1, D] each
