@@ -9,6 +9,11 @@ same shape (one-time costs: kernel primitives, attention tuning), then the timed
 backends alternate, native first on odd repeats, diffusers first on even ones. Wall time and
 process CPU time are both recorded: on a shared machine the CPU time is the steadier of the two.
 
+`--precision bf16` runs both backends with the DiT in bf16 (the same component dtypes on both
+sides: diffusers loads its transformer with torch_dtype=bf16, keeping its fp32 modules, as a
+user would run it); on a CPU that runs bf16 slowly (measured: sglang_diffusion/precision.py)
+it stops with the measured rates instead, since both would run fp32.
+
 `--ablations` adds, per optimisation of the native path, the DiT forward (or VAE decode) with
 that optimisation turned off, against the full native path and diffusers' module on the same
 inputs: the first self-attention shared by the CFG branches, cross-attention K/V once per
@@ -62,7 +67,7 @@ def measure(args) -> dict:
 
     model = cached_model(args.family, args.preset)
     start = time.perf_counter()
-    pipe = build_pipeline(ServerArgs(model_path=str(model), backend=args.backend,
+    pipe = build_pipeline(ServerArgs(model_path=str(model), backend=args.backend, dit_precision=args.precision,
                                      enable_torch_compile=args.compile and args.backend == "sglang"),
                           Platform.current())
     load_s = time.perf_counter() - start
@@ -221,7 +226,7 @@ def ablations(args) -> dict:
 def child(mode: str, args, backend: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--family", args.family, "--preset", args.preset,
            "--height", str(args.height), "--width", str(args.width), "--num-frames", str(args.num_frames),
-           "--steps", str(args.steps), "--guidance-scale", str(args.guidance_scale)]
+           "--steps", str(args.steps), "--guidance-scale", str(args.guidance_scale), "--precision", args.precision]
     if backend:
         cmd += ["--backend", backend]
     if args.compile:
@@ -242,6 +247,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--guidance-scale", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="the DiT's precision, on both backends")
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the native DiT blocks")
     parser.add_argument("--child", choices=("measure", "ablations"), help=argparse.SUPPRESS)
@@ -252,8 +259,15 @@ def main() -> None:
         print(json.dumps(measure(args) if args.child == "measure" else ablations(args)))
         return
 
+    import torch
+
+    from sglang_diffusion import precision
     from sglang_diffusion.testing import cached_model
 
+    if args.precision != "fp32" and not torch.cuda.is_available():
+        chosen, reason = precision.choose(args.precision, precision.cpu_rates())
+        if chosen != args.precision:
+            raise SystemExit(f"--precision {args.precision}: this CPU would run both backends in fp32 ({reason})")
     cached_model(args.family, args.preset)  # built once, before anything is timed
     runs: dict[str, list] = {"sglang": [], "diffusers": []}
     for i in range(args.repeats):
@@ -273,7 +287,7 @@ def main() -> None:
                             "load_s": statistics.median([r["load_s"] for r in rs])}
     ratio = summary["diffusers"]["total_s"]["median"] / summary["sglang"]["total_s"]["median"]
     cpu_ratio = summary["diffusers"]["cpu_s"]["median"] / summary["sglang"]["cpu_s"]["median"]
-    result = {"benchmark": "e2e", "family": args.family, "preset": args.preset,
+    result = {"benchmark": "e2e", "family": args.family, "preset": args.preset, "precision": args.precision,
               "request": {"height": args.height, "width": args.width, "num_frames": args.num_frames,
                           "steps": args.steps, "guidance_scale": args.guidance_scale, "prompt": PROMPT},
               "native_torch_compile": args.compile, "speedup_wall": ratio, "speedup_cpu": cpu_ratio,
@@ -285,7 +299,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     cpu = "gpu" if result["machine"]["gpu"] else "cpu"
-    path = RESULTS / f"e2e-{args.family}-{args.preset}-{cpu}-{stamp}.json"
+    tag = "" if args.precision == "fp32" else f"-{args.precision}"
+    path = RESULTS / f"e2e-{args.family}-{args.preset}{tag}-{cpu}-{stamp}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(path)
 

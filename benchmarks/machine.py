@@ -21,6 +21,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> list[str]:
+    """What the CPU reports (/proc/cpuinfo "flags": avx2, avx512*, amx_* ...), sorted."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return []
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
@@ -34,8 +45,12 @@ def machine_info() -> dict:
 
     import sglang_diffusion
 
+    from sglang_diffusion.ops import _native
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpu": gpu,
+            "host": platform.node(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "kernels_cpu_isa": _native.native_library().cpu_isa, "gpu": gpu,
             "python": platform.python_version(), "torch": torch.__version__,
             "sglang_diffusion": sglang_diffusion.__version__, "commit": git_commit()}
