@@ -333,6 +333,52 @@ void attention_out(at::Tensor& out, at::Tensor& lse, const at::Tensor& q, const 
   run_kernel(q, "attention", p, cpu::attention, SGLD_CUDA_LAUNCHER(attention));
 }
 
+// Sliding tile attention (CPU only): attention's checks, plus the query groups [G, 2] and their
+// key runs [H, G, R, 2] (int64, contiguous, inside the sequence; ops/sliding_tile_attention.py
+// makes them).
+void sliding_tile_attention_out(at::Tensor& out, at::Tensor& lse, const at::Tensor& q,
+                                const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_groups,
+                                const at::Tensor& kv_ranges, double scale) {
+  constexpr const char* op = "sliding_tile_attention";
+  sgld::SlidingTileAttentionParams p;
+  p.attn = attention_params(out, lse, q, k, v, scale, op);
+  TORCH_CHECK(q.device().is_cpu(), op, ": the _C kernel runs on the CPU only, got tensors on ", q.device());
+  TORCH_CHECK(k.size(1) == q.size(1), op, ": q and k must have one sequence length, got ", q.size(1),
+              " and ", k.size(1));
+  for (const auto& [t, name] : {std::pair{&q_groups, "q_groups"}, std::pair{&kv_ranges, "kv_ranges"}}) {
+    check_device(*t, q, op, name);
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), op, ": ", name,
+                " must be contiguous int64, got ", t->scalar_type());
+  }
+  TORCH_CHECK(q_groups.dim() == 2 && q_groups.size(1) == 2, op, ": q_groups must be [G, 2], got ",
+              q_groups.sizes());
+  TORCH_CHECK(kv_ranges.dim() == 4 && kv_ranges.size(0) == q.size(2) &&
+                  kv_ranges.size(1) == q_groups.size(0) && kv_ranges.size(3) == 2,
+              op, ": kv_ranges must be [H, G, R, 2] = [", q.size(2), ", ", q_groups.size(0),
+              ", R, 2], got ", kv_ranges.sizes());
+  const int64_t seq = q.size(1);
+  p.q_groups = q_groups.data_ptr<int64_t>();
+  p.kv_ranges = kv_ranges.data_ptr<int64_t>();
+  p.groups = q_groups.size(0);
+  p.runs = kv_ranges.size(2);
+  const auto inside = [&](const int64_t* r) { return 0 <= r[0] && r[0] <= r[1] && r[1] <= seq; };
+  for (int64_t g = 0; g < p.groups; ++g) {
+    TORCH_CHECK(inside(p.q_groups + 2 * g), op, ": query group ", g, " [", p.q_groups[2 * g], ", ",
+                p.q_groups[2 * g + 1], ") is not inside [0, ", seq, ")");
+  }
+  for (int64_t i = 0; i < kv_ranges.numel() / 2; ++i) {
+    TORCH_CHECK(inside(p.kv_ranges + 2 * i), op, ": key run [", p.kv_ranges[2 * i], ", ",
+                p.kv_ranges[2 * i + 1], ") is not inside [0, ", seq, ")");
+  }
+  if (q.numel() == 0) {
+    return;
+  }
+  // Queries outside every group (ops/ leaves none) are defined too.
+  out.zero_();
+  lse.fill_(-std::numeric_limits<float>::infinity());
+  cpu::sliding_tile_attention(p, cpu::active_isa());
+}
+
 // q_out, k_out = q, k rotated by (cos, sin) [S, D/2] per token.
 void rope_out(at::Tensor& q_out, at::Tensor& k_out, const at::Tensor& q, const at::Tensor& k,
               const at::Tensor& cos, const at::Tensor& sin, bool interleaved) {
@@ -480,6 +526,9 @@ TORCH_LIBRARY(sglang_diffusion_C, m) {
   m.def(
       "qk_rms_norm_out(Tensor(a!) out, Tensor x, Tensor? weight, float eps, bool across_heads) "
       "-> ()");
+  m.def(
+      "sliding_tile_attention_out(Tensor(a!) out, Tensor(b!) lse, Tensor q, Tensor k, Tensor v, "
+      "Tensor q_groups, Tensor kv_ranges, float scale) -> ()");
   m.def("gelu_tanh_out(Tensor(a!) out, Tensor x) -> ()");
   m.def("permute_rows_out(Tensor(a!) out, Tensor src) -> ()");
   // Which CPU build the kernels run ("default", "avx2" or "avx512"), for the dispatch log.
@@ -502,6 +551,7 @@ TORCH_LIBRARY(sglang_diffusion_C, m) {
 
 TORCH_LIBRARY_IMPL(sglang_diffusion_C, CPU, m) {
   SGLD_IMPL_OPS(m);
+  m.impl("sliding_tile_attention_out", &sliding_tile_attention_out);  // no CUDA kernel: Triton serves CUDA
 }
 
 #ifdef SGLD_WITH_CUDA

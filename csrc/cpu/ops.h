@@ -9,6 +9,7 @@
 #include "../params/norm.h"
 #include "../params/qk_norm.h"
 #include "../params/rope.h"
+#include "../params/sliding_tile_attention.h"
 #include "isa.h"
 
 namespace sglang_diffusion::cpu {
@@ -24,6 +25,10 @@ void rope(const RopeParams& params, Isa isa);
 
 // Over (batch, head, query block) work items, fp32 accumulation for every dtype (attention.cpp).
 void attention(const AttentionParams& params, Isa isa);
+
+// Over (batch, head, query block) work items, each against its query group's key runs only
+// (sliding_tile_attention.cpp).
+void sliding_tile_attention(const SlidingTileAttentionParams& params, Isa isa);
 
 // Over chunks of the flat buffer (activation.cpp).
 void gelu_tanh(const GeluTanhParams& params, Isa isa);

@@ -191,3 +191,22 @@ def test_custom_op_has_a_fake_implementation():
     q_groups, kv_ranges = _plan(layout, ((1, 1, 1), (2, 2, 2)), 0)
     torch.library.opcheck(_sta_op, (q, k, v, q_groups, kv_ranges, 0.25, "torch"),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@requires_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_cpu_build_matches_the_reference(monkeypatch, dtype):
+    """The portable build and every x86 build this CPU runs (SGLD_CPU_ISA picks one per call)."""
+    layout = TileLayout((3, 5, 7), (2, 2, 3))
+    windows = [(1, 2, 2), (2, 1, 3)]
+    q, k, v = make_qkv(layout, 2, 40, 3, seed=11, dtype=dtype)
+    expected, expected_lse = sliding_tile_attention_reference(q.float(), k.float(), v.float(), layout, windows, 3)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    isas = native_ops().cpu_isas()
+    assert "default" in isas
+    for isa in isas:
+        monkeypatch.setenv("SGLD_CPU_ISA", isa)
+        assert native_ops().cpu_isa() == isa
+        out, lse = sliding_tile_attention(q, k, v, layout, windows, 3, backend="native")
+        torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
+        torch.testing.assert_close(lse, expected_lse, atol=1e-4, rtol=1e-5)
