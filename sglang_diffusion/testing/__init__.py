@@ -47,7 +47,7 @@ TINY_SAMPLING: dict[str, dict] = {
     "qwen-image": qwen_image.TINY_SAMPLING,
 }
 
-__all__ = ["FAMILIES", "PRESETS", "TINY_SAMPLING", "build_model", "cached_model", "model_configs"]
+__all__ = ["FAMILIES", "PRESETS", "TINY_SAMPLING", "build_model", "cached_model", "model_configs", "pipeline_class"]
 
 
 def _spec(family: str, preset: str) -> PipelineSpec:
@@ -63,6 +63,11 @@ def model_configs(family: str, preset: str = "tiny") -> dict[str, dict]:
     encoders) that `build_model` would write, without allocating any weights."""
     spec = _spec(family, preset)
     return {name: dict(c.config) for name, c in spec.components.items() if isinstance(c, Weights)}
+
+
+def pipeline_class(family: str) -> str:
+    """The `_class_name` of `family`'s model_index.json (the pipeline the registry looks up)."""
+    return _spec(family, "tiny").class_name
 
 
 def build_model(family: str, output_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0) -> pathlib.Path:
