@@ -16,7 +16,12 @@ layer names, so any model's keys work, not a fixed list):
   `.alpha`, `diff_b` bias deltas and `diff` weight deltas, with Wan's own module names
   (`self_attn.q` -> `attn1.to_q`, `ffn.0` -> `ffn.net.0.proj`, `head.head` -> `proj_out`, ...);
 - kohya / musubi-tuner: `lora_unet_blocks_0_self_attn_q.lora_down.weight` (module path with
-  underscores), `.alpha`.
+  underscores), `.alpha`;
+- original HunyuanVideo (Tencent's names, as diffusion-pipe and musubi-tuner write them, dots or
+  underscores): `double_blocks.0.img_attn_qkv`, `single_blocks.0.linear1`, ... -> diffusers'
+  `transformer_blocks.0.attn.to_q`, ...; a fused layer (q, k, v: `img_attn_qkv`, `txt_attn_qkv`;
+  q, k, v and the MLP input: `linear1`) is split along its output features into the layers it
+  stands for, each keeping the shared down matrix (`HUNYUAN_ORIGINAL`).
 A file that cannot be read, or whose keys match no layer, is a ModelLoadError.
 """
 
@@ -58,6 +63,21 @@ WAN_ORIGINAL_NAMES = {
     "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2",
     "head.head": "proj_out",
 }
+
+
+# Original HunyuanVideo block layers -> the diffusers modules they are, in output order (several
+# for a fused layer; "*" is the rest of the output features after the others' hidden_size each).
+HUNYUAN_ORIGINAL_BLOCKS = {"double_blocks": "transformer_blocks", "single_blocks": "single_transformer_blocks"}
+HUNYUAN_ORIGINAL = {
+    "img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "img_attn_proj": ("attn.to_out.0",),
+    "img_mlp_fc1": ("ff.net.0.proj",), "img_mlp_fc2": ("ff.net.2",), "img_mod_linear": ("norm1.linear",),
+    "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"), "txt_attn_proj": ("attn.to_add_out",),
+    "txt_mlp_fc1": ("ff_context.net.0.proj",), "txt_mlp_fc2": ("ff_context.net.2",),
+    "txt_mod_linear": ("norm1_context.linear",),
+    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp*"), "linear2": ("proj_out",),
+    "modulation_linear": ("norm.linear",),
+}
+_HUNYUAN_ORIGINAL_KEY = re.compile(r"^(double_blocks|single_blocks)[._](\d+)[._](.+)$")
 
 
 @dataclass
@@ -165,6 +185,33 @@ def _strip(module: str) -> tuple[str | None, str]:
     return target, module
 
 
+def _split_fused(path: str, layer: LoraLayer, state: dict[str, torch.Tensor]) -> dict[str, LoraLayer]:
+    """An adapter layer (its module path, prefixes stripped) -> {module path: layer}: itself, or,
+    for an original HunyuanVideo block layer, the diffusers modules it stands for (a fused one
+    split along its output features)."""
+    match = _HUNYUAN_ORIGINAL_KEY.match(path)
+    original = match.group(3).replace(".", "_") if match else None
+    if original not in HUNYUAN_ORIGINAL:
+        return {path: layer}
+    prefix = f"{HUNYUAN_ORIGINAL_BLOCKS[match.group(1)]}.{match.group(2)}"
+    modules = HUNYUAN_ORIGINAL[original]
+    if len(modules) == 1:
+        return {f"{prefix}.{modules[0]}": layer}
+    if any(f"{prefix}.{m.rstrip('*')}.weight" not in state for m in modules):
+        return {path: layer}  # no such block: reported as unmatched
+    sizes = [state[f"{prefix}.{m}.weight"].shape[0] for m in modules if not m.endswith("*")]
+    if modules[-1].endswith("*"):
+        out_features = next(t.shape[0] for t in (layer.B, layer.diff, layer.diff_b, layer.B_bias) if t is not None)
+        sizes.append(out_features - sum(sizes))
+
+    def part(t, i):
+        return None if t is None else t.split(sizes, dim=0)[i]
+
+    return {f"{prefix}.{m.rstrip('*')}": LoraLayer(layer.A, part(layer.B, i), layer.alpha, part(layer.B_bias, i),
+                                                   part(layer.diff_b, i), part(layer.diff, i))
+            for i, m in enumerate(modules)}
+
+
 def _scale(lora: LoraFile, component: str, name: str, layer: LoraLayer) -> float:
     rank = layer.A.shape[0]
     alpha = layer.alpha
@@ -192,10 +239,12 @@ def merge_lora(state: dict[str, torch.Tensor], lora: LoraFile, component: str = 
             for alias in _aliases(module):
                 by_alias.setdefault(alias, module)
     merged, unmatched = 0, []
+    layers = []  # (name in the file, module path, layer)
     for name, layer in lora.layers.items():
         target, path = _strip(name)
-        if (target or "transformer") != component:
-            continue
+        if (target or "transformer") == component:
+            layers += [(name, *split) for split in _split_fused(path, layer, state).items()]
+    for name, path, layer in layers:
         module = by_alias.get(path)
         if module is None:
             unmatched.append(name)
