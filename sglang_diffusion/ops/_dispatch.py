@@ -32,6 +32,16 @@ def needs_autograd(*tensors: Optional[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def autograd_runs_reference(op: str, *tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd needs the graph of these inputs, which the inference-only kernels do not
+    build: then the op's pure-PyTorch reference runs (logged once)."""
+    if not needs_autograd(*tensors):
+        return False
+    if not torch.compiler.is_compiling():
+        log_choice(op, "torch", "autograd: an input requires grad")
+    return True
+
+
 def native_why_not(device: torch.device, op_name: str) -> Optional[str]:
     """None when ``_C`` has ``op_name`` for ``device``'s type, else why not."""
     native = _native.native_library()

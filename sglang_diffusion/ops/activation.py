@@ -96,9 +96,7 @@ def gelu_tanh(x: torch.Tensor, impl: Optional[str] = None, inplace: bool = False
     the call (when autograd needs the graph, the reference runs out of place and x is left as
     it was). ``impl``: None (pick), native, triton or torch.
     """
-    if _dispatch.needs_autograd(x):
-        if not torch.compiler.is_compiling():
-            _dispatch.log_choice("gelu_tanh", "torch", "autograd: an input requires grad")
+    if _dispatch.autograd_runs_reference("gelu_tanh", x):
         return gelu_tanh_reference(x)
     if inplace:
         _gelu_tanh_inplace_op(x, impl)

@@ -47,6 +47,13 @@ def default_scale(head_dim: int) -> float:
     return head_dim ** -0.5
 
 
+def empty_outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32) for q: what the
+    attention ops return (their fake implementations too)."""
+    b, sq, h, d = q.shape
+    return q.new_empty(b, sq, h, d), q.new_empty(b, h, sq, dtype=torch.float32)
+
+
 def attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,8 +72,7 @@ def _attention_torch(q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tensor]
     b, sq, h, d = q.shape
     sk = k.shape[1]
     kf, vf = (t.float().transpose(1, 2) for t in (k, v))  # [B, H, Sk, D]
-    out = torch.empty(b, sq, h, d, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
+    out, lse = empty_outputs(q)
     chunk = max(1, _TORCH_CHUNK_SCORES // max(1, b * h * sk))
     for start in range(0, sq, chunk):
         end = min(sq, start + chunk)
@@ -100,9 +106,7 @@ def _run(impl: str, q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         from sglang_diffusion.triton_kernels.attention import attention_fwd
 
         return attention_fwd(q, k, v, scale)
-    b, sq, h, d = q.shape
-    out = torch.empty(b, sq, h, d, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
+    out, lse = empty_outputs(q)
     # The kernel reads any B/S/H strides (e.g. views into one fused QKV projection); only D
     # must be contiguous.
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -123,24 +127,16 @@ def _attention_op(
 @_attention_op.register_fake
 def _(q, k, v, scale, impl):
     _check(q, k, v)
-    b, sq, h, d = q.shape
-    return q.new_empty(b, sq, h, d), q.new_empty(b, h, sq, dtype=torch.float32)
+    return empty_outputs(q)
 
 
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: Optional[float] = None,
-    backend: Optional[str] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
+              backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, Sq, H, D], k, v [B, Sk, H, D] -> (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq]
     float32). ``backend``: None (pick), ``native``, ``triton`` or ``torch``; one that cannot run
     these inputs raises ValueError with the reason."""
     _check(q, k, v)
     scale = default_scale(q.shape[-1]) if scale is None else float(scale)
-    if _dispatch.needs_autograd(q, k, v):
-        if not torch.compiler.is_compiling():
-            _dispatch.log_choice("attention", "torch", "autograd: an input requires grad")
+    if _dispatch.autograd_runs_reference("attention", q, k, v):
         return attention_reference(q, k, v, scale)
     return _attention_op(q, k, v, scale, backend)

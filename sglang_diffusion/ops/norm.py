@@ -43,15 +43,9 @@ def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.float()
 
 
-def norm_modulate_reference(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    weight: Optional[torch.Tensor] = None,
-    bias: Optional[torch.Tensor] = None,
-    eps: float = 1e-6,
-    norm_type: str = "layer",
-) -> torch.Tensor:
+def norm_modulate_reference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                            weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                            eps: float = 1e-6, norm_type: str = "layer") -> torch.Tensor:
     """``norm(x) * (1 + scale) + shift`` in fp32, returned in x's dtype."""
     _check_norm_type(norm_type)
     x32 = x.float()
@@ -65,17 +59,11 @@ def norm_modulate_reference(
     return (y * (1 + scale.float()) + shift.float()).to(x.dtype)
 
 
-def gated_residual_norm_modulate_reference(
-    residual: torch.Tensor,
-    x: torch.Tensor,
-    gate: Optional[torch.Tensor],
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    weight: Optional[torch.Tensor] = None,
-    bias: Optional[torch.Tensor] = None,
-    eps: float = 1e-6,
-    norm_type: str = "layer",
-) -> tuple[torch.Tensor, torch.Tensor]:
+def gated_residual_norm_modulate_reference(residual: torch.Tensor, x: torch.Tensor,
+                                           gate: Optional[torch.Tensor], scale: torch.Tensor,
+                                           shift: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                                           bias: Optional[torch.Tensor] = None, eps: float = 1e-6,
+                                           norm_type: str = "layer") -> tuple[torch.Tensor, torch.Tensor]:
     """``(residual + gate * x, norm_modulate(that))``; gate None means 1."""
     branch = x.float() if gate is None else gate.float() * x.float()
     new_residual = (residual.float() + branch).to(residual.dtype)  # [B, S, D], as stored
@@ -101,12 +89,8 @@ def _check_shapes(target: torch.Tensor, **others: Optional[torch.Tensor]) -> Non
             )
 
 
-def _why_not_native(
-    op_name: str,
-    x: torch.Tensor,
-    modulation: tuple[Optional[torch.Tensor], ...],
-    affine: tuple[Optional[torch.Tensor], ...],
-) -> Optional[str]:
+def _why_not_native(op_name: str, x: torch.Tensor, modulation: tuple[Optional[torch.Tensor], ...],
+                    affine: tuple[Optional[torch.Tensor], ...]) -> Optional[str]:
     """None when the _C kernel ``op_name`` can run these inputs, else the reason it cannot."""
     why_not = _dispatch.native_why_not(x.device, op_name)
     if why_not is not None:
@@ -140,16 +124,9 @@ def _why_not_triton(x: torch.Tensor, modulation: tuple[Optional[torch.Tensor], .
 
 
 @torch.library.custom_op("sglang_diffusion::norm_modulate", mutates_args=())
-def _norm_modulate_op(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
-    eps: float,
-    norm_type: str,
-    impl: Optional[str],
-) -> torch.Tensor:
+def _norm_modulate_op(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                      weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
+                      norm_type: str, impl: Optional[str]) -> torch.Tensor:
     _check_shapes(x, scale=scale, shift=shift)
     why_not = {"triton": _why_not_triton(x, (scale, shift)),
                "native": _why_not_native("norm_modulate_out", x, (scale, shift), (weight, bias))}
@@ -174,18 +151,10 @@ def _(x, scale, shift, weight, bias, eps, norm_type, impl):
 
 
 @torch.library.custom_op("sglang_diffusion::gated_residual_norm_modulate", mutates_args=())
-def _gated_residual_norm_modulate_op(
-    residual: torch.Tensor,
-    x: torch.Tensor,
-    gate: Optional[torch.Tensor],
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
-    eps: float,
-    norm_type: str,
-    impl: Optional[str],
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _gated_residual_norm_modulate_op(residual: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
+                                     scale: torch.Tensor, shift: torch.Tensor, weight: Optional[torch.Tensor],
+                                     bias: Optional[torch.Tensor], eps: float, norm_type: str,
+                                     impl: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
     _check_shapes(residual, x=x, gate=gate, scale=scale, shift=shift)
     native = _why_not_native("gated_residual_norm_modulate_out", residual, (gate, scale, shift), (weight, bias))
     if native is None and (x.shape != residual.shape or x.dtype != residual.dtype or x.device != residual.device):
@@ -224,44 +193,27 @@ def _(residual, x, gate, scale, shift, weight, bias, eps, norm_type, impl):
 # ---- what models call ----------------------------------------------------------------------
 
 
-def norm_modulate(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    weight: Optional[torch.Tensor] = None,
-    bias: Optional[torch.Tensor] = None,
-    eps: float = 1e-6,
-    norm_type: str = "layer",
-    impl: Optional[str] = None,
-) -> torch.Tensor:
+def norm_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                  weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                  eps: float = 1e-6, norm_type: str = "layer", impl: Optional[str] = None) -> torch.Tensor:
     """``norm(x) * (1 + scale) + shift``: x [B, S, D] -> [B, S, D] in x's dtype.
     ``impl``: None (pick), native or torch."""
     _check_norm_type(norm_type)
-    if _dispatch.needs_autograd(x, scale, shift, weight, bias):
-        if not torch.compiler.is_compiling():
-            _dispatch.log_choice("norm_modulate", "torch", "autograd: an input requires grad")
+    if _dispatch.autograd_runs_reference("norm_modulate", x, scale, shift, weight, bias):
         return norm_modulate_reference(x, scale, shift, weight, bias, eps, norm_type)
     return _norm_modulate_op(x, scale, shift, weight, bias, float(eps), norm_type, impl)
 
 
-def gated_residual_norm_modulate(
-    residual: torch.Tensor,
-    x: torch.Tensor,
-    gate: Optional[torch.Tensor],
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    weight: Optional[torch.Tensor] = None,
-    bias: Optional[torch.Tensor] = None,
-    eps: float = 1e-6,
-    norm_type: str = "layer",
-    impl: Optional[str] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def gated_residual_norm_modulate(residual: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
+                                 scale: torch.Tensor, shift: torch.Tensor,
+                                 weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                                 eps: float = 1e-6, norm_type: str = "layer",
+                                 impl: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``residual + gate * x`` and its ``norm(.) * (1 + scale) + shift``, both [B, S, D] in
     residual's dtype; gate None means 1. ``impl``: None (pick), native or torch."""
     _check_norm_type(norm_type)
-    if _dispatch.needs_autograd(residual, x, gate, scale, shift, weight, bias):
-        if not torch.compiler.is_compiling():
-            _dispatch.log_choice("gated_residual_norm_modulate", "torch", "autograd: an input requires grad")
+    if _dispatch.autograd_runs_reference("gated_residual_norm_modulate", residual, x, gate, scale, shift, weight,
+                                         bias):
         return gated_residual_norm_modulate_reference(
             residual, x, gate, scale, shift, weight, bias, eps, norm_type
         )

@@ -47,14 +47,9 @@ def _rms(x: torch.Tensor, w: Optional[torch.Tensor], eps: float, across_heads: b
     return F.rms_norm(xf, (d,), wf, eps).to(x.dtype)
 
 
-def qk_rms_norm_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    weight_q: Optional[torch.Tensor],
-    weight_k: Optional[torch.Tensor],
-    eps: float,
-    across_heads: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def qk_rms_norm_reference(q: torch.Tensor, k: torch.Tensor, weight_q: Optional[torch.Tensor],
+                          weight_k: Optional[torch.Tensor], eps: float,
+                          across_heads: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(normed q, normed k), each in its input's dtype and shape."""
     _check(q, k, weight_q, weight_k, across_heads)
     return _rms(q, weight_q, eps, across_heads), _rms(k, weight_k, eps, across_heads)
@@ -89,10 +84,9 @@ def _run(impl, q, k, weight_q, weight_k, eps, across_heads):
 
 
 @torch.library.custom_op("sglang_diffusion::qk_rms_norm", mutates_args=())
-def _qk_rms_norm_op(
-    q: torch.Tensor, k: torch.Tensor, weight_q: Optional[torch.Tensor], weight_k: Optional[torch.Tensor],
-    eps: float, across_heads: bool, impl: Optional[str],
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _qk_rms_norm_op(q: torch.Tensor, k: torch.Tensor, weight_q: Optional[torch.Tensor],
+                    weight_k: Optional[torch.Tensor], eps: float, across_heads: bool,
+                    impl: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
     _check(q, k, weight_q, weight_k, across_heads)
     why_not = _why_not(q, k, (weight_q, weight_k))
     chosen = _dispatch.choose("qk_rms_norm", impl, why_not, f"{q.device.type} {q.dtype}")
@@ -106,21 +100,13 @@ def _(q, k, weight_q, weight_k, eps, across_heads, impl):
         k, memory_format=torch.contiguous_format)
 
 
-def qk_rms_norm(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    weight_q: Optional[torch.Tensor],
-    weight_k: Optional[torch.Tensor],
-    eps: float,
-    across_heads: bool,
-    impl: Optional[str] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, weight_q: Optional[torch.Tensor],
+                weight_k: Optional[torch.Tensor], eps: float, across_heads: bool,
+                impl: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """RMS-normalises q [B, S, Hq, D] and k [B, S', Hk, D] over H*D (``across_heads``, weights
     [H*D]) or per head over D (weights [D]); returns contiguous tensors in the inputs' dtypes.
     ``impl``: None (pick), native, triton or torch."""
     _check(q, k, weight_q, weight_k, across_heads)
-    if _dispatch.needs_autograd(q, k, weight_q, weight_k):
-        if not torch.compiler.is_compiling():
-            _dispatch.log_choice("qk_rms_norm", "torch", "autograd: an input requires grad")
+    if _dispatch.autograd_runs_reference("qk_rms_norm", q, k, weight_q, weight_k):
         return qk_rms_norm_reference(q, k, weight_q, weight_k, eps, across_heads)
     return _qk_rms_norm_op(q, k, weight_q, weight_k, float(eps), bool(across_heads), impl)

@@ -140,8 +140,6 @@ def apply_rope(
     """Rotates q [B, S, Hq, D] and k [B, S, Hk, D] by cos, sin [S, D/2] (float32); returns
     contiguous tensors in the inputs' dtypes. ``impl``: None (pick), native, triton or torch."""
     _check(q, k, cos, sin)
-    if _dispatch.needs_autograd(q, k, cos, sin):
-        if not torch.compiler.is_compiling():
-            _dispatch.log_choice("apply_rope", "torch", "autograd: an input requires grad")
+    if _dispatch.autograd_runs_reference("apply_rope", q, k, cos, sin):
         return apply_rope_reference(q, k, cos, sin, interleaved)
     return _rope_op(q, k, cos, sin, bool(interleaved), impl)

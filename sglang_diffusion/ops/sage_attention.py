@@ -33,10 +33,15 @@ from typing import Optional
 import torch
 
 from sglang_diffusion.ops import _dispatch
-from sglang_diffusion.ops.attention import _check, default_scale
+from sglang_diffusion.ops.attention import _check, default_scale, empty_outputs
 
 QK_QUANT_GRANS = ("per_block", "per_token")
 _CHUNK_SCORES = 1 << 26  # fp32 scores held at once by the torch path (256 MiB)
+
+
+def _check_quant_gran(qk_quant_gran: str) -> None:
+    if qk_quant_gran not in QK_QUANT_GRANS:
+        raise ValueError(f"qk_quant_gran must be one of {QK_QUANT_GRANS}, got {qk_quant_gran!r}")
 
 
 def pv_dtype_for(dtype: torch.dtype) -> torch.dtype:
@@ -59,20 +64,12 @@ def quantize_int8(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tens
     return x8, scale_tok
 
 
-def sage_attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: Optional[float] = None,
-    qk_quant_gran: str = "per_block",
-    block_q: int = 128,
-    block_k: int = 64,
-    smooth_k: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def sage_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
+                             qk_quant_gran: str = "per_block", block_q: int = 128, block_k: int = 64,
+                             smooth_k: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32) of the quantised attention."""
     _check(q, k, v)
-    if qk_quant_gran not in QK_QUANT_GRANS:
-        raise ValueError(f"qk_quant_gran must be one of {QK_QUANT_GRANS}, got {qk_quant_gran!r}")
+    _check_quant_gran(qk_quant_gran)
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block_q and block_k must be >= 1, got {block_q}, {block_k}")
     if qk_quant_gran == "per_token":
@@ -85,8 +82,7 @@ def sage_attention_reference(
     k_mean = kf.mean(dim=2, keepdim=True) if smooth_k else torch.zeros_like(kf[:, :, :1])  # [B, H, 1, D]
     k8, k_scale = quantize_int8(kf - k_mean, block_k)  # [B, H, Sk, D], [B, H, Sk]
     vl = v.transpose(1, 2).to(pv_dtype)  # [B, H, Sk, D]
-    out = torch.empty(b, sq, h, d, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
+    out, lse = empty_outputs(q)
     # Chunks of whole quantisation blocks, so each block's scale is computed over the block.
     chunk = max(1, _CHUNK_SCORES // max(1, b * h * sk) // block_q) * block_q
     for start in range(0, sq, chunk):
@@ -115,10 +111,9 @@ def _why_not(q: torch.Tensor) -> dict[str, Optional[str]]:
 
 
 @torch.library.custom_op("sglang_diffusion::sage_attention", mutates_args=())
-def _sage_attention_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, qk_quant_gran: str,
-    block_q: int, block_k: int, smooth_k: bool, impl: Optional[str],
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _sage_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, qk_quant_gran: str,
+                       block_q: int, block_k: int, smooth_k: bool,
+                       impl: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
     _check(q, k, v)
     chosen = _dispatch.choose("sage_attention", impl, _why_not(q), f"{q.device.type} {q.dtype}")
     if chosen == "triton":
@@ -130,24 +125,14 @@ def _sage_attention_op(
 
 @_sage_attention_op.register_fake
 def _(q, k, v, scale, qk_quant_gran, block_q, block_k, smooth_k, impl):
-    b, sq, h, d = q.shape
-    return q.new_empty(b, sq, h, d), q.new_empty(b, h, sq, dtype=torch.float32)
+    return empty_outputs(q)
 
 
-def sage_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: Optional[float] = None,
-    qk_quant_gran: str = "per_block",
-    block_q: int = 128,
-    block_k: int = 64,
-    smooth_k: bool = True,
-    impl: Optional[str] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
+                   qk_quant_gran: str = "per_block", block_q: int = 128, block_k: int = 64,
+                   smooth_k: bool = True, impl: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantised attention (see the module doc); same shapes as ops.attention.attention."""
     _check(q, k, v)
-    if qk_quant_gran not in QK_QUANT_GRANS:
-        raise ValueError(f"qk_quant_gran must be one of {QK_QUANT_GRANS}, got {qk_quant_gran!r}")
+    _check_quant_gran(qk_quant_gran)
     scale = default_scale(q.shape[-1]) if scale is None else float(scale)
     return _sage_attention_op(q, k, v, scale, qk_quant_gran, int(block_q), int(block_k), bool(smooth_k), impl)
