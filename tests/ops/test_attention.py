@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sglang_diffusion.ops import _dispatch, _native
+from sglang_diffusion.ops import _native
 from sglang_diffusion.ops import attention as attention_mod
 from sglang_diffusion.ops.attention import attention, attention_reference
 from tests.ops.helpers import attention_in_dtype, max_err, native_ops, poisoned_like, randn, requires_native
@@ -130,13 +130,6 @@ def test_torch_path_chunks_queries_and_matches_reference(monkeypatch):
     expected, expected_lse = attention_reference(q, k, v)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(lse, expected_lse, atol=1e-6, rtol=1e-6)
-
-
-@pytest.fixture
-def fresh_choice_log():
-    _dispatch.log_choice.cache_clear()
-    yield
-    _dispatch.log_choice.cache_clear()
 
 
 @requires_native

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sglang_diffusion.ops import _dispatch, _native
+from sglang_diffusion.ops import _native
 from sglang_diffusion.ops.norm import (
     gated_residual_norm_modulate,
     gated_residual_norm_modulate_reference,
@@ -249,13 +249,6 @@ def test_native_rejects_unknown_norm_type():
 
 
 # ---- the dispatcher ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_choice_log():
-    _dispatch.log_choice.cache_clear()
-    yield
-    _dispatch.log_choice.cache_clear()
 
 
 @requires_native
