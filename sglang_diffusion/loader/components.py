@@ -90,10 +90,47 @@ def load_component(name: str, index: ModelIndex, args: ServerArgs, dtype: torch.
     if cls is None:
         raise ModelLoadError(f"component {name!r}: {library} has no class {cls_name!r}")
     kwargs = {"dtype": dtype} if dtype is not None and isinstance(cls, type) and issubclass(cls, torch.nn.Module) else {}
+    if _is_tokenizer_like(cls_name) and _needs_torchvision(cls_name):
+        return tokenizer_without_torchvision(name, cls_name, index.path / name)
     try:
         return cls.from_pretrained(index.path / name, **kwargs)
     except Exception as e:  # library loaders raise many classes for a bad folder
         raise ModelLoadError(f"cannot load component {name!r} ({cls_name}) from {index.path / name}: {e}") from None
+
+
+def _needs_torchvision(cls_name: str) -> bool:
+    """Whether transformers can build processor `cls_name` only with torchvision, which is not installed."""
+    import transformers
+
+    if transformers.utils.is_torchvision_available():
+        return False
+    cls = getattr(transformers, cls_name, None)
+    return cls is not None and "torchvision" in getattr(cls, "_backends", ())
+
+
+def tokenizer_without_torchvision(name: str, cls_name: str, folder):
+    """The tokenizer part of a processor folder whose class needs torchvision (FLUX.2's
+    PixtralProcessor): text prompts need only the tokenizer and its chat template. A request
+    that would need the image part fails on its own, naming torchvision."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:
+        raise ModelLoadError(f"component {name!r}: {cls_name} needs torchvision, which is not installed, and "
+                             f"{folder} has no tokenizer of its own to fall back on ({e})") from None
+    logger.info("component %s: %s needs torchvision (not installed); loaded its tokenizer (%s), which text "
+                "prompts need", name, cls_name, type(tokenizer).__name__)
+    return tokenizer
+
+
+def torchvision_free_components(index: ModelIndex, skip=()) -> dict:
+    """Tokenizers standing in for the model's processors that need torchvision (none when it is
+    installed), for the diffusers backend to set in their place."""
+    return {name: tokenizer_without_torchvision(name, cls_name, index.path / name)
+            for name, (library, cls_name) in index.components.items()
+            if name not in skip and library == "transformers" and cls_name and _is_tokenizer_like(cls_name)
+            and _needs_torchvision(cls_name)}
 
 
 def _is_tokenizer_like(cls_name: str) -> bool:

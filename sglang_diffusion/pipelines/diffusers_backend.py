@@ -211,7 +211,8 @@ class DiffusersBackendPipeline:
                 raise InvalidRequestError(f"image_path: {type(self.pipe).__name__} takes no input image")
             if self.pipe.vae is not None and getattr(self.pipe.vae, "encoder", True) is None:
                 raise InvalidRequestError("image_path: the VAE encoder was not loaded (vae_config.load_encoder)")
-            kwargs["image"] = _load_image(params.image_path)
+            paths = params.image_path  # several input images (FLUX.2 editing): a list
+            kwargs["image"] = [_load_image(p) for p in paths] if isinstance(paths, list) else _load_image(paths)
         elif "image" in self._call_params and self._call_params["image"].default is inspect.Parameter.empty:
             raise InvalidRequestError(f"{type(self.pipe).__name__} needs an input image: pass image_path")
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in self._call_params.values())

@@ -27,6 +27,12 @@ def _flux(args: ServerArgs, index: ModelIndex, platform: Platform) -> Pipeline:
     return build_flux_pipeline(args, index, platform)
 
 
+def _flux2(args: ServerArgs, index: ModelIndex, platform: Platform) -> Pipeline:
+    from sglang_diffusion.pipelines.flux2 import build_flux2_pipeline
+
+    return build_flux2_pipeline(args, index, platform)
+
+
 def _qwen_image(args: ServerArgs, index: ModelIndex, platform: Platform) -> Pipeline:
     from sglang_diffusion.pipelines.qwen_image import build_qwen_image_pipeline
 
@@ -45,6 +51,7 @@ NATIVE_PIPELINES: dict[str, Callable[[ServerArgs, ModelIndex, Platform], Pipelin
     "WanPipeline": _wan,  # Wan2.1 T2V, Wan2.2 T2V-A14B and TI2V-5B
     "WanImageToVideoPipeline": _wan,  # Wan2.1 I2V (and Wan2.2 I2V-A14B)
     "FluxPipeline": _flux,  # FLUX.1-dev and -schnell
+    "Flux2Pipeline": _flux2,  # FLUX.2-dev, text to image and editing
     "HunyuanVideoPipeline": _hunyuan_video,  # HunyuanVideo, FastHunyuan
     "QwenImagePipeline": _qwen_image,
 }

@@ -19,6 +19,8 @@ from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.platform import Platform
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow
+
 REQUEST = dict(prompt="a red cube on a table", height=64, width=48, num_inference_steps=3, seed=7)
 LATENT_TOL = 1e-4
 MIN_PSNR = 40.0

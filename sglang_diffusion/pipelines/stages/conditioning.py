@@ -45,6 +45,20 @@ class PooledText(TextOnly):
         return model.encode_context(embeds, pooled, guidance)
 
 
+class GuidedText(PooledText):
+    """FLUX.2: the text states alone (no pooled embedding), the guidance scale as an embedding,
+    timesteps t / 1000; `reference` (tokens [1, R, C], ids [R, 4]): the reference images' latent
+    tokens that the DiT reads beside the noise (editing), or None."""
+
+    def __init__(self, reference: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.reference = reference
+
+    def context(self, model, state, negative: bool):
+        embeds = state.negative_prompt_embeds if negative else state.prompt_embeds
+        guidance = state.params.guidance_scale if model.config.guidance_embeds else None
+        return model.encode_context(embeds, guidance, *(self.reference or ()))
+
+
 class ChannelConcat(TextOnly):
     """Wan2.1 I2V: the DiT reads [latents, frame mask, VAE latents of image + empty frames]
     along channels; `condition` [B, 4 + C, F', H', W']."""

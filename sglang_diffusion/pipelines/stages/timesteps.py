@@ -41,16 +41,28 @@ def flow_shift_mu(image_tokens: int, scheduler_config) -> float:
     return image_tokens * slope + base_shift - slope * base_len
 
 
+def flux2_empirical_mu(image_tokens: int, num_steps: int) -> float:
+    """diffusers' FLUX.2 `compute_empirical_mu`: mu fitted to the number of image tokens and of
+    steps (linear in the tokens alone past 4300 of them)."""
+    a1, b1, a2, b2 = 8.73809524e-05, 1.89833333, 0.00016927, 0.45666666
+    if image_tokens > 4300:
+        return float(a2 * image_tokens + b2)
+    m_200, m_10 = a2 * image_tokens + b2, a1 * image_tokens + b1
+    a = (m_200 - m_10) / 190.0
+    return float(a * num_steps + m_200 - 200.0 * a)
+
+
 class FlowShiftTimestepStage(Stage):
     """`patch`: the DiT's (frames, height, width) patch over the latents [B, C, F, H, W], which
-    gives the number of image tokens."""
+    gives the number of image tokens. `empirical_mu`: FLUX.2's rule (`flux2_empirical_mu`, by
+    tokens and steps) instead of the scheduler config's linear one."""
 
     name = "timestep_preparation"
     reads = ("params", "latents")
     writes = ("timesteps",)
 
-    def __init__(self, scheduler, patch: tuple[int, int, int]):
-        self.scheduler, self.patch = scheduler, tuple(patch)
+    def __init__(self, scheduler, patch: tuple[int, int, int], empirical_mu: bool = False):
+        self.scheduler, self.patch, self.empirical_mu = scheduler, tuple(patch), empirical_mu
 
     def describe(self) -> str:
         return f"{self.name}({type(self.scheduler).__name__}, shift by image tokens)"
@@ -58,7 +70,7 @@ class FlowShiftTimestepStage(Stage):
     def __call__(self, state: GenerationState) -> None:
         n = state.params.num_inference_steps
         tokens = math.prod(s // p for s, p in zip(state.latents.shape[2:], self.patch))
-        mu = flow_shift_mu(tokens, self.scheduler.config)
+        mu = flux2_empirical_mu(tokens, n) if self.empirical_mu else flow_shift_mu(tokens, self.scheduler.config)
         self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu, device=state.device)
         self.scheduler.set_begin_index(0)
         state.timesteps = self.scheduler.timesteps

@@ -17,9 +17,12 @@ from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
 logger = logging.getLogger(__name__)
 
 
-def load_image(path: str):
+def load_image(path: str | list[str]):
+    """A PIL RGB image; several paths (FLUX.2 editing with reference images) -> a list of them."""
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(path, list):
+        return [load_image(p) for p in path]
     try:
         with Image.open(Path(path).expanduser()) as im:
             return im.convert("RGB")
