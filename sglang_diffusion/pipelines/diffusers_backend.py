@@ -21,7 +21,7 @@ from sglang_diffusion.config.families import Family, detect_family
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import NATIVE_ATTENTION_BACKENDS, ServerArgs
 from sglang_diffusion.errors import ConfigError, InvalidRequestError, ModelLoadError
-from sglang_diffusion.loader.components import component_dtypes, load_component_override
+from sglang_diffusion.loader.components import component_dtypes, load_component_override, torchvision_free_components
 from sglang_diffusion.loader.lora import LoraManager, LoraSpec
 from sglang_diffusion.loader.resolve import ModelIndex
 from sglang_diffusion.pipelines.base import PipelineOutput
@@ -67,7 +67,12 @@ class DiffusersBackendPipeline:
         dtypes = component_dtypes(args, index, platform)
         overrides = {name: load_component_override(name, path, index, dtypes.get(name))
                      for name, path in args.component_paths.items()}
-        self.pipe = self._load(dtypes, overrides)
+        # processors that need torchvision: left out of from_pretrained (diffusers checks a passed
+        # component against the placeholder class), their tokenizers set in their place after it
+        stand_ins = torchvision_free_components(index, skip=overrides)
+        self.pipe = self._load(dtypes, {**overrides, **dict.fromkeys(stand_ins)})
+        for name, component in stand_ins.items():
+            setattr(self.pipe, name, component)
         self.lora = self._setup_lora()
         self.timer = StageTimer()
         self._configure()
