@@ -85,3 +85,29 @@ def test_rates_are_measured_once_and_then_read_from_the_cache(monkeypatch, tmp_p
         assert precision.cpu_rates(tmp_path) == first and len(calls) == 1
     finally:
         precision._cached_rates.cache_clear()
+
+
+@pytest.mark.slow
+def test_generate_with_bf16_runs_the_dit_in_bf16_where_measured_fast(tiny_model, tmp_path):
+    """`sglang generate --dit-precision bf16` end to end, on a CPU whose cached rates say bf16 is
+    fast (written into a fresh HOME's cache: this CPU's real rates would map it to fp32). bf16 is
+    slow here, not wrong, so the run completes and the log names the rates it decided from."""
+    import json
+    import os
+
+    from sglang_diffusion import tuning_cache
+    from tests.conftest import run_cli
+
+    cache = tmp_path / "home" / ".cache" / "sglang_diffusion" / precision.CACHE_FILE
+    cache.parent.mkdir(parents=True)
+    key = tuning_cache.versions_key(torch.device("cpu"))
+    threads = f"x{torch.get_num_threads()} threads"
+    keys = {key.replace(threads, f"x{n} threads") for n in range(1, (os.cpu_count() or 1) + 1)}
+    cache.write_text(json.dumps({k: FAST_BF16.gflops for k in keys}))
+    proc = run_cli("generate", "--model-path", tiny_model("wan2.1-t2v"), "--prompt", "a fox", "--height", 32,
+                   "--width", 32, "--num-frames", 5, "--num-inference-steps", 1, "--dit-precision", "bf16",
+                   "--output-path", tmp_path, env={"HOME": str(tmp_path / "home")})
+    assert proc.returncode == 0, proc.stderr
+    assert "transformer: bfloat16 on the CPU (requested; measured bf16 at 1.67x fp32: matmul 335.0 vs 199.0" \
+           in proc.stderr
+    assert "running in fp32" not in proc.stderr
