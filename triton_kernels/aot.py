@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-MODULES = ("attention", "sage_attention", "rope", "norm", "qk_norm", "activation")
+MODULES = ("attention", "sliding_tile_attention", "sage_attention", "rope", "norm", "qk_norm", "activation")
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,40 @@ from sglang_diffusion.triton_kernels._common import TL_DTYPES, interpreting, nex
 
 
 @triton.jit
+def _key_block(q, k_base, v_base, stride_ks, stride_vs, start_n, end_n, offs_n, offs_d, mask_d, m_i, l_i, acc,
+               qk_scale, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """One online-softmax step: the BLOCK_N keys from start_n (those before end_n) against the
+    queries q [BLOCK_M, BLOCK_D] -> the updated (m_i, l_i, acc). Shared with the sliding tile
+    kernel, which calls it over its window's key runs only."""
+    cols = start_n + offs_n
+    mask_n = cols < end_n
+    kt = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None],
+                 mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
+    if UPCAST:
+        kt = kt.to(tl.float32)
+    if IEEE:
+        s = tl.dot(q, kt, input_precision="ieee")
+    else:
+        s = tl.dot(q, kt)
+    s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))  # [BLOCK_M, BLOCK_N], log2 units
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    v = tl.load(v_base + cols[:, None] * stride_vs + offs_d[None, :],
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+    p = p.to(v_base.dtype.element_ty)  # P in the input dtype, as FlashAttention does
+    if UPCAST:
+        acc = tl.dot(p.to(tl.float32), v.to(tl.float32), acc)
+    elif IEEE:
+        acc = tl.dot(p, v, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(p, v, acc)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _attention_fwd_kernel(
     Q, K, V, Out, Lse,
     qk_scale,  # softmax scale * log2(e)
@@ -54,32 +88,8 @@ def _attention_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(0, seq_k, BLOCK_N):
-        cols = start_n + offs_n
-        mask_n = cols < seq_k
-        kt = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None],
-                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
-        if UPCAST:
-            kt = kt.to(tl.float32)
-        if IEEE:
-            s = tl.dot(q, kt, input_precision="ieee")
-        else:
-            s = tl.dot(q, kt)
-        s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))  # [BLOCK_M, BLOCK_N], log2 units
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        v = tl.load(v_base + cols[:, None] * stride_vs + offs_d[None, :],
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        p = p.to(V.dtype.element_ty)  # P in the input dtype, as FlashAttention does
-        if UPCAST:
-            acc = tl.dot(p.to(tl.float32), v.to(tl.float32), acc)
-        elif IEEE:
-            acc = tl.dot(p, v, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(p, v, acc)
-        m_i = m_new
+        m_i, l_i, acc = _key_block(q, k_base, v_base, stride_ks, stride_vs, start_n, seq_k, offs_n, offs_d, mask_d,
+                                   m_i, l_i, acc, qk_scale, UPCAST, IEEE)
 
     acc = acc / l_i[:, None]
     o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
