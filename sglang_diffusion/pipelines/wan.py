@@ -68,7 +68,7 @@ def _component_folder(name: str, args: ServerArgs, index: ModelIndex):
 
 def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
                        cfg_layout: str = "auto") -> StagedPipeline:
-    from sglang_diffusion.attention.selector import select_attention_backend
+    from sglang_diffusion.attention.selector import attention_request, select_attention_backend
     from sglang_diffusion.distributed.parallel_state import setup_parallel
     from sglang_diffusion.loader.weights import read_config
 
@@ -113,8 +113,10 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
     if index.components.get("transformer_2", (None, None))[1] is not None:
         experts.append(load_wan_transformer("transformer_2", args, index, dtypes["transformer_2"], device, lora))
     config = experts[0].config
-    backend = select_attention_backend(args.attention_backend, device=device, dtype=dit_dtype,
-                                       head_dim=config.attention_head_dim, config=args.attention_backend_config)
+    backend_name, backend_options = attention_request(args.attention_backend, args.attention_backend_config,
+                                                      args.mask_strategy_file_path)
+    backend = select_attention_backend(backend_name, device=device, dtype=dit_dtype,
+                                       head_dim=config.attention_head_dim, config=backend_options)
     if groups.ring.size > 1:
         from sglang_diffusion.distributed.sharding import backend_for_ring
 

@@ -193,3 +193,25 @@ def _tiled_wan(folder, strategy_path, seq=None):
     x, t, text = wan_inputs()
     with torch.no_grad():
         return model(x, t, text, seq=seq)
+
+
+# ---- the guide's config, end to end ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_guide_config_with_a_mask_strategy_file_runs_natively(tiny_model, tmp_path):
+    """The CLI guide's config.json with mask_strategy_file_path set to a file for the tiny
+    model's 2 layers x 2 heads: step 1 of 2 runs its windows, step 0 full attention."""
+    from tests.cli.test_generate import guide_config
+    from tests.conftest import run_cli
+
+    strategy = write_strategy(tmp_path / "mask_strategy.json",
+                              {f"1_{l}_{h}": (1, 1 + h, 2) for l in range(2) for h in range(2)})
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(guide_config(tiny_model("wan2.1-t2v"), tmp_path, num_gpus=1, sp_size=1, height=64,
+                                            width=64, mask_strategy_file_path=strategy,
+                                            attention_backend_config="tile_size=1x2x2")))
+    proc = run_cli("generate", "--config", path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(tmp_path.glob("*.mp4"))) == 1
+    assert "sliding_tile_attn" in proc.stderr
