@@ -16,17 +16,20 @@ namespace sglang_diffusion::cpu {
 SGLD_CPU_ISA_BUILDS(sliding_tile_attention_items)
 
 void sliding_tile_attention(const SlidingTileAttentionParams& p, Isa isa) {
-  // Blocks evened out within a group: a 384-token tile is 3 x 128, a 200-token one 2 x 100.
+  // A group in as few blocks as kAttnBlockQ allows, each a multiple of the micro-tile width
+  // kNR but the last: a 360-token tile is 128 + 128 + 104 (112 computed), a 200-token one
+  // 112 + 88 (96), so padding costs at most kNR - 1 queries per tile.
+  const auto round_up = [](int64_t n) { return (n + attn::kNR - 1) / attn::kNR * attn::kNR; };
   std::vector<QueryBlock> blocks;
   int64_t block_q = attn::kNR;
   for (int64_t g = 0; g < p.groups; ++g) {
-    const int64_t start = p.q_groups[2 * g], len = p.q_groups[2 * g + 1] - start;
-    const int64_t n = (len + kAttnBlockQ - 1) / kAttnBlockQ;
-    for (int64_t j = 0; j < n; ++j) {
-      const QueryBlock blk{start + len * j / n, start + len * (j + 1) / n, g};
-      blocks.push_back(blk);
-      block_q = std::max(block_q, (blk.end - blk.start + attn::kNR - 1) / attn::kNR * attn::kNR);
+    const int64_t start = p.q_groups[2 * g], end = p.q_groups[2 * g + 1];
+    const int64_t n = (end - start + kAttnBlockQ - 1) / kAttnBlockQ;
+    const int64_t step = n > 0 ? round_up((end - start + n - 1) / n) : 0;
+    for (int64_t lo = start; lo < end; lo += step) {
+      blocks.push_back({lo, std::min(end, lo + step), g});
     }
+    block_q = std::max(block_q, step);
   }
   const int64_t num_blocks = static_cast<int64_t>(blocks.size());
   parallel_rows(SGLD_CPU_BUILD(sliding_tile_attention_items, isa), p.attn.batch * p.attn.heads * num_blocks, 1,
