@@ -70,6 +70,16 @@ def test_file_whose_layers_or_heads_do_not_fit_the_model_is_a_clear_error(tmp_pa
             model.set_attention_backend(backend)
 
 
+def test_window_wider_than_the_grid_is_clamped_with_a_warning(wan_folder, caplog):
+    model = WanTransformer3DModel.from_pretrained(wan_folder)
+    model.set_attention_backend(sta({"window": "5x1x9", "tile_size": "2x3x4"}))
+    with caplog.at_level("WARNING", logger="sglang_diffusion.attention.sliding_tile"):
+        tiling = model.sliding_tiles.plan((5, 7, 9), torch.tensor([900.0]))
+    assert tiling.windows[0] == ((3, 1, 3),) * 2
+    assert "windows wider than this grid's 3x3x3 tiles (5x7x9 tokens in tiles of 2x3x4)" in caplog.text
+    assert "(5, 1, 9) -> (3, 1, 3)" in caplog.text
+
+
 def test_step_counter_follows_decreasing_timesteps():
     counter = StepCounter()
     assert [counter.observe(t) for t in (999, 999, 700, 700, 300, 999, 500)] == [0, 0, 1, 1, 2, 0, 1]
