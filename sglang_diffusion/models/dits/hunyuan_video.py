@@ -24,8 +24,10 @@ in one batch run one sample at a time (samples are independent).
 
 What differs from diffusers is where the work goes: the pooled, guidance and refiner-pooled
 embeddings and the refiner's input projection depend only on the request (`encode_context`,
-once); q, k, v (and in single-stream blocks the MLP input) come from one GEMM; norm, modulation
-and gated residual run as one fused op, QK-norm and RoPE as ours. Under sequence parallelism
+once); q, k, v come from one GEMM; the single-stream blocks attend over their joint sequence as it
+is (RoPE tables with angle 0 at the text rows) and apply proj_out to [attention, MLP] as two
+accumulated GEMMs instead of joining them; norm, modulation and gated residual run as one fused
+op, QK-norm and RoPE as ours. Under sequence parallelism
 the video tokens are split over the ranks and the text is replicated
 (`SequenceShard.joint_attention`).
 
@@ -263,22 +265,27 @@ class HunyuanVideoTransformerBlock(nn.Module):
 
 
 class SingleAttention(nn.Module):
-    """Single-stream attention after the block's fused projection: QK-norm, RoPE on the video
-    tokens, joint attention."""
+    """Single-stream attention over [video, text]: q, k, v in one projection, QK-norm, RoPE (the
+    text rows of the tables rotate by 0, an exact identity), joint attention."""
 
-    def __init__(self, num_heads: int, head_dim: int):
+    def __init__(self, dim: int, num_heads: int, head_dim: int):
         super().__init__()
+        self.head_dim = head_dim
+        self.to_qkv = nn.Linear(dim, 3 * dim)  # checkpoint: to_q, to_k, to_v
         self.norm_q = nn.RMSNorm(head_dim, eps=EPS)
         self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
         self.attn = Attention(num_heads, head_dim)
 
-    def forward(self, q, k, v, length: int, cos, sin, seq=None) -> torch.Tensor:
-        """q, k, v [B, S + L, H, D] over [video, text] (L text tokens) -> [B, S + L, H*D]."""
+    def forward(self, h: torch.Tensor, length: int, cos, sin, seq=None) -> torch.Tensor:
+        """h [B, S + L, D] (normed; L text tokens last), cos, sin [S + L, head_dim / 2] -> [B, S + L, D]."""
+        q, k, v = _heads(self.to_qkv(h), self.head_dim).chunk(3, dim=2)  # [B, S + L, H, D] each
         q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, EPS, across_heads=False)
+        q, k = apply_rope(q, k, cos, sin, interleaved=True)
+        if seq is None:
+            return self.attn(q, k, v).flatten(2)
         split = q.shape[1] - length
-        vq, vk = apply_rope(q[:, :split], k[:, :split], cos, sin, interleaved=True)
-        out, text_out = joint_attention(self.attn, vq, vk, v[:, :split], q[:, split:], k[:, split:], v[:, split:],
-                                        seq)
+        out, text_out = joint_attention(self.attn, q[:, :split], k[:, :split], v[:, :split], q[:, split:],
+                                        k[:, split:], v[:, split:], seq)
         return torch.cat([out, text_out], dim=1)
 
 
@@ -287,23 +294,25 @@ class HunyuanVideoSingleTransformerBlock(nn.Module):
 
     def __init__(self, config: HunyuanVideoConfig):
         super().__init__()
-        dim, self.head_dim = config.inner_dim, config.attention_head_dim
-        self.mlp_dim = config.ffn_dim
+        dim = config.inner_dim
         self.norm = AdaLayerNormZero(dim, 3)
-        self.to_qkv_mlp = nn.Linear(dim, 3 * dim + self.mlp_dim)  # checkpoint: attn.to_q/k/v, proj_mlp
-        self.attn = SingleAttention(config.num_attention_heads, self.head_dim)
-        self.proj_out = nn.Linear(dim + self.mlp_dim, dim)
+        self.attn = SingleAttention(dim, config.num_attention_heads, config.attention_head_dim)
+        self.proj_mlp = nn.Linear(dim, config.ffn_dim)
+        self.proj_out = nn.Linear(dim + config.ffn_dim, dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, seq=None) -> tuple[torch.Tensor, torch.Tensor]:
-        length = c.shape[1]
+        """x [B, S, D] video, c [B, L, D] text; cos, sin [S + L, head_dim / 2] (text rows: angle 0)."""
+        length, dim = c.shape[1], c.shape[2]
         s = torch.cat([x, c], dim=1)  # [B, S + L, D]
         h, gate = self.norm(s, emb)
-        qkv, mlp = self.to_qkv_mlp(h).split([3 * s.shape[-1], self.mlp_dim], dim=-1)
-        q, k, v = _heads(qkv, self.head_dim).chunk(3, dim=2)  # [B, S + L, H, D] each
-        out = self.attn(q, k, v, length, cos, sin, seq)  # [B, S + L, H*D]
-        mlp = gelu_tanh(mlp.contiguous(), inplace=True)  # [B, S + L, mlp_dim]
-        s = s + gate * self.proj_out(torch.cat([out, mlp], dim=-1))
+        out = self.attn(h, length, cos, sin, seq)  # [B, S + L, D]
+        mlp = gelu_tanh(self.proj_mlp(h), inplace=True)  # [B, S + L, mlp_dim]
+        # proj_out([out, mlp]) without joining them: the weight's two column blocks, accumulated
+        w = self.proj_out.weight
+        y = F.linear(out, w[:, :dim], self.proj_out.bias)
+        y.view(-1, dim).addmm_(mlp.view(-1, mlp.shape[-1]), w[:, dim:].t())
+        s = torch.addcmul(s, gate, y)
         return s[:, :-length], s[:, -length:]
 
 
@@ -358,8 +367,7 @@ def _real_length(mask: torch.Tensor) -> torch.Tensor:
 class HunyuanVideoTransformer3DModel(nn.Module):
     # Checkpoint fragments -> ours, and our fused projections -> the checkpoint modules they join.
     key_map = {".to_out.0.": ".to_out.", ".net.0.proj.": ".fc_in.", ".net.2.": ".fc_out."}
-    fused = {"to_qkv": ("to_q", "to_k", "to_v"), "add_qkv": ("add_q_proj", "add_k_proj", "add_v_proj"),
-             "to_qkv_mlp": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
+    fused = {"to_qkv": ("to_q", "to_k", "to_v"), "add_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
 
     def __init__(self, config: HunyuanVideoConfig):
         super().__init__()
@@ -449,7 +457,7 @@ class HunyuanVideoTransformer3DModel(nn.Module):
             context = self.encode_context(TextConditioning(encoder_hidden_states, mask, pooled_projections,
                                                            guidance))
         x, c, emb, cos, sin = self.embed(hidden_states, timestep, context, seq)
-        blocks = self.bound_blocks(emb, cos, sin, seq)[:num_blocks]
+        blocks = self.bound_blocks(emb, cos, sin, c.shape[1], seq)[:num_blocks]
         x, c = run_blocks(blocks, (x, c), runner, signal=lambda: emb)
         return self.final(x, emb, hidden_states.shape, seq)
 
@@ -490,13 +498,18 @@ class HunyuanVideoTransformer3DModel(nn.Module):
             x, cos, sin = seq.split(x, 1), seq.split(cos, 0), seq.split(sin, 0)
         return x, c, F.silu(temb), cos, sin
 
-    def bound_blocks(self, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seq=None) -> list[Block]:
+    def bound_blocks(self, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, length: int,
+                     seq=None) -> list[Block]:
         """Every block as a step (x, c) -> (x, c) with this step's inputs bound: dual-stream, then
-        single-stream."""
-        def bound(block) -> Block:
+        single-stream (their RoPE tables run on over the `length` text tokens with angle 0)."""
+        joint_cos = torch.cat([cos, cos.new_ones(length, cos.shape[1])])  # [S + L, head_dim / 2]
+        joint_sin = torch.cat([sin, sin.new_zeros(length, sin.shape[1])])
+
+        def bound(block, cos, sin) -> Block:
             return lambda state: block(*state, emb, cos, sin, seq)
 
-        return [*map(bound, self.transformer_blocks), *map(bound, self.single_transformer_blocks)]
+        return [*(bound(b, cos, sin) for b in self.transformer_blocks),
+                *(bound(b, joint_cos, joint_sin) for b in self.single_transformer_blocks)]
 
     def final(self, x: torch.Tensor, emb: torch.Tensor, shape: torch.Size | tuple, seq=None) -> torch.Tensor:
         """Output norm, projection & unpatchify -> [B, C_out, F', H', W'] (`shape`: the latents')."""
