@@ -128,6 +128,28 @@ def test_image_models_ring_attention_and_diffusers_pipelines_refuse_it():
         check_supported(ServerArgs(model_path="m", num_gpus=2, ring_degree=2, mask_strategy_file_path="m.json"))
 
 
+def joint_inputs(layout, heads=2, text_len=5, d=16):
+    from tests.ops.helpers import randn
+
+    video = [randn((1, layout.num_tokens, heads, d), seed) for seed in (0, 1, 2)]  # [B, S, H, D] tiled
+    text = [randn((1, text_len, heads, d), seed) for seed in (3, 4, 5)]  # [B, L, H, D]
+    return video, text
+
+
+def test_joint_attention_sees_the_window_and_all_text():
+    """A dual-stream DiT's joint attention (HunyuanVideo) through the tiled layer."""
+    from sglang_diffusion.ops.sliding_tile_attention import TileLayout, sliding_tile_attention_reference
+
+    layout = TileLayout((3, 5, 7), (2, 2, 3))
+    windows = ((1, 2, 2), (2, 1, 3))
+    (q, k, v), (tq, tk, tv) = joint_inputs(layout)
+    video, text = sliding_tile_mod.TiledSelfAttention(layout, windows).joint_attention(q, k, v, tq, tk, tv, sta({
+        "window": "1x1x1"}))
+    want, _ = sliding_tile_attention_reference(*(torch.cat(p, 1) for p in ((q, tq), (k, tk), (v, tv))), layout,
+                                               windows, 5)
+    torch.testing.assert_close(torch.cat([video, text], 1), want, atol=1e-5, rtol=1e-5)
+
+
 # ---- the Wan DiT, tiled --------------------------------------------------------------------
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from sglang_diffusion.attention.backends.base import AttentionBackend
 from sglang_diffusion.attention.config import Option
@@ -75,28 +74,32 @@ class SlidingTileAttentionBackend(AttentionBackend):
         """Dense attention: cross-attention, and self-attention at full-attention steps."""
         return attention(q, k, v, scale, backend="torch" if self.kernel == "torch" else None)
 
-    def tiled(self, layout: TileLayout, windows: tuple[Triple, ...], layer: int) -> "TiledCall":
-        """This backend over ``layout``'s tiled tokens with one window per head (layer ``layer``)."""
-        return TiledCall(self.kernel, layout, windows, layer)
+    def tiled(self, layout: TileLayout, windows: tuple[Triple, ...], layer: int, text_len: int = 0) -> "TiledCall":
+        """This backend over ``layout``'s tiled tokens with one window per head (layer ``layer``),
+        then ``text_len`` text tokens that every query attends to and that attend to every key."""
+        return TiledCall(self.kernel, layout, windows, layer, text_len)
 
 
 class TiledCall:
     """A backend bound to one layer's tiling: ``forward`` runs sliding tile attention over the
-    grid's tokens. Under Ulysses the last rank's queries are padded past the grid: those rows
-    come back as zeros (the shard drops them)."""
+    grid's tokens (and text). Under Ulysses the last rank's video queries are padded past the
+    grid: those rows come back as zeros (the shard drops them)."""
 
     name = "sliding_tile_attn"
     returns_lse = True
 
-    def __init__(self, kernel: str, layout: TileLayout, windows: tuple[Triple, ...], layer: int):
-        self.kernel, self.layout, self.windows, self.layer = kernel, layout, windows, layer
+    def __init__(self, kernel: str, layout: TileLayout, windows: tuple[Triple, ...], layer: int, text_len: int = 0):
+        self.kernel, self.layout, self.windows, self.layer, self.text_len = kernel, layout, windows, layer, text_len
 
     def forward(self, q, k, v, scale: Optional[float] = None):
-        # q [B, Sq >= S, h, D], k, v [B, S, h, D] in tiled order -> out [B, Sq, h, D], lse [B, h, Sq]
-        s = self.layout.num_tokens
-        pad = q.shape[1] - s
-        out, lse = sliding_tile_attention(q[:, :s] if pad else q, k, v, self.layout, self.windows, 0, scale,
-                                          backend=self.kernel)
+        # q [B, Sq >= S + L, h, D] (video, padding, text), k, v [B, S + L, h, D] in tiled order
+        # -> out [B, Sq, h, D], lse [B, h, Sq]
+        s, length = self.layout.num_tokens, self.text_len
+        pad = q.shape[1] - s - length
         if pad:
-            out, lse = F.pad(out, (0, 0, 0, 0, 0, pad)), F.pad(lse, (0, pad))
+            q = torch.cat([q[:, :s], q[:, s + pad:]], dim=1)
+        out, lse = sliding_tile_attention(q, k, v, self.layout, self.windows, length, scale, backend=self.kernel)
+        if pad:
+            out = torch.cat([out[:, :s], out.new_zeros(out.shape[0], pad, *out.shape[2:]), out[:, s:]], dim=1)
+            lse = torch.cat([lse[..., :s], lse.new_zeros(*lse.shape[:2], pad), lse[..., s:]], dim=-1)
         return out, lse
