@@ -22,6 +22,9 @@ layer names, so any model's keys work, not a fixed list):
   `transformer_blocks.0.attn.to_q`, ...; a fused layer (q, k, v: `img_attn_qkv`, `txt_attn_qkv`;
   q, k, v and the MLP input: `linear1`) is split along its output features into the layers it
   stands for, each keeping the shared down matrix (`HUNYUAN_ORIGINAL`).
+- FLUX.1: BFL names (kohya `lora_unet_double_blocks_0_img_attn_qkv`, `diffusion_model.double_blocks.0.
+  img_attn.qkv.lora_A`) with fused qkv / linear1 split as HunyuanVideo's, and XLabs
+  `double_blocks.0.processor.qkv_lora1.down.weight` / `up`.
 A file that cannot be read, or whose keys match no layer, is a ModelLoadError.
 """
 
@@ -46,6 +49,7 @@ _SUFFIXES = {  # key ending -> what it is
     ".lora_B.weight": "B", ".lora_up.weight": "B", ".lora_B.default.weight": "B",
     ".lora_B.bias": "B_bias", ".lora_up.bias": "B_bias",
     ".alpha": "alpha", ".diff_b": "diff_b", ".diff": "diff",
+    ".down.weight": "A", ".up.weight": "B",  # XLabs FLUX LoRAs
 }
 # Original (Wan repository) module names -> diffusers', as fragments of a module path.
 WAN_ORIGINAL_NAMES = {
@@ -65,8 +69,9 @@ WAN_ORIGINAL_NAMES = {
 }
 
 
-# Original HunyuanVideo block layers -> the diffusers modules they are, in output order (several
-# for a fused layer; "*" is the rest of the output features after the others' hidden_size each).
+# Original HunyuanVideo and FLUX (BFL: kohya lora_unet_*, diffusion_model.*; XLabs processor.*)
+# block layers -> the diffusers modules they are, in output order (several for a fused layer;
+# "*" is the rest of the output features after the others' hidden_size each).
 HUNYUAN_ORIGINAL_BLOCKS = {"double_blocks": "transformer_blocks", "single_blocks": "single_transformer_blocks"}
 HUNYUAN_ORIGINAL = {
     "img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "img_attn_proj": ("attn.to_out.0",),
@@ -76,6 +81,13 @@ HUNYUAN_ORIGINAL = {
     "txt_mod_linear": ("norm1_context.linear",),
     "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp*"), "linear2": ("proj_out",),
     "modulation_linear": ("norm.linear",),
+    # FLUX.1's own names for the layers that HunyuanVideo's differ in
+    "img_mlp_0": ("ff.net.0.proj",), "img_mlp_2": ("ff.net.2",), "img_mod_lin": ("norm1.linear",),
+    "txt_mlp_0": ("ff_context.net.0.proj",), "txt_mlp_2": ("ff_context.net.2",),
+    "txt_mod_lin": ("norm1_context.linear",), "modulation_lin": ("norm.linear",),
+    "processor_qkv_lora1": ("attn.to_q", "attn.to_k", "attn.to_v"), "processor_proj_lora1": ("attn.to_out.0",),
+    "processor_qkv_lora2": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "processor_proj_lora2": ("attn.to_add_out",),
 }
 _HUNYUAN_ORIGINAL_KEY = re.compile(r"^(double_blocks|single_blocks)[._](\d+)[._](.+)$")
 
