@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -74,6 +75,7 @@ class Sizes:
     budget_s: float  # all sections together
     section_budget_s: dict  # section -> its own limit
     min_section_s: float  # a section with less time than this left is skipped
+    test_workers: int  # pytest-xdist processes for the gpu tests
 
 
 GPU = Sizes(
@@ -81,7 +83,7 @@ GPU = Sizes(
     copy_bytes=2**31, matmul_n=8192, reps=20, attention_reps=5, preset="full",
     requests={"wan2.1-t2v": dict(height=480, width=832, num_frames=81),
               "flux.1": dict(height=1024, width=1024), "qwen-image": dict(height=1024, width=1024)},
-    steps=4, budget_s=330, min_section_s=30,
+    steps=4, budget_s=330, min_section_s=30, test_workers=4,
     section_budget_s={"environment": 60, "gpu_tests": 180, "kernels": 150,
                       "e2e:wan2.1-t2v": 180, "e2e:flux.1": 180, "e2e:qwen-image": 240},
 )
@@ -91,7 +93,7 @@ DRY = Sizes(
     requests={"wan2.1-t2v": dict(height=64, width=64, num_frames=9),
               "flux.1": dict(height=64, width=64), "qwen-image": dict(height=64, width=64)},
     # A CPU shared with other work can be slow: generous limits, the run takes a minute or two.
-    steps=3, budget_s=600, min_section_s=5, section_budget_s=dict.fromkeys(GPU.section_budget_s, 150),
+    steps=3, budget_s=600, min_section_s=5, test_workers=1, section_budget_s=dict.fromkeys(GPU.section_budget_s, 150),
 )
 SECTIONS = tuple(GPU.section_budget_s)
 
@@ -167,6 +169,10 @@ def gpu_tests(sizes: Sizes, budget_s: float) -> dict:
         junit = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rfE",
                f"--junitxml={junit}", *files]
+        if importlib.util.find_spec("pytest_timeout"):
+            cmd[4:4] = ["--timeout", "120"]  # a hung test fails alone; the report still comes
+        if sizes.test_workers > 1 and importlib.util.find_spec("xdist"):
+            cmd[4:4] = ["-n", str(sizes.test_workers)]  # Triton compiles each kernel variant: on several cores
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(5.0, budget_s - 10))
         print(proc.stdout[-20000:], proc.stderr[-5000:], sep="\n")
         if not junit.exists():
