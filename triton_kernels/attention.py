@@ -22,6 +22,26 @@ from sglang_diffusion.triton_kernels._common import TL_DTYPES, interpreting, nex
 
 
 @triton.jit
+def _load_queries(q_base, stride_qs, offs_m, mask_m, offs_d, mask_d, UPCAST: tl.constexpr):
+    """The [BLOCK_M, BLOCK_D] queries of one (batch, head), zero outside the masks."""
+    q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :],
+                other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    return q
+
+
+@triton.jit
+def _store_rows(o_base, stride_os, lse_base, offs_m, mask_m, offs_d, mask_d, m_i, l_i, acc):
+    """out = acc / l and lse = (m + log2 l) ln 2 of the block's queries."""
+    acc = acc / l_i[:, None]
+    tl.store(o_base + offs_m[:, None] * stride_os + offs_d[None, :], acc.to(o_base.dtype.element_ty),
+             mask=mask_m[:, None] & mask_d[None, :])
+    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # back to natural log
+    tl.store(lse_base + offs_m, lse, mask=mask_m)
+
+
+@triton.jit
 def _key_block(q, k_base, v_base, stride_ks, stride_vs, start_n, end_n, offs_n, offs_d, mask_d, m_i, l_i, acc,
                qk_scale, UPCAST: tl.constexpr, IEEE: tl.constexpr):
     """One online-softmax step: the BLOCK_N keys from start_n (those before end_n) against the
@@ -77,10 +97,7 @@ def _attention_fwd_kernel(
     mask_m = offs_m < seq_q
     mask_d = offs_d < head_dim
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _load_queries(Q + b * stride_qb + h * stride_qh, stride_qs, offs_m, mask_m, offs_d, mask_d, UPCAST)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
@@ -91,11 +108,8 @@ def _attention_fwd_kernel(
         m_i, l_i, acc = _key_block(q, k_base, v_base, stride_ks, stride_vs, start_n, seq_k, offs_n, offs_d, mask_d,
                                    m_i, l_i, acc, qk_scale, UPCAST, IEEE)
 
-    acc = acc / l_i[:, None]
-    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
-    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
-    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # back to natural log
-    tl.store(Lse + pid_bh * seq_q + offs_m, lse, mask=mask_m)
+    _store_rows(Out + b * stride_ob + h * stride_oh, stride_os, Lse + pid_bh * seq_q, offs_m, mask_m, offs_d, mask_d,
+                m_i, l_i, acc)
 
 
 def _blocks(head_dim: int) -> tuple[int, int, int, int]:

@@ -1,7 +1,7 @@
 """Sliding tile attention forward with the log-sum-exp, in the [B, S, H, D] layout
 (ops/sliding_tile_attention.py has the layout and the key runs).
 
-FlashAttention-2 as in attention.py (same online-softmax step, ``_key_block``), but each
+FlashAttention-2 as in attention.py (its ``_load_queries``, ``_key_block``, ``_store_rows``), but each
 program, one (block of BLOCK_M queries of one query group, batch * head), loops only over its
 group's key runs [start, end) (``kv_ranges``): keys outside the window are never loaded, so
 the work is the window's. Query blocks never straddle two groups (a group is a tile of the
@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from sglang_diffusion.triton_kernels._common import TL_DTYPES, interpreting, next_pow2
-from sglang_diffusion.triton_kernels.attention import _blocks, _key_block
+from sglang_diffusion.triton_kernels.attention import _blocks, _key_block, _load_queries, _store_rows
 
 
 @triton.jit
@@ -45,10 +45,7 @@ def _sliding_tile_fwd_kernel(
     mask_m = offs_m < q_end
     mask_d = offs_d < head_dim
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _load_queries(Q + b * stride_qb + h * stride_qh, stride_qs, offs_m, mask_m, offs_d, mask_d, UPCAST)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
@@ -63,11 +60,8 @@ def _sliding_tile_fwd_kernel(
             m_i, l_i, acc = _key_block(q, k_base, v_base, stride_ks, stride_vs, start_n, hi, offs_n, offs_d, mask_d,
                                        m_i, l_i, acc, qk_scale, UPCAST, IEEE)
 
-    acc = acc / l_i[:, None]
-    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
-    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
-    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # back to natural log
-    tl.store(Lse + pid_bh * seq_q + offs_m, lse, mask=mask_m)
+    _store_rows(Out + b * stride_ob + h * stride_oh, stride_os, Lse + pid_bh * seq_q, offs_m, mask_m, offs_d, mask_d,
+                m_i, l_i, acc)
 
 
 def query_blocks(q_groups: torch.Tensor, block_m: int) -> torch.Tensor:
