@@ -1,7 +1,9 @@
-"""End to end: the native Wan pipeline against diffusers' on the same model, alternating.
+"""End to end: a native pipeline (Wan, Qwen-Image, ...) against diffusers' on the same model, alternating.
 
     python benchmarks/e2e.py [--family wan2.1-t2v] [--preset small] [--height 384 --width 512
         --num-frames 9 --steps 10 --guidance-scale 5] [--repeats 2] [--ablations] [--compile]
+    python benchmarks/e2e.py --family qwen-image --true-cfg-scale 4 --negative-prompt blurry
+    python benchmarks/e2e.py --family hunyuanvideo --guidance-scale 6   (embedded guidance: one pass a step)
 
 Each measurement runs in a fresh process (so peak memory is its own), which builds the pipeline
 through the engine's loader (`--backend sglang` or `diffusers`), runs one 1-step warm-up of the
@@ -59,6 +61,7 @@ def quantiles(samples: list[float]) -> dict:
 def measure(args) -> dict:
     import torch
 
+    from sglang_diffusion.config.families import FAMILIES
     from sglang_diffusion.config.sampling_params import SamplingParams
     from sglang_diffusion.config.server_args import ServerArgs
     from sglang_diffusion.pipelines.registry import build_pipeline
@@ -71,8 +74,12 @@ def measure(args) -> dict:
                                      enable_torch_compile=args.compile and args.backend == "sglang"),
                           Platform.current())
     load_s = time.perf_counter() - start
-    request = dict(prompt=PROMPT, height=args.height, width=args.width, num_frames=args.num_frames,
+    request = dict(prompt=PROMPT, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
                    guidance_scale=args.guidance_scale, seed=0, save_output=False)
+    if FAMILIES[args.family].is_video:  # image families make one frame and take no num_frames
+        request["num_frames"] = args.num_frames
+    if args.true_cfg_scale is not None:
+        request["true_cfg_scale"] = args.true_cfg_scale
     pipe.generate(SamplingParams(**request, num_inference_steps=1))  # warm-up, same shapes
     wall, cpu = time.perf_counter(), time.process_time()
     out = pipe.generate(SamplingParams(**request, num_inference_steps=args.steps))
@@ -227,6 +234,10 @@ def child(mode: str, args, backend: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--family", args.family, "--preset", args.preset,
            "--height", str(args.height), "--width", str(args.width), "--num-frames", str(args.num_frames),
            "--steps", str(args.steps), "--guidance-scale", str(args.guidance_scale), "--precision", args.precision]
+    if args.negative_prompt is not None:
+        cmd += ["--negative-prompt", args.negative_prompt]
+    if args.true_cfg_scale is not None:
+        cmd += ["--true-cfg-scale", str(args.true_cfg_scale)]
     if backend:
         cmd += ["--backend", backend]
     if args.compile:
@@ -246,6 +257,8 @@ def main() -> None:
     parser.add_argument("--num-frames", type=int, default=9)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--negative-prompt", help="(true CFG of FLUX.1 / Qwen-Image runs only with one)")
+    parser.add_argument("--true-cfg-scale", type=float, help="the CFG scale of FLUX.1 / Qwen-Image")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="the DiT's precision, on both backends")
@@ -289,7 +302,8 @@ def main() -> None:
     cpu_ratio = summary["diffusers"]["cpu_s"]["median"] / summary["sglang"]["cpu_s"]["median"]
     result = {"benchmark": "e2e", "family": args.family, "preset": args.preset, "precision": args.precision,
               "request": {"height": args.height, "width": args.width, "num_frames": args.num_frames,
-                          "steps": args.steps, "guidance_scale": args.guidance_scale, "prompt": PROMPT},
+                          "steps": args.steps, "guidance_scale": args.guidance_scale, "prompt": PROMPT,
+                          "negative_prompt": args.negative_prompt, "true_cfg_scale": args.true_cfg_scale},
               "native_torch_compile": args.compile, "speedup_wall": ratio, "speedup_cpu": cpu_ratio,
               "summary": summary, "runs": runs, "machine": machine_info(),
               "load_average": os.getloadavg()}

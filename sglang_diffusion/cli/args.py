@@ -47,6 +47,8 @@ def _add_fields(group, cls) -> None:
             continue
         if meta["choices"] and base is not list:
             kwargs["choices"] = meta["choices"]
+        if base is str and loading.takes_list(annotation):  # `str | list[str]`: the flag may be repeated
+            kwargs["action"] = "append"
         if base is list:
             kwargs["nargs"] = "+"
             kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}" if meta["choices"] else "VALUE"

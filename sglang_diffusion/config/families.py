@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Family:
     name: str
-    task: str  # "t2v", "i2v", "ti2v", "t2i"
+    task: str  # "t2v", "i2v", "ti2v", "t2i", "i2i" (image edits)
     defaults: dict = field(default_factory=dict)
 
     @property
     def is_video(self) -> bool:
-        return self.task != "t2i"
+        return self.task not in ("t2i", "i2i")
 
 
 FAMILIES = {
@@ -37,7 +37,10 @@ FAMILIES = {
         Family("flux.1", "t2i", dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5)),
         Family("flux.2", "t2i", dict(height=1024, width=1024, num_inference_steps=50, guidance_scale=4.0)),
         Family("qwen-image", "t2i", dict(height=1024, width=1024, num_inference_steps=50,
-                                         guidance_scale=4.0)),  # true CFG, with a negative prompt
+                                         true_cfg_scale=4.0)),  # with a negative prompt
+        # The output size defaults to the input image's aspect ratio at 1024 x 1024 pixels.
+        Family("qwen-image-edit", "i2i", dict(num_inference_steps=50, true_cfg_scale=4.0)),
+        Family("qwen-image-edit-plus", "i2i", dict(num_inference_steps=50, true_cfg_scale=4.0)),
     ]
 }
 
@@ -58,5 +61,7 @@ def detect_family(class_name: str, extras: dict) -> Family | None:
         "FluxPipeline": "flux.1",
         "Flux2Pipeline": "flux.2",
         "QwenImagePipeline": "qwen-image",
+        "QwenImageEditPipeline": "qwen-image-edit",
+        "QwenImageEditPlusPipeline": "qwen-image-edit-plus",
     }.get(class_name)
     return FAMILIES[name] if name else None

@@ -52,6 +52,11 @@ def _base_type(annotation):
     return annotation, False
 
 
+def takes_list(annotation) -> bool:
+    """`str | list[str] | None`: a field that takes one value or several (a repeatable flag)."""
+    return any(typing.get_origin(a) is list for a in typing.get_args(annotation))
+
+
 def _parse_pairs_or_json(text: str, what: str) -> dict:
     """A JSON object, or k=v,k2=v2 pairs with JSON-ish values."""
     text = text.strip()
@@ -106,7 +111,10 @@ def coerce(key: str, value: Any, annotation, *, from_cli: bool, where: str) -> A
     if base is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if takes_list(annotation) and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return value[0] if len(value) == 1 else value  # `str | list[str]`: one value stays a string
+        raise ConfigError(f"{where}: expected a string{' or a list of strings' if takes_list(annotation) else ''}, "
+                          f"got {value!r}")
     if base is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

@@ -17,7 +17,9 @@ from sglang_diffusion.errors import ConfigError
 class SamplingParams:
     prompt: str | None = option(None, "Text description of the image or video to generate.")
     negative_prompt: str | None = option(None, "What to steer the generation away from.")
-    image_path: str | None = option(None, "Input image for image-to-video and image edits.", metavar="PATH")
+    image_path: str | list[str] | None = option(
+        None, "Input image for image-to-video and image edits; repeat the flag (or give a list) for models that "
+        "take several (Qwen-Image-Edit-Plus).", metavar="PATH")
     num_inference_steps: int | None = option(None, "Number of denoising steps (default: the model's).")
     guidance_scale: float | None = option(None, "Classifier-free guidance scale (default: the model's).")
     guidance_scale_2: float | None = option(None, "Guidance scale of the low-noise expert (Wan2.2 A14B).")

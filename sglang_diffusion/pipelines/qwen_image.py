@@ -1,10 +1,13 @@
-"""Qwen-Image native pipeline (diffusers' `QwenImagePipeline` folders): text to image.
+"""Qwen-Image native pipelines: text to image (diffusers' `QwenImagePipeline` folders) and image
+editing (`QwenImageEditPipeline`: one input image, `QwenImageEditPlusPipeline`: one or several).
 
-    validate -> encode prompt (Qwen2.5-VL, Qwen-Image template) -> prepare latents
+    validate -> encode prompt (Qwen2.5-VL, the model's template [+ the input images])
+             [-> reference latents of the input images] -> prepare latents
              -> timesteps (shifted by image tokens) -> denoise (true CFG) -> decode
 
 The latents stay in the VAE's layout [B, 16, 1, H/8, W/8]; the DiT packs them into 2x2 patches.
-True CFG (guidance_scale > 1 with a negative prompt) rescales the guided prediction to the
+True CFG (true_cfg_scale > 1 with a negative prompt, diffusers' name; guidance_scale is the
+embedding of guidance-distilled variants, which Qwen-Image is not) rescales the guided prediction to the
 conditional one's norm, per token, as diffusers does (`norm_rescaled_cfg`).
 """
 
@@ -19,16 +22,25 @@ from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import ConfigError, ModelLoadError
 from sglang_diffusion.loader.components import component_dtypes, load_component
 from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
+from sglang_diffusion.models.vaes.wan import accelerate_wan_vae
 from sglang_diffusion.pipelines.stages.base import StagedPipeline
 from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
 from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
 from sglang_diffusion.pipelines.stages.latents import LatentPreparationStage
-from sglang_diffusion.pipelines.stages.qwen_prompt import QwenPromptEncodingStage
+from sglang_diffusion.pipelines.stages.qwen_edit import (EDIT_PLUS_CONDITION_AREA, VAE_AREA, QwenReferenceLatentStage,
+                                                         output_size)
+from sglang_diffusion.pipelines.stages.qwen_prompt import QwenPromptEncodingStage, QwenVLProcessor
 from sglang_diffusion.pipelines.stages.timesteps import FlowShiftTimestepStage
 from sglang_diffusion.pipelines.stages.validation import InputValidationStage
 from sglang_diffusion.platform import Platform
 
 logger = logging.getLogger(__name__)
+
+# pipeline class -> (prompt template, VL condition image area, the input image giving the default size)
+EDIT_MODES = {
+    "QwenImageEditPipeline": ("edit", VAE_AREA, 0),
+    "QwenImageEditPlusPipeline": ("edit_plus", EDIT_PLUS_CONDITION_AREA, -1),
+}
 
 
 def norm_rescaled_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -88,6 +100,8 @@ def build_qwen_image_pipeline(args: ServerArgs, index: ModelIndex, platform: Pla
 
     vae = load_component("vae", index, args, dtypes["vae"]).to(device).eval()
     configure_vae(vae, args)
+    if platform.is_cpu:
+        accelerate_wan_vae(vae)  # the Qwen-Image VAE is Wan's code under other names
     scheduler = load_component("scheduler", index, args, None)
     tokenizer = load_component("tokenizer", index, args, None)
     text_encoder = load_component("text_encoder", index, args, dtypes["text_encoder"]).to(device).eval()
@@ -104,14 +118,30 @@ def build_qwen_image_pipeline(args: ServerArgs, index: ModelIndex, platform: Pla
 
     spatial_stride = 2 ** len(vae.config.temperal_downsample)
     patch = config.patch_size
-    stages = [
-        InputValidationStage(family, temporal_stride=1, spatial_multiple=(spatial_stride * patch[1],
-                                                                          spatial_stride * patch[2]),
-                             image="none", true_cfg=True),
-        QwenPromptEncodingStage(tokenizer, text_encoder, dtype=dit_dtype),
+    multiple = (spatial_stride * patch[1], spatial_stride * patch[2])
+    edit = EDIT_MODES.get(index.class_name)
+    if edit is None:
+        stages = [
+            InputValidationStage(family, temporal_stride=1, spatial_multiple=multiple, image="none", true_cfg=True,
+                                 cfg_scale="true_cfg_scale", required=()),
+            QwenPromptEncodingStage(tokenizer, text_encoder, dtype=dit_dtype),
+        ]
+    else:
+        mode, condition_area, sized_by = edit
+        if not args.vae_config.load_encoder:
+            raise ConfigError("vae_config.load_encoder=false: image editing needs the VAE encoder for its input images")
+        processor = QwenVLProcessor.from_folder(index.path / "processor", tokenizer)
+        stages = [
+            InputValidationStage(family, temporal_stride=1, spatial_multiple=multiple, image="required", true_cfg=True,
+                                 cfg_scale="true_cfg_scale", size_from_image=output_size(sized_by), required=()),
+            QwenPromptEncodingStage(tokenizer, text_encoder, dtype=dit_dtype, mode=mode, processor=processor,
+                                    condition_area=condition_area),
+            QwenReferenceLatentStage(vae, spatial_stride),
+        ]
+    stages += [
         LatentPreparationStage(config.latent_channels, 1, spatial_stride),
         FlowShiftTimestepStage(scheduler, patch),
-        DenoisingStage([dit], scheduler, cfg=CfgLayout(cfg_layout),
+        DenoisingStage([dit], scheduler, cfg=CfgLayout(cfg_layout), cfg_scale="true_cfg_scale",
                        parallel=groups if groups.layout.world_size > 1 else None, guidance=norm_rescaled_cfg),
         DecodingStage(vae),
     ]

@@ -54,6 +54,8 @@ NATIVE_PIPELINES: dict[str, Callable[[ServerArgs, ModelIndex, Platform], Pipelin
     "Flux2Pipeline": _flux2,  # FLUX.2-dev, text to image and editing
     "HunyuanVideoPipeline": _hunyuan_video,  # HunyuanVideo, FastHunyuan
     "QwenImagePipeline": _qwen_image,
+    "QwenImageEditPipeline": _qwen_image,
+    "QwenImageEditPlusPipeline": _qwen_image,  # one or several input images
 }
 
 

@@ -35,6 +35,7 @@ _SPECS: dict[str, Callable[[str], PipelineSpec]] = {
     "flux.1": flux.pipeline_spec,
     "flux.2": flux2.pipeline_spec,
     "qwen-image": qwen_image.pipeline_spec,
+    **{name: functools.partial(qwen_image.pipeline_spec, class_name=cls) for name, cls in qwen_image.EDIT_PIPELINES.items()},
 }
 FAMILIES = tuple(_SPECS)
 
@@ -45,6 +46,7 @@ TINY_SAMPLING: dict[str, dict] = {
     "flux.1": flux.TINY_SAMPLING,
     "flux.2": flux2.TINY_SAMPLING,
     "qwen-image": qwen_image.TINY_SAMPLING,
+    **dict.fromkeys(qwen_image.EDIT_PIPELINES, qwen_image.TINY_SAMPLING),
 }
 
 __all__ = ["FAMILIES", "PRESETS", "TINY_SAMPLING", "build_model", "cached_model", "model_configs", "pipeline_class"]

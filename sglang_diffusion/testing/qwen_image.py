@@ -1,13 +1,19 @@
 """Qwen-Image: QwenImagePipeline folders, `full` as Qwen/Qwen-Image (60-layer MMDiT, the
-last hidden state of Qwen2.5-VL-7B as text, the Wan-style 16-channel image VAE)."""
+last hidden state of Qwen2.5-VL-7B as text, the Wan-style 16-channel image VAE), and the
+editing models (`qwen-image-edit`: QwenImageEditPipeline, `qwen-image-edit-plus`:
+QwenImageEditPlusPipeline), which add the Qwen2-VL processor that feeds the input images to
+the vision tower."""
 
 from __future__ import annotations
 
 from sglang_diffusion.testing import tokenizers
 from sglang_diffusion.testing.presets import by_preset
 from sglang_diffusion.testing.text_encoders import sized_config, text_dims
-from sglang_diffusion.testing.vision import wan_vae_config
-from sglang_diffusion.testing.writer import Asset, PipelineSpec, Weights, dit_pipeline, scheduler
+from sglang_diffusion.testing.vision import CLIP_MEAN, CLIP_STD, wan_vae_config
+from sglang_diffusion.testing.writer import Asset, JsonFiles, PipelineSpec, Weights, dit_pipeline, scheduler
+
+EDIT_PIPELINES = {"qwen-image-edit": "QwenImageEditPipeline", "qwen-image-edit-plus": "QwenImageEditPlusPipeline"}
+VISION_PATCH = 14
 
 # Qwen/Qwen-Image's scheduler/scheduler_config.json (resolution-dependent shift, exponential).
 QWEN_IMAGE_SCHEDULER = dict(
@@ -46,8 +52,8 @@ def transformer_config(preset: str, text_dim: int) -> dict:
 
 
 def _text_encoder(preset: str) -> tuple[Weights, Asset]:
-    """Qwen2.5-VL with its vision tower reduced to one block in every preset: text-to-image
-    never runs it, but the class builds it."""
+    """Qwen2.5-VL with its vision tower reduced to one block in every preset (text-to-image
+    never runs it, the editing models run it on their input images)."""
     tokenizer = tokenizers.qwen2_tokenizer()
     dims = text_dims(preset, full_hidden=3584, full_head_dim=128, full_heads=28)
     half = dims["head_dim"] // 2
@@ -75,7 +81,7 @@ def _text_encoder(preset: str) -> tuple[Weights, Asset]:
         intermediate_size=32,
         num_heads=2,
         out_hidden_size=dims["hidden"],
-        patch_size=14,
+        patch_size=VISION_PATCH,
         spatial_merge_size=2,
         temporal_patch_size=2,
         window_size=112,
@@ -96,15 +102,35 @@ def _text_encoder(preset: str) -> tuple[Weights, Asset]:
     )
 
 
-def pipeline_spec(preset: str) -> PipelineSpec:
+class _Qwen2VLProcessorFolder:
+    """The files of a Qwen2VLProcessor (the tokenizer and Qwen/Qwen-Image-Edit's
+    preprocessor_config.json), written without instantiating the class: transformers builds
+    it only with torchvision (for its video processor)."""
+
+    def save_pretrained(self, folder) -> None:
+        tokenizers.qwen2_tokenizer().save_pretrained(folder)
+        image_processor = dict(
+            do_convert_rgb=True, do_normalize=True, do_rescale=True, do_resize=True, image_mean=CLIP_MEAN,
+            image_std=CLIP_STD, image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2VLProcessor",
+            resample=3, rescale_factor=1 / 255, min_pixels=3136, max_pixels=12845056, merge_size=2,
+            patch_size=VISION_PATCH, temporal_patch_size=2, size={"longest_edge": 12845056, "shortest_edge": 3136},
+        )
+        JsonFiles({"preprocessor_config.json": image_processor}).save_pretrained(folder)
+
+
+def pipeline_spec(preset: str, class_name: str = "QwenImagePipeline") -> PipelineSpec:
     qwen = _text_encoder(preset)
     transformer = transformer_config(preset, text_dim=qwen[0].config["text_config"]["hidden_size"])
+    others = {}
+    if class_name != "QwenImagePipeline":
+        others["processor"] = Asset("transformers", "Qwen2VLProcessor", _Qwen2VLProcessorFolder)
     return dit_pipeline(
-        "QwenImagePipeline",
+        class_name,
         scheduler("FlowMatchEulerDiscreteScheduler", **QWEN_IMAGE_SCHEDULER),
         [qwen],
         Weights("diffusers", "QwenImageTransformer2DModel", transformer),
         Weights("diffusers", "AutoencoderKLQwenImage", wan_vae_config(preset)),
+        **others,
     )
 
 

@@ -1,12 +1,12 @@
-"""The Wan VAE's CPU fast paths (models/vaes/wan.py) against diffusers' AutoencoderKLWan as it
-ships, on the same random weights: oneDNN channels-last Conv3d with the spatial padding inside
+"""The Wan VAE's CPU fast paths (models/vaes/wan.py) against diffusers' AutoencoderKLWan (and
+AutoencoderKLQwenImage, the same code) as it ships, on the same random weights: oneDNN channels-last Conv3d with the spatial padding inside
 the convolution, and the fused channel RMS norm (float rounding apart)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import AutoencoderKLWan
+import diffusers
 
 from sglang_diffusion.models.vaes.wan import accelerate_wan_vae
 from sglang_diffusion.testing import cached_model
@@ -18,11 +18,12 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / a.norm()).item()
 
 
-@pytest.mark.parametrize("family", ["wan2.1-t2v", "wan2.2-ti2v-5b"])
-def test_accelerated_vae_decodes_and_encodes_as_diffusers(family):
+@pytest.mark.parametrize("family,cls", [("wan2.1-t2v", "AutoencoderKLWan"), ("wan2.2-ti2v-5b", "AutoencoderKLWan"),
+                                        ("qwen-image", "AutoencoderKLQwenImage")])
+def test_accelerated_vae_decodes_and_encodes_as_diffusers(family, cls):
     folder = cached_model(family, "tiny") / "vae"
-    ref = AutoencoderKLWan.from_pretrained(folder).eval()
-    ours = AutoencoderKLWan.from_pretrained(folder).eval()
+    ref = getattr(diffusers, cls).from_pretrained(folder).eval()
+    ours = getattr(diffusers, cls).from_pretrained(folder).eval()
     with torch.no_grad():  # zero-initialised parts too: every weight must matter
         for p, q in zip(ref.parameters(), ours.parameters()):
             p.normal_(0, 0.2)

@@ -1,6 +1,8 @@
-"""Native Qwen-Image pipeline against diffusers' QwenImagePipeline on the tiny model, same seed:
-true CFG on (a negative prompt) and off (none given, or guidance 1), a non-square size, sizes
-rounded as diffusers rounds them; the registry picks it with backend auto; `sglang generate`."""
+"""Native Qwen-Image pipelines against diffusers' on the tiny models, same seed: QwenImagePipeline
+with true CFG on (a negative prompt) and off (none given, or scale 1), a non-square size, sizes
+rounded as diffusers rounds them; QwenImageEditPipeline with one input image and
+QwenImageEditPlusPipeline with two (diffusers given our torchvision-free Qwen2-VL processor,
+since its own needs torchvision); the registry picks them with backend auto; `sglang generate`."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from sglang_diffusion.platform import Platform
 from tests.conftest import run_cli
 
 REQUEST = dict(prompt="a red fox in the snow", negative_prompt="blurry, low quality", height=64, width=96,
-               num_inference_steps=3, guidance_scale=4.0, seed=11)
+               num_inference_steps=3, true_cfg_scale=4.0, seed=11)
 LATENT_TOL = 1e-4
 MIN_PSNR = 40.0
 
@@ -59,20 +61,24 @@ def diffusers_run(pipe, request: dict):
         seen["latents"] = kwargs["latents"]
         return kwargs
 
-    kwargs = {k: v for k, v in request.items() if k not in ("seed", "guidance_scale")}
-    out = pipe(**kwargs, true_cfg_scale=request["guidance_scale"], output_type="np", callback_on_step_end=keep_latents,
+    kwargs = {k: v for k, v in request.items() if k not in ("seed", "image_path")}
+    if "image_path" in request:
+        paths = request["image_path"] if isinstance(request["image_path"], list) else [request["image_path"]]
+        images = [Image.open(path).convert("RGB") for path in paths]
+        kwargs["image"] = images if len(images) > 1 else images[0]
+    out = pipe(**kwargs, output_type="np", callback_on_step_end=keep_latents,
                generator=torch.Generator("cpu").manual_seed(request["seed"])).images
     latents = pipe._unpack_latents(seen["latents"], request["height"], request["width"], pipe.vae_scale_factor)
     return latents, (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
-@pytest.mark.parametrize("case", ["true_cfg", "no_negative_prompt", "guidance_1"])
+@pytest.mark.parametrize("case", ["true_cfg", "no_negative_prompt", "true_cfg_1"])
 def test_native_matches_diffusers_with_the_same_seed(case, native, reference):
     request = dict(REQUEST)
     if case == "no_negative_prompt":
         request.pop("negative_prompt")  # guidance 4 but nothing to guide against: CFG off, as diffusers
-    elif case == "guidance_1":
-        request["guidance_scale"] = 1.0
+    elif case == "true_cfg_1":
+        request["true_cfg_scale"] = 1.0
     state = native.run(SamplingParams(**request))
     assert state.do_cfg == (case == "true_cfg")
     latents, frames = diffusers_run(reference, request)
@@ -94,7 +100,7 @@ def test_sizes_round_down_to_16_pixels_with_a_warning_and_images_have_one_frame(
 
 def test_registry_runs_qwen_image_natively_with_its_defaults(native):
     assert native.describe()["backend"] == "sglang" and native.describe()["pipeline"] == "QwenImagePipeline"
-    assert native.family.name == "qwen-image" and native.family.defaults["guidance_scale"] == 4.0
+    assert native.family.name == "qwen-image" and native.family.defaults["true_cfg_scale"] == 4.0
 
 
 @pytest.mark.slow
@@ -110,3 +116,59 @@ def test_generate_runs_natively_and_matches_the_diffusers_backend(folder, tmp_pa
     assert "on diffusers backend" in logs["diffusers"]
     assert images["auto"].shape == (64, 64, 3)
     assert psnr(images["auto"], images["diffusers"]) >= MIN_PSNR
+
+
+@pytest.fixture(scope="module")
+def input_images(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(48, 80), (40, 40)]):
+        paths.append(str(folder / f"in{i}.png"))
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(paths[-1])
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,cls,images", [("qwen-image-edit", "QwenImageEditPipeline", 1),
+                                               ("qwen-image-edit-plus", "QwenImageEditPlusPipeline", 2)])
+def test_edit_matches_diffusers_with_the_same_seed(family, cls, images, tiny_model, input_images):
+    import diffusers
+
+    folder = tiny_model(family)
+    pipe = build_pipeline(ServerArgs(model_path=str(folder)), Platform.current())
+    assert pipe.describe()["pipeline"] == cls and pipe.describe()["backend"] == "sglang"
+    paths = input_images[:images]
+    request = dict(REQUEST, prompt="make the sky red", num_inference_steps=2,
+                   image_path=paths if images > 1 else paths[0])
+    state = pipe.run(SamplingParams(**request))
+    assert len(state.image_embeds) == images  # one reference latent per input image
+    processor = next(s for s in pipe.stages if s.name == "text_encoding").processor
+    reference = getattr(diffusers, cls).from_pretrained(folder, processor=None)
+    reference.processor = processor
+    latents, frames = diffusers_run(reference, request)
+    assert rel_err(latents, state.latents) <= LATENT_TOL
+    assert psnr(frames, state.frames[:, 0]) >= MIN_PSNR
+
+
+def test_edit_requests_refused_clearly(tiny_model, input_images):
+    pipe = build_pipeline(ServerArgs(model_path=str(tiny_model("qwen-image-edit"))), Platform.current())
+    with pytest.raises(InvalidRequestError, match="needs an input image"):
+        pipe.run(SamplingParams(prompt="x"))
+    with pytest.raises(InvalidRequestError, match="2 images given; Qwen-Image-Edit takes one"):
+        pipe.run(SamplingParams(prompt="x", image_path=input_images))
+
+
+def test_vl_processor_expands_each_image_to_its_merged_patches(tiny_model, input_images):
+    """The torchvision-free processor: one <|image_pad|> per 2x2 merged 14-pixel patch, in order."""
+    from sglang_diffusion.pipelines.stages.qwen_prompt import IMAGE_TOKEN, VISION, QwenVLProcessor
+    from transformers import AutoTokenizer
+
+    folder = tiny_model("qwen-image-edit-plus")
+    processor = QwenVLProcessor.from_folder(folder / "processor", AutoTokenizer.from_pretrained(folder / "tokenizer"))
+    images = [Image.open(p).convert("RGB").resize((112 * (i + 1), 56)) for i, p in enumerate(input_images)]
+    inputs = processor(text=[f"a {VISION} b {VISION}"], images=images)
+    assert inputs["image_grid_thw"].tolist() == [[1, 4, 8], [1, 4, 16]]
+    pad = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    assert int((inputs["input_ids"] == pad).sum()) == (4 * 8 + 4 * 16) // 4
+    assert inputs["pixel_values"].shape[0] == 4 * 8 + 4 * 16

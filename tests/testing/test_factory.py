@@ -16,6 +16,8 @@ from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.testing import FAMILIES, PRESETS, TINY_SAMPLING, build_model, cached_model, model_configs
 
 VIDEO_FAMILIES = ("wan2.1-t2v", "wan2.1-i2v", "wan2.2-t2v-a14b", "wan2.2-ti2v-5b", "hunyuanvideo")
+# Image edits encode their input at a 1024 x 1024 area whatever the output size: seconds even when tiny.
+EDIT_FAMILIES = ("qwen-image-edit", "qwen-image-edit-plus")
 
 
 def _dit_index(class_name, encoders, transformer, vae, scheduler="FlowMatchEulerDiscreteScheduler", **others) -> dict:
@@ -69,6 +71,13 @@ REAL_MODEL_INDEX = {
         "QwenImageTransformer2DModel",
         "AutoencoderKLQwenImage",
     ),
+    **{family: _dit_index(
+        cls,
+        [("Qwen2_5_VLForConditionalGeneration", "Qwen2Tokenizer")],
+        "QwenImageTransformer2DModel",
+        "AutoencoderKLQwenImage",
+        processor=["transformers", "Qwen2VLProcessor"],
+    ) for family, cls in zip(EDIT_FAMILIES, ("QwenImageEditPipeline", "QwenImageEditPlusPipeline"))},
 }
 
 # The real transformers' config.json numbers.
@@ -91,6 +100,7 @@ REAL_TRANSFORMER = {
     "qwen-image": dict(num_layers=60, num_attention_heads=24, attention_head_dim=128, in_channels=64,
                        out_channels=16, joint_attention_dim=3584, guidance_embeds=False),
 }  # fmt: skip
+REAL_TRANSFORMER.update(dict.fromkeys(EDIT_FAMILIES, REAL_TRANSFORMER["qwen-image"]))  # the edits keep its DiT
 # Parameter counts of the real transformers (FLUX.1-dev: 11,901,408,320; Wan2.1-T2V-1.3B: 1.42B).
 REAL_TRANSFORMER_PARAMS = {"wan2.1-t2v": 1_418_996_800, "flux.1": 11_901_408_320}
 
@@ -100,6 +110,13 @@ def _load(path: pathlib.Path):
     transformers cannot build that class then, and diffusers rejects any stand-in for it,
     so the pipeline is put together from its folders with the tokenizer alone."""
     index = json.loads((path / "model_index.json").read_text())
+    if index.get("processor") == ["transformers", "Qwen2VLProcessor"] and not importlib.util.find_spec("torchvision"):
+        # Qwen2VLProcessor needs torchvision too: our processor (same call) stands in for it
+        from sglang_diffusion.pipelines.stages.qwen_prompt import QwenVLProcessor
+
+        pipe = diffusers.DiffusionPipeline.from_pretrained(path, processor=None)
+        pipe.processor = QwenVLProcessor.from_folder(path / "processor", pipe.tokenizer)
+        return pipe
     if index.get("tokenizer") != ["transformers", "PixtralProcessor"] or importlib.util.find_spec("torchvision"):
         return diffusers.DiffusionPipeline.from_pretrained(path)
     import transformers
@@ -120,7 +137,7 @@ def _load(path: pathlib.Path):
 
 def _generate(pipe, family: str) -> np.ndarray:
     kwargs = dict(TINY_SAMPLING[family])
-    if family == "wan2.1-i2v":
+    if family == "wan2.1-i2v" or family in EDIT_FAMILIES:
         kwargs["image"] = Image.new("RGB", (kwargs["width"], kwargs["height"]), (200, 120, 40))
     pipe.set_progress_bar_config(disable=True)
     out = pipe(
@@ -133,7 +150,8 @@ def _files(folder: pathlib.Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in EDIT_FAMILIES else f
+                                    for f in FAMILIES])
 def test_tiny_model_loads_with_diffusers_and_generates_with_every_transformer(family, tiny_model):
     pipe = _load(tiny_model(family))
     # Wan2.2 A14B's two experts both denoise: the high-noise one above t = 875, the other below.

@@ -95,11 +95,12 @@ class QwenImageConfig:
         if "axes_dims_rope" in values:
             values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
         config = cls(**values)
-        unsupported = [k for k in ("guidance_embeds", "use_additional_t_cond", "use_layer3d_rope")
+        unsupported = [k for k in ("guidance_embeds", "use_additional_t_cond", "use_layer3d_rope", "zero_cond_t")
                        if getattr(config, k)]
         if unsupported:
-            raise ModelLoadError(f"{where}: {', '.join(unsupported)} (Qwen-Image-Layered / guidance-distilled "
-                                 "variants) are not supported by the native Qwen-Image DiT; use --backend diffusers")
+            raise ModelLoadError(f"{where}: {', '.join(unsupported)} (Qwen-Image-Layered, Qwen-Image-Edit-2511, "
+                                 "guidance-distilled variants) are not supported by the native Qwen-Image DiT; "
+                                 "use --backend diffusers")
         if sum(config.axes_dims_rope) != config.attention_head_dim:
             raise ModelLoadError(f"{where}: axes_dims_rope {config.axes_dims_rope} must add up to "
                                  f"attention_head_dim {config.attention_head_dim}")

@@ -37,8 +37,10 @@ class GenerationState:
     negative_prompt_embeds: torch.Tensor | None = None
     pooled_prompt_embeds: torch.Tensor | None = None  # [B, C'] pooled text (FLUX.1's CLIP)
     negative_pooled_prompt_embeds: torch.Tensor | None = None
-    image: Any = None  # the input image (PIL), image-conditioned families
-    image_embeds: torch.Tensor | None = None  # [B, L', C'] CLIP tokens (Wan2.1 I2V)
+    image: Any = None  # the input image (PIL), or a list of them (Qwen-Image-Edit-Plus)
+    # what the DiT's context takes of the image: [B, L', C'] CLIP tokens (Wan2.1 I2V), or a list
+    # of reference latents [B, C, 1, h, w], one per input image (Qwen-Image-Edit)
+    image_embeds: Any = None
     conditioning: Any = None  # a stages.conditioning object: how latents become the DiT's input
     latents: torch.Tensor | None = None  # [B, C, F', H', W'] fp32
     timesteps: torch.Tensor | None = None

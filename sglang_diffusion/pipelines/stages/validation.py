@@ -39,18 +39,22 @@ class InputValidationStage(Stage):
     is given (FLUX.1's and Qwen-Image's true CFG, as diffusers runs it). `cfg_scale`: the
     SamplingParams field that scales classifier-free guidance (FLUX.1: true_cfg_scale, its
     guidance_scale being the distilled guidance embedding). Image families (task t2i) make one
-    frame and refuse num_frames > 1."""
+    frame and refuse num_frames > 1. `size_from_image(image) -> (height, width)`: the output
+    size when the request gives none (image edits keep the input's aspect ratio). `required`:
+    the sampling fields besides the sizes and steps that need a value (Qwen-Image's
+    guidance_scale is not used: its CFG is true_cfg_scale)."""
 
     name = "input_validation"
     writes = ("params", "generator", "batch_size", "do_cfg")
 
     def __init__(self, family: Family | None, *, temporal_stride: int, spatial_multiple: tuple[int, int],
                  image: str = "none", has_second_expert: bool = False, true_cfg: bool = False,
-                 cfg_scale: str = "guidance_scale"):
+                 cfg_scale: str = "guidance_scale", size_from_image=None,
+                 required: tuple[str, ...] = ("guidance_scale",)):
         assert image in ("required", "optional", "none")
         self.family, self.temporal_stride, self.spatial_multiple = family, temporal_stride, spatial_multiple
         self.image, self.has_second_expert, self.true_cfg = image, has_second_expert, true_cfg
-        self.cfg_scale = cfg_scale
+        self.cfg_scale, self.size_from_image, self.required = cfg_scale, size_from_image, required
         self.defaults = dict(family.defaults) if family else {}
 
     def describe(self) -> str:
@@ -62,23 +66,27 @@ class InputValidationStage(Stage):
             if p.num_frames not in (None, 1):
                 raise InvalidRequestError(f"num_frames {p.num_frames}: this image model makes one image per output")
             p = dataclasses.replace(p, num_frames=1)
-        missing = [k for k in ("height", "width", "num_frames", "num_inference_steps", "guidance_scale")
+        if p.image_path is not None and self.image == "none":
+            raise InvalidRequestError("image_path: this text-to-video / text-to-image model takes no input image")
+        if p.image_path is None and self.image == "required":
+            raise InvalidRequestError("this model needs an input image: pass image_path")
+        image = load_image(p.image_path) if p.image_path is not None else None
+        if self.size_from_image is not None and image is not None and (p.height is None or p.width is None):
+            height, width = self.size_from_image(image)  # image edits: the input's aspect ratio
+            p = dataclasses.replace(p, height=p.height or height, width=p.width or width)
+        missing = [k for k in ("height", "width", "num_frames", "num_inference_steps", *self.required)
                    if getattr(p, k) is None]
         if missing:
             raise InvalidRequestError(f"{', '.join(missing)}: no value given and the model has no default")
         if not p.prompt:
             raise InvalidRequestError("prompt is required")
-        if p.image_path is not None and self.image == "none":
-            raise InvalidRequestError("image_path: this text-to-video / text-to-image model takes no input image")
-        if p.image_path is None and self.image == "required":
-            raise InvalidRequestError("this image-to-video model needs an input image: pass image_path")
         if p.guidance_scale_2 is not None and not self.has_second_expert:
             raise InvalidRequestError("guidance_scale_2 applies to the low-noise expert of two-expert models "
                                       "(Wan2.2 A14B); this model has one")
         if p.diffusers_kwargs:
             raise InvalidRequestError("diffusers_kwargs: only the diffusers backend takes them (--backend diffusers)")
         state.params = dataclasses.replace(p, **self._corrected(p))
-        state.image = load_image(p.image_path) if p.image_path is not None else None
+        state.image = image
         state.batch_size = p.num_outputs_per_prompt
         scale = getattr(p, self.cfg_scale) or 1.0
         state.do_cfg = scale > 1.0 and (not self.true_cfg or p.negative_prompt is not None)
