@@ -10,6 +10,7 @@ grid, or the text tokens): ``sliding_tile_attention_fwd`` cuts each group into b
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -64,18 +65,20 @@ def _sliding_tile_fwd_kernel(
                 m_i, l_i, acc)
 
 
-def query_blocks(q_groups: torch.Tensor, block_m: int) -> torch.Tensor:
-    """q_groups [G, 2] -> [NB, 3] int32 (start, end, group): each group in blocks of block_m."""
+@functools.lru_cache(maxsize=64)
+def query_blocks(groups: tuple[tuple[int, int], ...], block_m: int, device: torch.device) -> torch.Tensor:
+    """Query groups ((start, end), ...) -> [NB, 3] int32 (start, end, group) on ``device``: each
+    group in blocks of block_m; made once per layout."""
     blocks = []
-    for g, (start, end) in enumerate(q_groups.tolist()):
+    for g, (start, end) in enumerate(groups):
         blocks += [(lo, min(end, lo + block_m), g) for lo in range(start, end, block_m)]
-    return torch.tensor(blocks, dtype=torch.int32)
+    return torch.tensor(blocks, dtype=torch.int32, device=device)
 
 
 def sliding_tile_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_groups: torch.Tensor,
                                kv_ranges: torch.Tensor, scale: float, block_m: int | None = None,
                                block_n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """q, k, v [B, S, H, D] (D contiguous), q_groups [G, 2], kv_ranges [H, G, R, 2] ->
+    """q, k, v [B, S, H, D] (D contiguous), q_groups [G, 2] (on the CPU), kv_ranges [H, G, R, 2] ->
     (out [B, S, H, D], lse [B, H, S] fp32)."""
     b, sq, h, d = q.shape
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -83,7 +86,7 @@ def sliding_tile_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
     bm, bn, warps, stages = _blocks(d)
     bm, bn = block_m or bm, block_n or bn
-    blocks = query_blocks(q_groups.cpu(), bm).to(q.device)
+    blocks = query_blocks(tuple(map(tuple, q_groups.tolist())), bm, q.device)  # q_groups: a CPU tensor
     ranges = kv_ranges.to(device=q.device, dtype=torch.int32).contiguous()
     grid = (blocks.shape[0], b * h)
     _sliding_tile_fwd_kernel[grid](

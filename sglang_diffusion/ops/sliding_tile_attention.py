@@ -233,6 +233,13 @@ def _plan(layout: TileLayout, windows: tuple[Triple, ...], text_len: int) -> tup
     return q_groups, ranges
 
 
+@functools.lru_cache(maxsize=64)
+def _on_device(layout: TileLayout, windows: tuple[Triple, ...], text_len: int, device: torch.device) -> torch.Tensor:
+    """kv_ranges of ``_plan`` on ``device`` in int32 (the Triton kernel's), copied once per
+    layout and windows."""
+    return _plan(layout, windows, text_len)[1].to(device=device, dtype=torch.int32)
+
+
 def computed_fraction(layout: TileLayout, windows: Windows, heads: int, text_len: int = 0) -> float:
     """Query-key pairs the kernels compute over S'^2 (1 for dense): the ideal work fraction."""
     q_groups, ranges = _plan(layout, _head_windows(layout, windows, heads), text_len)
@@ -330,8 +337,8 @@ def sliding_tile_attention(
     scale = default_scale(q.shape[-1]) if scale is None else float(scale)
     wins = _head_windows(layout, windows, q.shape[2])
     q_groups, kv_ranges = _plan(layout, wins, int(text_len))
-    if q.device.type != "cpu":
-        q_groups, kv_ranges = q_groups.to(q.device), kv_ranges.to(q.device)
+    if q.device.type != "cpu":  # q_groups stays on the CPU: the launcher cuts it into blocks there
+        kv_ranges = _on_device(layout, wins, int(text_len), q.device)
     if _dispatch.needs_autograd(q, k, v):
         return sliding_tile_attention_reference(q, k, v, layout, wins, text_len, scale)
     return _sta_op(q, k, v, q_groups, kv_ranges, scale, backend)
