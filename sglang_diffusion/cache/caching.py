@@ -69,7 +69,7 @@ class Caching:
             calibrations = [calibration_for(model) for model in experts]
             threshold = (params.teacache_thresh if params.teacache_thresh is not None
                          else calibrations[0].default_threshold)
-            stats = CacheStats(f"TeaCache thresh {threshold:g} ({calibrations[0].name} calibration)")
+            stats = CacheStats(f"TeaCache thresh {threshold:g} ({calibrations[0].name})")
             return RequestCache([TeaCache(c, threshold, stats, shard) for c in calibrations], stats)
         if self.cache_dit is None:
             return None

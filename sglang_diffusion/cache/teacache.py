@@ -38,17 +38,23 @@ class TeaCacheCalibration:
 # DiT class -> inner width -> calibration (TeaCache's published fits, "ret_steps" variant)
 CALIBRATIONS = {
     "WanTransformer3DModel": {
-        1536: TeaCacheCalibration("Wan2.1-T2V-1.3B", (-5.21862437e+04, 9.23041404e+03, -5.28275948e+02,
+        1536: TeaCacheCalibration("Wan2.1-T2V-1.3B fit", (-5.21862437e+04, 9.23041404e+03, -5.28275948e+02,
                                                       1.36987616e+01, -4.99875664e-02), 5, 0.08),
-        5120: TeaCacheCalibration("Wan2.1-T2V-14B", (-3.03318725e+05, 4.90537029e+04, -2.65530556e+03,
+        5120: TeaCacheCalibration("Wan2.1-T2V-14B fit", (-3.03318725e+05, 4.90537029e+04, -2.65530556e+03,
                                                      5.87365115e+01, -3.15583525e-01), 5, 0.2),
     },
 }
 
 
+# Without a published fit for a model: the relative change itself (polynomial x), 5 warm-up steps.
+UNCALIBRATED = TeaCacheCalibration("no calibration: the raw relative change", (1.0, 0.0), 5, 0.3)
+
+
 def calibration_for(model) -> TeaCacheCalibration:
-    """The calibration of `model`'s family at its width; a family's other widths (test models)
-    take its smallest published model's, said in the log; a family without any is refused."""
+    """The calibration of `model` (its DiT class and width). A family with published fits but
+    not for this width (test models) uses the raw relative change instead, said in the log (a
+    fit is a polynomial over the range of changes of the model it was made on; outside it, it
+    gives nonsense, negative distances included). A family without any fit is refused."""
     family = CALIBRATIONS.get(type(model).__name__)
     if not family:
         raise ConfigError(f"TeaCache: no published calibration for {type(model).__name__}; "
@@ -56,9 +62,10 @@ def calibration_for(model) -> TeaCacheCalibration:
     width = model.config.num_attention_heads * model.config.attention_head_dim
     if width in family:
         return family[width]
-    fallback = family[min(family)]
-    logger.info("TeaCache: no calibration for %s of width %d; using %s's", type(model).__name__, width, fallback.name)
-    return fallback
+    logger.info("TeaCache: no calibration for %s of width %d (published: %s); accumulating the raw relative "
+                "change of the timestep modulation, default threshold %g", type(model).__name__, width,
+                ", ".join(c.name for c in family.values()), UNCALIBRATED.default_threshold)
+    return UNCALIBRATED
 
 
 @dataclass

@@ -180,3 +180,24 @@ def test_presets_keep_their_share_and_compute_first_and_last(name, steps):
     assert step_mask("none", None, None, steps) is None
     order = ["slow", "medium", "fast", "ultra"]
     assert all(sum(preset_mask(a, steps)) >= sum(preset_mask(b, steps)) for a, b in zip(order, order[1:]))
+
+
+def test_teacache_calibration_by_model_width_and_refusal():
+    from types import SimpleNamespace
+
+    from sglang_diffusion.cache.teacache import UNCALIBRATED, calibration_for
+    from sglang_diffusion.errors import ConfigError
+    from sglang_diffusion.models.dits.wan import WanConfig, WanTransformer3DModel
+
+    def wan(heads):
+        model = WanTransformer3DModel.__new__(WanTransformer3DModel)
+        model.__dict__["config"] = WanConfig(num_attention_heads=heads, attention_head_dim=128)
+        return model
+
+    assert calibration_for(wan(12)).name == "Wan2.1-T2V-1.3B fit"
+    assert calibration_for(wan(40)).name == "Wan2.1-T2V-14B fit"
+    assert calibration_for(wan(2)) is UNCALIBRATED
+    cache = TeaCache(UNCALIBRATED, 1.0, CacheStats("test"))
+    assert cache.rescale(0.25) == 0.25
+    with pytest.raises(ConfigError, match="no published calibration for SimpleNamespace"):
+        calibration_for(SimpleNamespace(config=None))
