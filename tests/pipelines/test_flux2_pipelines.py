@@ -104,3 +104,14 @@ def test_both_backends_load_the_folder_without_torchvision(native, tiny_model, c
     assert "PixtralProcessor needs torchvision (not installed); loaded its tokenizer" in caplog.text
     out = pipe.generate(SamplingParams(**REQUEST))
     assert psnr(out.frames, native.generate(SamplingParams(**REQUEST)).frames) >= MIN_PSNR
+
+
+def test_generate_runs_natively_and_writes_the_png(tiny_model, tmp_path, images):
+    from tests.conftest import run_cli
+
+    proc = run_cli("generate", "--model-path", tiny_model("flux.2"), "--prompt", "a blue teapot", "--height", 64,
+                   "--width", 48, "--num-inference-steps", 2, "--image-path", images[0], "--output-path", tmp_path,
+                   "--output-file-name", "a.png")
+    assert proc.returncode == 0, proc.stderr
+    assert "pipeline Flux2Pipeline on sglang backend (family flux.2), attention: " in proc.stderr
+    assert np.asarray(Image.open(tmp_path / "a.png")).shape == (64, 48, 3)
