@@ -2,6 +2,6 @@
 TaylorSeer and step computation masks, TeaCache; per-request state; decisions that every rank
 of a sequence-parallel group takes alike."""
 
-from sglang_diffusion.cache.caching import Caching, RequestCache
+from sglang_diffusion.cache.caching import Caching, RequestCache, check_block_protocol
 
-__all__ = ["Caching", "RequestCache"]
+__all__ = ["Caching", "RequestCache", "check_block_protocol"]

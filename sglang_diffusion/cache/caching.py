@@ -12,6 +12,7 @@ two-expert model (Wan2.2) with its own settings and its own step count.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +21,18 @@ from sglang_diffusion.cache.dbcache import DBCache
 from sglang_diffusion.cache.stats import CacheStats
 from sglang_diffusion.cache.teacache import TeaCache, calibration_for
 from sglang_diffusion.config.cache import CacheDitParams, load_cache_dit_file
+from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.models.dits.blocks import BlockRunner
 
 logger = logging.getLogger(__name__)
+
+
+def check_block_protocol(experts: list, what: str) -> None:
+    """A ConfigError unless every DiT takes a block runner (`models.dits.blocks`)."""
+    for model in experts:
+        if "runner" not in inspect.signature(model.forward).parameters:
+            raise ConfigError(f"{what}: the native {type(model).__name__} does not run its blocks through the block "
+                              "protocol yet, so it cannot cache steps; use --backend diffusers for Cache-DiT")
 
 
 @dataclass
@@ -66,6 +76,7 @@ class Caching:
         """A request's cache state, or None when it runs exact. `params`: its SamplingParams;
         `steps[i]`: how many steps expert i runs; `shard`: this rank's SequenceShard under SP."""
         if params.enable_teacache:
+            check_block_protocol(experts, "enable_teacache")
             calibrations = [calibration_for(model) for model in experts]
             threshold = (params.teacache_thresh if params.teacache_thresh is not None
                          else calibrations[0].default_threshold)

@@ -200,6 +200,10 @@ class DiffusersBackendPipeline:
                 "cache_dit": self._cache_dit.describe() if self._cache_dit else None}
 
     def _call_kwargs(self, params: SamplingParams, explicit: set[str]) -> dict:
+        if params.enable_teacache:
+            raise InvalidRequestError("enable_teacache: TeaCache runs on native pipelines only (backend sglang or "
+                                      "auto with a native pipeline); on the diffusers backend use Cache-DiT "
+                                      "(--cache-dit-config)")
         kwargs = {}
         for field_name, names in _CALL_ARGS.items():
             value = getattr(params, field_name)

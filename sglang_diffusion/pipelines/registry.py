@@ -76,4 +76,21 @@ def build_pipeline(args: ServerArgs, platform: Platform) -> Pipeline:
         return DiffusersBackendPipeline(args, index, platform)
     logger.info("native pipeline for %s%s", index.class_name,
                 " with Cache-DiT (our DBCache over the native DiT)" if args.cache_dit_enabled else "")
-    return native(args, index, platform)
+    pipeline = native(args, index, platform)
+    if args.cache_dit_enabled:
+        _enable_step_caching(pipeline, args)
+    return pipeline
+
+
+def _enable_step_caching(pipeline: Pipeline, args: ServerArgs) -> None:
+    """Cache-DiT on every native family alike: its denoising stage runs the DiT's blocks through
+    `sglang_diffusion.cache` for every request (a bad config file fails here, at start-up)."""
+    from sglang_diffusion.cache import Caching, check_block_protocol
+    from sglang_diffusion.pipelines.stages.denoising import DenoisingStage
+
+    caching = Caching.from_args(args)
+    for stage in getattr(pipeline, "stages", []):
+        if isinstance(stage, DenoisingStage):
+            check_block_protocol(stage.experts, "Cache-DiT")
+            stage.caching = caching
+            logger.info("step caching: %s", caching.describe())

@@ -15,7 +15,6 @@ import logging
 
 import torch
 
-from sglang_diffusion.cache import Caching
 from sglang_diffusion.config.families import detect_family
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import ConfigError, ModelLoadError
@@ -163,7 +162,7 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
     stages += [
         TimestepPreparationStage(scheduler),
         DenoisingStage(experts, scheduler, boundary_timestep=boundary, cfg=CfgLayout(cfg_layout),
-                       parallel=groups if groups.layout.world_size > 1 else None, caching=Caching.from_args(args)),
+                       parallel=groups if groups.layout.world_size > 1 else None),
         DecodingStage(vae, sp=groups.sp if vae_sp else None),
     ]
     info = {"attention_backend": backend.name, "dit_dtype": str(dit_dtype).removeprefix("torch."),

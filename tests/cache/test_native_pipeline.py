@@ -123,3 +123,12 @@ def test_enable_teacache_is_a_sampling_flag():
     _, sampling = parse(build_parser("sglang generate", "", sampling=True),
                         ["--prompt", "x", "--enable-teacache", "--teacache-thresh", "0.1"])
     assert sampling.enable_teacache and sampling.teacache_thresh == 0.1
+
+
+def test_teacache_on_the_diffusers_backend_is_refused(tiny_model):
+    from sglang_diffusion.errors import InvalidRequestError
+
+    pipe = build_pipeline(ServerArgs(model_path=str(tiny_model("wan2.1-t2v")), backend="diffusers"),
+                          Platform.current())
+    with pytest.raises(InvalidRequestError, match="TeaCache runs on native pipelines only"):
+        pipe.generate(SamplingParams(**REQUEST, enable_teacache=True))

@@ -201,3 +201,15 @@ def test_teacache_calibration_by_model_width_and_refusal():
     assert cache.rescale(0.25) == 0.25
     with pytest.raises(ConfigError, match="no published calibration for SimpleNamespace"):
         calibration_for(SimpleNamespace(config=None))
+
+
+def test_a_dit_without_the_block_protocol_is_refused():
+    from sglang_diffusion.cache import check_block_protocol
+    from sglang_diffusion.errors import ConfigError
+
+    class OldDiT(torch.nn.Module):
+        def forward(self, x, t, context=None):
+            return x
+
+    with pytest.raises(ConfigError, match="Cache-DiT: the native OldDiT does not run its blocks through the block"):
+        check_block_protocol([OldDiT()], "Cache-DiT")

@@ -131,7 +131,7 @@ class DenoisingStage(Stage):
     parallel: ParallelGroups | None = None  # None: one rank
     # The SamplingParams field that scales CFG (FLUX.1: true_cfg_scale; its guidance_scale is embedded).
     cfg_scale: str = "guidance_scale"
-    caching: Caching = field(default_factory=Caching)  # step caching (sglang_diffusion.cache); default off
+    caching: Caching = field(default_factory=Caching)  # step caching (sglang_diffusion.cache), set by the registry
     # (cond, uncond, scale) -> prediction; None: uncond + scale * (cond - uncond). A family's own
     # rule (Qwen-Image rescales the result to the conditional prediction's norm) goes here.
     guidance: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
