@@ -3,8 +3,8 @@
 Status codes: 400 a malformed request (missing or mistyped field, value out of range, size not
 "WxH", a float that is not finite); 401 a missing or wrong API key; 403 a LoRA path outside the
 allowed directories; 404 an unknown route or job; 409 a video not finished yet; 413 a body or
-upload over the limit; 422 a well-formed request this model cannot serve (an image for a
-text-only model, a size it does not allow); 429 the queue is full (with Retry-After); 503
+upload over the limit; 422 a well-formed request this model or server cannot serve (an image
+for a text-only model, a size it does not make, a LoRA adapter it cannot load); 429 the queue is full (with Retry-After); 503
 shutting down (with Retry-After). A bug answers 500 with no internals in the body; the traceback
 goes to the log.
 """
@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from sglang_diffusion.errors import ConfigError, InvalidRequestError, ModelLoadError
 
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 INVALID_REQUEST = "invalid_request_error"
 _DESCRIPTIONS = {400: "Malformed request", 401: "Missing or wrong API key", 403: "Path not allowed",
                  404: "Not found", 409: "Not ready", 413: "Body or upload too large",
-                 422: "Not servable by this model", 429: "Queue full (see Retry-After)",
+                 422: "Not servable by this model or server", 429: "Queue full (see Retry-After)",
                  503: "Shutting down (see Retry-After)"}
 # What any route can answer: a bad body or query, the body limit, the drain gate.
 COMMON_STATUSES = (400, 413, 503)
@@ -77,6 +78,14 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {first.get('msg')}" if param else str(first.get("msg"))), param
 
 
+def _methods_of(request: Request) -> list[str]:
+    methods = set()
+    for route in request.app.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -91,15 +100,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
-        return error_response(exc.status_code, str(exc.detail), code=code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # every method of the path: its routes are separate (GET and POST /v1/videos)
+            headers = {**(headers or {}), "Allow": ", ".join(_methods_of(request))}
+        return error_response(exc.status_code, str(exc.detail), code=code, headers=headers)
 
     @app.exception_handler(ConfigError)
     async def _config(request: Request, exc: ConfigError):
         return error_response(400, str(exc), code="invalid_value")
 
     @app.exception_handler(ModelLoadError)
-    async def _load(request: Request, exc: ModelLoadError):
-        return error_response(400, str(exc), code="cannot_load")
+    async def _load(request: Request, exc: ModelLoadError):  # a LoRA adapter named by a well-formed request
+        return error_response(422, str(exc), code="cannot_load")
 
     @app.exception_handler(InvalidRequestError)
     async def _unservable(request: Request, exc: InvalidRequestError):

@@ -15,12 +15,12 @@ from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.server.errors import APIError
-from sglang_diffusion.server.schemas import GenerationOptions, VideoCreateRequest
+from sglang_diffusion.server.schemas import SIZE_PATTERN, GenerationOptions, VideoCreateRequest
 
 # Every family served here patchifies latents of an 8x-downsampling VAE in 2x2 tiles, so sizes
 # that are multiples of 16 come out exactly as asked (others would be silently rounded).
 SIZE_MULTIPLE = 16
-_SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*$")
+_SIZE = re.compile(SIZE_PATTERN)
 logger = logging.getLogger(__name__)
 
 
@@ -75,20 +75,17 @@ class ParamsBuilder:
 
     def size(self, req: GenerationOptions) -> tuple[int | None, int | None]:
         width, height = req.width, req.height
-        if req.size not in (None, "", "auto"):
-            match = _SIZE.match(req.size)
-            if not match:
-                raise APIError(400, f'size must be "WIDTHxHEIGHT" in pixels (e.g. "1024x1024"), got {req.size!r}',
-                               param="size", code="invalid_size")
+        match = _SIZE.match(req.size or "")  # the schema's pattern: a mismatch was refused already
+        if match and match[2]:
             if width is not None or height is not None:
-                raise APIError(400, "give size or width/height, not both", param="size", code="invalid_size")
-            width, height = int(match[1]), int(match[2])
+                raise APIError(422, "give size or width/height, not both", param="size", code="invalid_size")
+            width, height = int(match[2]), int(match[3])
         for name, value in (("width", width), ("height", height)):
             if value is None:
                 continue
             if not 1 <= value <= self.args.max_resolution:
-                raise APIError(400, f"{name} {value} is out of range: 1 to {self.args.max_resolution} pixels "
-                               "(max_resolution)", param="size", code="invalid_size")
+                raise APIError(422, f"{name} {value}: this server makes sizes of 1 to {self.args.max_resolution} "
+                               "pixels (max_resolution)", param="size", code="unsupported_size")
             if value % SIZE_MULTIPLE:
                 raise APIError(422, f"{name} {value}: this model makes sizes that are multiples of "
                                f"{SIZE_MULTIPLE} pixels", param="size", code="unsupported_size")

@@ -29,11 +29,6 @@ def check_makes_images(state: ServerState) -> None:
                        code="unsupported_by_model")
 
 
-def _check_options(body: ImageOptions) -> None:
-    if body.stream:
-        raise APIError(400, "stream: streaming is not supported", param="stream", code="invalid_value")
-
-
 async def _store(state: ServerState, request: Request, content: bytes, output_format: str) -> str:
     """Write one image under images/ (and to the bucket, with cloud storage on); its URL. The
     upload is awaited at most the storage's bounded time, then the local URL answers."""
@@ -72,7 +67,6 @@ async def _respond(state: ServerState, request: Request, result: GenerationResul
 async def create_images(request: Request) -> dict:
     state: ServerState = request.app.state.server
     body, _ = await read_body(request, ImageGenerationRequest, allow_form=False)
-    _check_options(body)
     check_makes_images(state)
     params = state.params.sampling(body, num_outputs_per_prompt=body.n, return_frames=True, save_output=False)
     async with state.answering():
@@ -94,7 +88,6 @@ async def _decode_all(state: ServerState, uploads: list, param: str) -> list:
 async def edit_images(request: Request) -> dict:
     state: ServerState = request.app.state.server
     body, files = await read_body(request, ImageEditRequest, allow_json=False)
-    _check_options(body)
     check_makes_images(state)
     if not files.get("image"):
         raise APIError(400, "image is required: upload the image to edit as the multipart field 'image'",
@@ -106,20 +99,21 @@ async def edit_images(request: Request) -> dict:
     params = state.params.sampling(body, num_outputs_per_prompt=body.n, return_frames=True, save_output=False)
     images = await _decode_all(state, files["image"], "image")
     extra = dict(params.diffusers_kwargs)
-    if len(images) > 1:
-        extra["image"] = images
     if files.get("mask"):
         (extra["mask_image"],) = await _decode_all(state, files["mask"][:1], "mask")
-    path = state.outputs.upload_path()
-    await asyncio.to_thread(images[0].save, path, format="PNG")
+    paths = [state.outputs.upload_path() for _ in images]  # several images: image_path is their list
+    for image, path in zip(images, paths):
+        await asyncio.to_thread(image.save, path, format="PNG")
     del images
     try:
-        params = dataclasses.replace(params, image_path=str(path), diffusers_kwargs=extra)
+        image_path = [str(p) for p in paths] if len(paths) > 1 else str(paths[0])
+        params = dataclasses.replace(params, image_path=image_path, diffusers_kwargs=extra)
         async with state.answering():
             result = await state.generate(params, request)
             return await _respond(state, request, result, body)
     finally:
-        path.unlink(missing_ok=True)
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 @router.get("/{image_id}/content", name="image_content", summary="The file of an image answered by url",

@@ -28,7 +28,7 @@ def _per_adapter(value, count: int, name: str) -> list:
     if not isinstance(value, list):
         return [value] * count
     if len(value) != count:
-        raise APIError(400, f"{name}: give one value per lora_nickname ({count}), got {len(value)}", param=name,
+        raise APIError(422, f"{name}: give one value per lora_nickname ({count}), got {len(value)}", param=name,
                        code="invalid_value")
     return value
 
@@ -63,9 +63,6 @@ async def set_lora(request: Request) -> dict:
     state: ServerState = request.app.state.server
     body, _ = await read_body(request, LoraSetRequest, allow_form=False)
     nicknames = body.lora_nickname if isinstance(body.lora_nickname, list) else [body.lora_nickname]
-    if not nicknames or not all(n.strip() for n in nicknames):
-        raise APIError(400, "lora_nickname: give one or more non-empty names", param="lora_nickname",
-                       code="invalid_value")
     count = len(nicknames)
     paths = _per_adapter(body.lora_path, count, "lora_path")
     specs = [LoraSpec(nickname, None if path is None else allowed_lora_path(path, state.args.lora_dirs),

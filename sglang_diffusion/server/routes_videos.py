@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Literal
 

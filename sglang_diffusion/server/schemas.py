@@ -8,26 +8,50 @@ longest prompt) happen in `params.py`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_IMAGES_PER_REQUEST = 10  # OpenAI's own bound on n
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**53 - 1  # exact in every JSON parser (a double), so a seed survives any client
+SIZE_PATTERN = r"^\s*(auto|(\d{1,6})\s*[xX]\s*(\d{1,6}))?\s*$"  # the sizes of "WxH", "auto" or empty
 MAX_GUIDANCE_SCALE = 100.0
 MAX_LORA_STRENGTH = 100.0
 
 
-class GenerationOptions(BaseModel):
+class RequestBody(BaseModel):
+    """A request body: no NaN or Infinity in any float, and no `true` / `false` read as a number
+    (pydantic's lax mode would take `false` as 0.0)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value, info: ValidationInfo):
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(v, bool) for v in items) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not true or false")
+        return value
+
+
+def _numeric(annotation) -> bool:
+    """Whether a field's type takes numbers and not booleans (`float | list[float] | None` does)."""
+    args = get_args(annotation)
+    if not args:
+        return annotation in (int, float)
+    return bool not in args and any(_numeric(a) for a in args if a is not type(None))
+
+
+class GenerationOptions(RequestBody):
     """What every generation route takes besides the prompt."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, description="Any name: the server serves its one model whatever this says, "
                               "and answers with its served name (see /v1/models).")
     user: str | None = Field(None, description="An end-user id, logged with the request.")
     size: str | None = Field(None, description='"WIDTHxHEIGHT" in pixels, e.g. "1024x1024", or "auto" '
-                             "(the model's default).", max_length=32)
+                             "(the model's default).", max_length=32, pattern=SIZE_PATTERN)
     width: int | None = Field(None, ge=1, description="Width in pixels (instead of size).")
     height: int | None = Field(None, ge=1, description="Height in pixels (instead of size).")
     negative_prompt: str | None = Field(None, description="What to steer the generation away from.")
@@ -42,7 +66,7 @@ class ImageOptions(GenerationOptions):
     response_format: Literal["b64_json", "url"] = Field(
         "b64_json", description="b64_json: the image in the response; url: a link to the stored file.")
     output_format: Literal["png", "jpeg", "webp"] = "png"
-    stream: bool = Field(False, description="Streaming is not supported; must be false.")
+    stream: Literal[False] = Field(False, description="Streaming is not supported; must be false.")
 
 
 class ImageGenerationRequest(ImageOptions):
@@ -55,8 +79,8 @@ class ImageEditRequest(ImageOptions):
     prompt: str = Field(min_length=1, description="How to change the image.")
 
 
-class InputReference(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class InputReference(RequestBody):
+    model_config = ConfigDict(extra="forbid")
 
     image_url: str | None = Field(None, description="A data: URL (data:image/png;base64,...); remote URLs are "
                                   "not fetched.")
@@ -73,12 +97,14 @@ class VideoCreateRequest(GenerationOptions):
 
 
 Strength = Field(ge=-MAX_LORA_STRENGTH, le=MAX_LORA_STRENGTH)
+Nickname = Annotated[str, Field(min_length=1, max_length=128, pattern=r"\S")]
 
 
-class LoraSetRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class LoraSetRequest(RequestBody):
+    model_config = ConfigDict(extra="forbid")
 
-    lora_nickname: str | list[str] = Field(description="Name(s) of the adapter(s) to merge.")
+    lora_nickname: Nickname | Annotated[list[Nickname], Field(min_length=1)] = Field(
+        description="Name(s) of the adapter(s) to merge.")
     lora_path: str | None | list[str | None] = Field(
         None, description="Where to load each adapter from (a .safetensors file, a folder or a Hugging Face id); "
         "may be left out for an adapter already loaded under its nickname.")
@@ -87,8 +113,8 @@ class LoraSetRequest(BaseModel):
         1.0, description=f"Scale of each adapter's delta, within +-{MAX_LORA_STRENGTH:g}.")
 
 
-class LoraMergeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class LoraMergeRequest(RequestBody):
+    model_config = ConfigDict(extra="forbid")
 
     target: str | None = Field(None, description="Component to merge into (default: as last set).")
     strength: Annotated[float, Strength] | None = Field(

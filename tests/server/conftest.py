@@ -79,12 +79,14 @@ def start_server(model: Path, output_path: Path, *args, env: dict | None = None)
 
 @pytest.fixture(scope="session")
 def flux_server(tiny_model, tmp_path_factory):
-    """The tiny Flux model behind an API key, with tight limits (so that a fuzzer's requests stay
-    cheap) and LoRA loading confined to an empty folder; shared by the image and OpenAPI tests.
+    """The tiny Flux model (diffusers backend, for LoRA) behind an API key, with small default sizes
+    and tight limits (so that a fuzzer's requests stay cheap) and LoRA loading confined to an empty
+    folder; shared by the image, LoRA and OpenAPI tests.
     It must drain and stop cleanly at the end."""
     root = tmp_path_factory.mktemp("flux-server")
     (root / "loras").mkdir()
-    server = start_server(tiny_model("flux.1"), root / "out", "--api-key", API_KEY, "--num-inference-steps", 1,
+    server = start_server(tiny_model("flux.1"), root / "out", "--backend", "diffusers", "--api-key", API_KEY,
+                          "--num-inference-steps", 1, "--width", 32, "--height", 32, "--max-prompt-chars", 256,
                           "--max-queue-size", FLUX_QUEUE, "--max-upload-mb", 1, "--max-resolution", 64,
                           "--max-inference-steps", 8, "--lora-dirs", root / "loras")
     yield server

@@ -76,7 +76,7 @@ def test_url_answer_serves_the_stored_file(client, server):
     ({"prompt": ""}, 400, "prompt"),
     ({"prompt": "x", "size": "big"}, 400, "size"),
     ({"prompt": "x", "size": "33x32"}, 422, "size"),
-    ({"prompt": "x", "size": "128x128"}, 400, "size"),
+    ({"prompt": "x", "size": "128x128"}, 422, "size"),
     ({"prompt": "x", "n": 0}, 400, "n"),
     ({"prompt": "x", "n": 11}, 400, "n"),
     ({"prompt": "x", "num_inference_steps": 0}, 400, "num_inference_steps"),

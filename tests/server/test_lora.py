@@ -87,13 +87,13 @@ def test_refused_lora_paths_leave_the_weights_as_they_were(server, loras):
         ({"lora_nickname": "x", "lora_path": str(outside)}, 403, "outside the allowed"),
         ({"lora_nickname": "x", "lora_path": str(folder / ".." / "outside.safetensors")}, 403, "outside the allowed"),
         ({"lora_nickname": "x", "lora_path": str(folder / "missing.safetensors")}, 400, "no such"),
-        ({"lora_nickname": "x", "lora_path": str(folder / "garbage.safetensors")}, 400, "cannot load"),
+        ({"lora_nickname": "x", "lora_path": str(folder / "garbage.safetensors")}, 422, "cannot load"),
         ({"lora_nickname": "x", "lora_path": str(folder.parent / "absent.safetensors")}, 403, "outside the allowed"),
         ({"lora_nickname": "x", "lora_path": "/etc/passwd\u0000"}, 403, "outside the allowed"),
-        ({"lora_nickname": "x", "lora_path": "some-org/some-lora"}, 400, "cannot load"),  # an id: the hub's answer
+        ({"lora_nickname": "x", "lora_path": "some-org/some-lora"}, 422, "cannot load"),  # an id: the hub's answer
         ({"lora_nickname": "nobody"}, 422, "not loaded"),
         ({"lora_nickname": "a", "lora_path": loras["b"]}, 422, "already loaded"),
-        ({"lora_nickname": ["a", "b"], "strength": [1.0]}, 400, "one value per"),
+        ({"lora_nickname": ["a", "b"], "strength": [1.0]}, 422, "one value per"),
         ({"lora_nickname": "a", "target": "unet"}, 422, "not a component"),
     ]
     for body, status, message in cases:

@@ -72,7 +72,7 @@ def s3_env(endpoint) -> dict:
 
 @pytest.fixture(scope="module")
 def image_server(moto, tiny_model, tmp_path_factory):
-    server = start_server(tiny_model("flux.1"), tmp_path_factory.mktemp("s3-images") / "out",
+    server = start_server(tiny_model("flux.1"), tmp_path_factory.mktemp("s3-images") / "out", "--backend", "diffusers",
                           "--num-inference-steps", 1, env=s3_env(moto))
     yield server
     server.stop()
