@@ -80,7 +80,8 @@ def measure(args) -> dict:
         request["num_frames"] = args.num_frames
     if args.true_cfg_scale is not None:
         request["true_cfg_scale"] = args.true_cfg_scale
-    pipe.generate(SamplingParams(**request, num_inference_steps=1))  # warm-up, same shapes
+    # warm-up, same shapes; 2 steps: a flow scheduler with shift_terminal (Qwen-Image) cannot run 1
+    pipe.generate(SamplingParams(**request, num_inference_steps=min(2, args.steps)))
     wall, cpu = time.perf_counter(), time.process_time()
     out = pipe.generate(SamplingParams(**request, num_inference_steps=args.steps))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

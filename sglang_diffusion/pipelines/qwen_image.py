@@ -146,6 +146,6 @@ def build_qwen_image_pipeline(args: ServerArgs, index: ModelIndex, platform: Pla
         DecodingStage(vae),
     ]
     info = {"attention_backend": backend.name, "dit_dtype": str(dit_dtype).removeprefix("torch."),
-            "lora": args.lora_path, "parallel": groups.layout.describe()}
+            "lora": args.lora_path, "parallel": groups.layout.describe(), "image_input": edit is not None}
     return StagedPipeline(index.class_name, family, stages, device, info=info,
                           lora=NativeLora(args) if args.lora_path else None)

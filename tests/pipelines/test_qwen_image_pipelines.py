@@ -96,6 +96,8 @@ def test_sizes_round_down_to_16_pixels_with_a_warning_and_images_have_one_frame(
         native.run(SamplingParams(**dict(REQUEST, num_frames=5)))
     with pytest.raises(InvalidRequestError, match="takes no input image"):
         native.run(SamplingParams(**dict(REQUEST, image_path="x.png")))
+    with pytest.raises(InvalidRequestError, match="shift_terminal needs at least 2 steps"):  # NaN in diffusers
+        native.run(SamplingParams(**dict(REQUEST, num_inference_steps=1)))
 
 
 def test_registry_runs_qwen_image_natively_with_its_defaults(native):

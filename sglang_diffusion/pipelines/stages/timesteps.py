@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from sglang_diffusion.errors import InvalidRequestError
 from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
 
 
@@ -72,5 +73,8 @@ class FlowShiftTimestepStage(Stage):
         tokens = math.prod(s // p for s, p in zip(state.latents.shape[2:], self.patch))
         mu = flux2_empirical_mu(tokens, n) if self.empirical_mu else flow_shift_mu(tokens, self.scheduler.config)
         self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu, device=state.device)
+        if bool(self.scheduler.timesteps.isnan().any()):  # diffusers divides by zero (and makes a black image)
+            raise InvalidRequestError(f"num_inference_steps {n}: this scheduler's shift_terminal needs at least 2 "
+                                      "steps")
         self.scheduler.set_begin_index(0)
         state.timesteps = self.scheduler.timesteps
