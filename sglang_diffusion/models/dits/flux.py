@@ -30,7 +30,6 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -296,7 +295,62 @@ class FluxContext:
                            guidance, first.txt_ids, first.tables)
 
 
-class FluxTransformer2DModel(nn.Module):
+class MMDiT(nn.Module):
+    """What FLUX.1's and FLUX.2's DiTs share around their blocks: dtype and device, the attention
+    backend, CFG branches, loading. Subclasses set `config_class`, `key_map` and `fused` and
+    implement `forward(latents, timestep, context, num_blocks=, runner=)`."""
+
+    config_class: type
+    key_map: dict[str, str] = {}
+    fused: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj_out.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.proj_out.weight.device
+
+    def set_attention_backend(self, backend) -> None:
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.set_backend(backend)
+
+    def forward_branches(self, latents: torch.Tensor, timestep: torch.Tensor, contexts: list,
+                         joined=None, num_blocks: int | None = None,
+                         runners: list[BlockRunner] | None = None) -> list[torch.Tensor]:
+        """`forward` of the same latents and timestep under each of `contexts` (the branches of
+        classifier-free guidance), one after the other, or given `joined` (the contexts' `cat`)
+        as one batch. Every block mixes text and image, so nothing is shared between branches.
+        `runners`: one per context, or one for the joined batch."""
+        if joined is not None:
+            n = len(contexts)
+            out = self.forward(torch.cat([latents] * n), timestep.repeat(n), joined, num_blocks=num_blocks,
+                               runner=runners[0] if runners else None)
+            return list(out.chunk(n))
+        runners = runners or [None] * len(contexts)
+        return [self.forward(latents, timestep, c, num_blocks=num_blocks, runner=r) for c, r in zip(contexts, runners)]
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu", state_edit=None):
+        """Build from a diffusers transformer folder (`checkpoint.build_from_folder`); `state_edit`
+        may change the checkpoint first (LoRA merging)."""
+        from sglang_diffusion.models.dits.checkpoint import build_from_folder
+
+        return build_from_folder(cls, cls.config_class.from_dict, folder, dtype, device, state_edit)
+
+    def load_checkpoint(self, state: dict[str, torch.Tensor], dtype: torch.dtype,
+                        device: torch.device | str = "cpu", where: str = "checkpoint") -> None:
+        from sglang_diffusion.models.dits.checkpoint import load_checkpoint
+
+        load_checkpoint(self, state, dtype=dtype, device=device, key_map=self.key_map, fused=self.fused,
+                        where=where)
+
+
+class FluxTransformer2DModel(MMDiT):
+    config_class = FluxConfig
     # Checkpoint fragments -> ours, and our fused projections -> the checkpoint modules they join.
     key_map = {".to_out.0.": ".to_out.", ".net.0.proj.": ".fc_in.", ".net.2.": ".fc_out."}
     fused = {"to_qkv": ("to_q", "to_k", "to_v"), "add_qkv": ("add_q_proj", "add_k_proj", "add_v_proj"),
@@ -318,19 +372,6 @@ class FluxTransformer2DModel(nn.Module):
         # 3. Output norm & projection
         self.norm_out = AdaLayerNormContinuous(dim)
         self.proj_out = nn.Linear(dim, config.patch_size**2 * (config.out_channels or config.in_channels))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.proj_out.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.proj_out.weight.device
-
-    def set_attention_backend(self, backend) -> None:
-        for module in self.modules():
-            if isinstance(module, Attention):
-                module.set_backend(backend)
 
     @torch.no_grad()
     def encode_context(self, encoder_hidden_states: torch.Tensor, pooled_projections: torch.Tensor,
@@ -386,23 +427,6 @@ class FluxTransformer2DModel(nn.Module):
         x, c = run_blocks(blocks, (x, c), runner, signal=lambda: self.transformer_blocks[0].norm1(x, emb)[0])
         return self.final(x, emb)
 
-    def forward_branches(self, latents: torch.Tensor, timestep: torch.Tensor, contexts: list[FluxContext],
-                         joined: FluxContext | None = None, num_blocks: int | None = None,
-                         runners: list[BlockRunner] | None = None) -> list[torch.Tensor]:
-        """`forward` of the same latents and timestep under each of `contexts` (the branches of
-        classifier-free guidance), one after the other, or given `joined`
-        (`FluxContext.cat(contexts)`) as one batch. In FLUX every block mixes text and image,
-        so nothing is shared between branches. `runners`: one per context, or one for the
-        joined batch."""
-        if joined is not None:
-            n = len(contexts)
-            out = self.forward(torch.cat([latents] * n), timestep.repeat(n), joined, num_blocks=num_blocks,
-                               runner=runners[0] if runners else None)
-            return list(out.chunk(n))
-        runners = runners or [None] * len(contexts)
-        return [self.forward(latents, timestep, c, num_blocks=num_blocks, runner=r)
-                for c, r in zip(contexts, runners)]
-
     # -- the block protocol: embed -> blocks -> final --------------------------------------------
     def embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: FluxContext
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -433,24 +457,3 @@ class FluxTransformer2DModel(nn.Module):
 
     def final(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.proj_out(self.norm_out(x, emb))  # [B, S, C_out]
-
-    # -- loading -------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
-                        device: torch.device | str = "cpu", state_edit=None) -> "FluxTransformer2DModel":
-        """Build from a diffusers transformer folder (`checkpoint.build_from_folder`)."""
-        from sglang_diffusion.models.dits.checkpoint import build_from_folder
-
-        return build_from_folder(cls, FluxConfig.from_dict, folder, dtype, device, state_edit)
-
-    def load_checkpoint(self, state: dict[str, torch.Tensor], dtype: torch.dtype,
-                        device: torch.device | str = "cpu", where: str = "checkpoint") -> None:
-        from sglang_diffusion.models.dits.checkpoint import load_checkpoint
-
-        load_checkpoint(self, state, dtype=dtype, device=device, key_map=self.key_map, fused=self.fused,
-                        where=where)
-
-
-def flux_config_of(model: Any) -> FluxConfig:
-    """Our config from a diffusers model's config (tests build both from one)."""
-    return FluxConfig.from_dict(dict(model.config))

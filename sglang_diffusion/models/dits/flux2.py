@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +33,7 @@ from sglang_diffusion.layers.attention import Attention
 from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_features
 from sglang_diffusion.layers.joint_attention import JointAttention
 from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
-from sglang_diffusion.models.dits.flux import AdaLayerNormContinuous, _joined, rope_tables
+from sglang_diffusion.models.dits.flux import MMDiT, AdaLayerNormContinuous, _joined, rope_tables
 from sglang_diffusion.ops.qk_norm import qk_rms_norm
 from sglang_diffusion.ops.rope import apply_rope
 
@@ -236,7 +235,8 @@ class Flux2Context:
                             first.reference_ids, first.tables)
 
 
-class Flux2Transformer2DModel(nn.Module):
+class Flux2Transformer2DModel(MMDiT):
+    config_class = Flux2Config
     key_map = {".to_out.0.": ".to_out."}
     fused = {"to_qkv": ("to_q", "to_k", "to_v"), "add_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
     patch_size = (1, 1)  # the latents [B, 128, H/16, W/16] are already 2x2-patchified: one token per element
@@ -260,19 +260,6 @@ class Flux2Transformer2DModel(nn.Module):
         # 3. Output norm & projection
         self.norm_out = AdaLayerNormContinuous(dim, bias=False, eps=config.eps)
         self.proj_out = nn.Linear(dim, config.out_channels or config.in_channels, bias=False)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.proj_out.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.proj_out.weight.device
-
-    def set_attention_backend(self, backend) -> None:
-        for module in self.modules():
-            if isinstance(module, Attention):
-                module.set_backend(backend)
 
     @torch.no_grad()
     def encode_context(self, encoder_hidden_states: torch.Tensor, guidance: torch.Tensor | float | None = None,
@@ -331,19 +318,6 @@ class Flux2Transformer2DModel(nn.Module):
         x, c = run_blocks(blocks, (x, c), runner, signal=lambda: self.transformer_blocks[0].norm1(x, *mods[0][1::-1]))
         return self.final(x[:, :num_tokens], emb)
 
-    def forward_branches(self, latents: torch.Tensor, timestep: torch.Tensor, contexts: list[Flux2Context],
-                         joined: Flux2Context | None = None, num_blocks: int | None = None,
-                         runners: list[BlockRunner] | None = None) -> list[torch.Tensor]:
-        """`forward` under each context (classifier-free guidance branches), one after the other
-        or, given `joined`, as one batch."""
-        if joined is not None:
-            n = len(contexts)
-            out = self.forward(torch.cat([latents] * n), timestep.repeat(n), joined, num_blocks=num_blocks,
-                               runner=runners[0] if runners else None)
-            return list(out.chunk(n))
-        runners = runners or [None] * len(contexts)
-        return [self.forward(latents, timestep, c, num_blocks=num_blocks, runner=r) for c, r in zip(contexts, runners)]
-
     # -- the block protocol: embed -> blocks -> final --------------------------------------------
     def embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: Flux2Context):
         """-> (image tokens x [B, S (+ R), D], text tokens c [B, L, D], SiLU(temb) [B, D], the
@@ -377,18 +351,3 @@ class Flux2Transformer2DModel(nn.Module):
 
     def final(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.proj_out(self.norm_out(x, emb))  # [B, S, C_out]
-
-    # -- loading -------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
-                        device: torch.device | str = "cpu", state_edit=None) -> "Flux2Transformer2DModel":
-        from sglang_diffusion.models.dits.checkpoint import build_from_folder
-
-        return build_from_folder(cls, Flux2Config.from_dict, folder, dtype, device, state_edit)
-
-    def load_checkpoint(self, state: dict[str, torch.Tensor], dtype: torch.dtype,
-                        device: torch.device | str = "cpu", where: str = "checkpoint") -> None:
-        from sglang_diffusion.models.dits.checkpoint import load_checkpoint
-
-        load_checkpoint(self, state, dtype=dtype, device=device, key_map=self.key_map, fused=self.fused,
-                        where=where)
