@@ -8,7 +8,8 @@ A computed step resets the sum. The first `warmup_steps` steps always compute. E
 branch keeps its own sum and residual.
 
 Calibrations are published per model (TeaCache's fits, used by SGLang and FastVideo): for Wan2.1
-they rescale the change of the timestep modulation, with the first 5 steps computed.
+they rescale the change of the timestep modulation, with the first 5 steps computed; for FLUX.1
+the change of the first block's modulated input.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ CALIBRATIONS = {
                                                       1.36987616e+01, -4.99875664e-02), 5, 0.08),
         5120: TeaCacheCalibration("Wan2.1-T2V-14B fit", (-3.03318725e+05, 4.90537029e+04, -2.65530556e+03,
                                                      5.87365115e+01, -3.15583525e-01), 5, 0.2),
+    },
+    # the modulated input of the first double-stream block; TeaCache's thresholds 0.25-0.8 for 1.5x-2.25x
+    "FluxTransformer2DModel": {
+        3072: TeaCacheCalibration("FLUX.1-dev fit", (4.98651651e+02, -2.83781631e+02, 5.58554382e+01,
+                                                     -3.82021401e+00, 2.64230861e-01), 1, 0.4),
     },
 }
 

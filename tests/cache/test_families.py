@@ -1,6 +1,6 @@
 """Step caching through the same block protocol on every native family (tiny models): a
-threshold of 0 is exact bit for bit, a loose one reuses blocks, TeaCache is refused where no
-calibration is published."""
+threshold of 0 is exact bit for bit, a loose one reuses blocks; TeaCache runs on FLUX.1 and is
+refused where no calibration is published."""
 
 from __future__ import annotations
 
@@ -40,5 +40,9 @@ def test_caching_runs_on_the_family_through_the_block_protocol(tiny_model, famil
                                                          max_continuous_cached_steps=-1)))
     loose = pipe.generate(request)
     assert " 0 skipped" not in loose.cache, loose.cache
-    with pytest.raises(ConfigError, match="TeaCache: no published calibration"):
-        pipe.generate(SamplingParams(**{**request.__dict__, "enable_teacache": True}))
+    tea = SamplingParams(**{**request.__dict__, "enable_teacache": True})
+    if family == "flux.1":  # published for FLUX.1-dev's width; the tiny model's runs uncalibrated
+        assert pipe.generate(tea).cache.startswith("TeaCache thresh 0.3 (no calibration")
+    else:
+        with pytest.raises(ConfigError, match="TeaCache: no published calibration"):
+            pipe.generate(tea)
