@@ -6,7 +6,9 @@
     -> denoise -> decode (AutoencoderKLHunyuanVideo: tiling, slicing, vae_sp)
 
 Guidance: HunyuanVideo checkpoints are guidance-distilled: `guidance_scale` goes into the DiT
-as an embedding and each step runs one DiT pass, no classifier-free guidance.
+as an embedding and each step runs one DiT pass. True classifier-free guidance runs, as in
+diffusers, only with `true_cfg_scale` > 1 and a negative prompt (two branches a step, which CFG
+parallelism splits over two ranks).
 """
 
 from __future__ import annotations
@@ -36,13 +38,12 @@ logger = logging.getLogger(__name__)
 
 
 class HunyuanInputValidationStage(InputValidationStage):
-    """The shared validation with HunyuanVideo's two differences: a frame count that is not
-    4k + 1 becomes the one its VAE decodes, (n - 1) // 4 * 4 + 1 (diffusers makes the latents
-    for n frames that way, silently), and guidance_scale is embedded, so no CFG pass runs."""
+    """The shared validation with true CFG (`true_cfg_scale`, with a negative prompt), and a
+    frame count that is not 4k + 1 corrected to the one HunyuanVideo's VAE decodes for it,
+    (n - 1) // 4 * 4 + 1 (diffusers makes the latents for n frames that way, silently)."""
 
-    def __call__(self, state: GenerationState) -> None:
-        super().__call__(state)
-        state.do_cfg = False
+    def __init__(self, family, **kwargs):
+        super().__init__(family, true_cfg=True, cfg_scale="true_cfg_scale", **kwargs)
 
     def _corrected(self, p) -> dict:
         out = {}
@@ -171,7 +172,7 @@ def build_hunyuan_video_pipeline(args: ServerArgs, index: ModelIndex, platform: 
                                    offload=(offload, offload_2)),
         LatentPreparationStage(config.in_channels, t_stride, s_stride),
         LinearSigmasTimestepStage(scheduler),
-        DenoisingStage([dit], scheduler, cfg=CfgLayout(cfg_layout),
+        DenoisingStage([dit], scheduler, cfg=CfgLayout(cfg_layout), cfg_scale="true_cfg_scale",
                        parallel=groups if groups.layout.world_size > 1 else None),
         DecodingStage(vae, sp=groups.sp if vae_sp else None),
     ]

@@ -1,6 +1,6 @@
-"""HunyuanVideo on several gloo ranks: the native pipeline's latents under Ulysses, ring and USP
-(video tokens split, text replicated) equal one rank's (fp32, 1e-4 relative), with a token count
-that divides the ranks and one that does not; --vae-sp splits AutoencoderKLHunyuanVideo's
+"""HunyuanVideo on several gloo ranks: the native pipeline's latents under Ulysses, ring, USP (video
+tokens split, text replicated) and CFG parallelism (true CFG's two branches on two ranks) equal
+one rank's (fp32, 1e-4 relative), with a token count that divides the ranks and one that does not; --vae-sp splits AutoencoderKLHunyuanVideo's
 temporal and spatial tiles and gives one rank's `vae.decode` bit for bit."""
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.platform import Platform
 
 BASE = dict(prompt="a lighthouse in a storm", num_frames=5, num_inference_steps=2, guidance_scale=6.0, seed=5)
-REQUESTS = {"24 tokens": dict(BASE, height=64, width=48), "15 tokens": dict(BASE, height=48, width=80)}
+REQUESTS = {"24 tokens": dict(BASE, height=64, width=48), "15 tokens": dict(BASE, height=48, width=80),
+            "true CFG": dict(BASE, height=64, width=48, true_cfg_scale=3.0, negative_prompt="dark")}
 LATENT_TOL = 1e-4
-# (num_gpus, ulysses, ring)
-LAYOUTS = [(2, 2, 1), (2, 1, 2), (4, 2, 2)]
+# (num_gpus, ulysses, ring, cfg)
+LAYOUTS = [(2, 2, 1, 1), (2, 1, 2, 1), (4, 2, 2, 1), (2, 1, 1, 2), (4, 2, 1, 2)]
 
 
-def server_args(model_path, num_gpus=1, ulysses=None, ring=None) -> ServerArgs:
+def server_args(model_path, num_gpus=1, ulysses=None, ring=None, cfg=1) -> ServerArgs:
     return ServerArgs(model_path=str(model_path), backend="sglang", num_gpus=num_gpus, ulysses_degree=ulysses,
-                      ring_degree=ring)
+                      ring_degree=ring, enable_cfg_parallel=cfg == 2)
 
 
 def rel_err(a, b) -> float:
@@ -56,7 +57,7 @@ def single_rank(model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "gpus{}-ulysses{}-ring{}".format(*l))
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "gpus{}-ulysses{}-ring{}-cfg{}".format(*l))
 def test_sequence_parallel_layouts_give_the_single_rank_latents(pools, layout, model, single_rank):
     results = pools("gloo").run(layout_case, layout, model, timeout=600)
     world = layout[0]
@@ -65,7 +66,7 @@ def test_sequence_parallel_layouts_give_the_single_rank_latents(pools, layout, m
         for name, want in single_rank.items():
             err = rel_err(per_rank[name], want)
             assert err <= LATENT_TOL, (rank, name, err)
-        assert f"ulysses={layout[1]} x ring={layout[2]})" in per_rank["describe"]
+        assert f"ulysses={layout[1]} x ring={layout[2]}), cfg={layout[3]}" in per_rank["describe"]
 
 
 # ---- vae_sp ---------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ def reference(model):
         frames = pipe(**args, generator=torch.Generator("cpu").manual_seed(REQUEST["seed"]), output_type="np").frames
         return latents, np.round(frames[0] * 255).astype(np.uint8)
 
-    return {"default": run(), "guidance 1": run(guidance_scale=1.0)}
+    return {"default": run(), "guidance 1": run(guidance_scale=1.0),
+            "true cfg": run(true_cfg_scale=3.0, negative_prompt="blurry, low quality")}
 
 
 def test_backend_auto_runs_it_natively(native):
@@ -60,9 +61,13 @@ def test_backend_auto_runs_it_natively(native):
                                                "timestep_preparation", "denoising", "decoding"]
 
 
-@pytest.mark.parametrize("case", ["default", "guidance 1"])
+CASES = {"default": REQUEST, "guidance 1": dict(REQUEST, guidance_scale=1.0),
+         "true cfg": dict(REQUEST, true_cfg_scale=3.0, negative_prompt="blurry, low quality")}
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_equals_diffusers_with_the_same_seed(native, reference, case):
-    params = dict(REQUEST, guidance_scale=1.0) if case == "guidance 1" else REQUEST
+    params = CASES[case]
     state = native.run(SamplingParams(**params))
     latents, frames = reference[case]
     rel = ((state.latents - latents).norm() / latents.norm()).item()
