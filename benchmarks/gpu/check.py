@@ -141,8 +141,12 @@ def environment(sizes: Sizes) -> dict:
                              capture_output=True, text=True, check=False)
         info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
     dtype = getattr(torch, sizes.dtype)
-    info["attention_backends"] = {name: cls.why_not(device, dtype, sizes.head_dim, {}) or "runs"
-                                  for name, cls in BACKENDS.items()}
+    info["attention_backends"] = {}
+    for name, cls in BACKENDS.items():
+        try:
+            info["attention_backends"][name] = cls.why_not(device, dtype, sizes.head_dim, {}) or "runs"
+        except Exception as exc:  # noqa: BLE001 - a backend that wants options: its answer, not a failure
+            info["attention_backends"][name] = f"{type(exc).__name__}: {exc}"
     return info
 
 
