@@ -109,13 +109,16 @@ def _run_job(state: ServerState, job_id: str, params: SamplingParams, cancel: th
         path.unlink(missing_ok=True)
         return _fail(state, job_id, CANCELLED, "cancelled after its last denoising step")
     state.outputs.publish(path, f"videos/{path.name}").future.add_done_callback(
-        lambda upload: _finish(state, job_id, path, upload.result()))
+        lambda upload: _finish(state, job_id, path, upload.result(), cancel))
 
 
-def _finish(state: ServerState, job_id: str, path: Path, key: str | None) -> None:
-    """The upload is over (or there was none): completed, unless a DELETE cancelled the job meanwhile."""
-    if state.jobs.transition(job_id, COMPLETED, progress=100, completed_at=int(time.time()), s3_key=key,
-                             file_name=None if key else path.name):
+def _finish(state: ServerState, job_id: str, path: Path, key: str | None, cancel: threading.Event) -> None:
+    """The upload is over (or there was none): completed, unless a DELETE cancelled the job meanwhile
+    (it failed the job itself, or set `cancel` as the generation ended)."""
+    if cancel.is_set():
+        _fail(state, job_id, CANCELLED, "cancelled while its video was being stored")
+    elif state.jobs.transition(job_id, COMPLETED, progress=100, completed_at=int(time.time()), s3_key=key,
+                               file_name=None if key else path.name):
         state.metrics.jobs.labels(COMPLETED).inc()
         return
     path.unlink(missing_ok=True)
