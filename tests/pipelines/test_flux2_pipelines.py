@@ -16,7 +16,7 @@ from sglang_diffusion.platform import Platform
 
 pytestmark = pytest.mark.slow
 
-REQUEST = dict(prompt="a blue teapot", height=64, width=48, num_inference_steps=3, seed=5, guidance_scale=2.5)
+REQUEST = dict(prompt="a blue teapot", height=64, width=48, num_inference_steps=2, seed=5, guidance_scale=2.5)
 LATENT_TOL = 1e-4
 MIN_PSNR = 40.0
 

@@ -21,7 +21,7 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
-REQUEST = dict(prompt="a red cube on a table", height=64, width=48, num_inference_steps=3, seed=7)
+REQUEST = dict(prompt="a red cube on a table", height=64, width=48, num_inference_steps=2, seed=7)
 LATENT_TOL = 1e-4
 MIN_PSNR = 40.0
 
