@@ -104,6 +104,8 @@ def _needs_torchvision(cls_name: str) -> bool:
 
     if transformers.utils.is_torchvision_available():
         return False
+    if cls_name == "Qwen2VLProcessor":  # its video processor needs torchvision; it declares no backends
+        return True
     cls = getattr(transformers, cls_name, None)
     return cls is not None and "torchvision" in getattr(cls, "_backends", ())
 
@@ -111,7 +113,8 @@ def _needs_torchvision(cls_name: str) -> bool:
 def tokenizer_without_torchvision(name: str, cls_name: str, folder):
     """The tokenizer part of a processor folder whose class needs torchvision (FLUX.2's
     PixtralProcessor): text prompts need only the tokenizer and its chat template. A request
-    that would need the image part fails on its own, naming torchvision."""
+    that would need the image part fails on its own, naming torchvision. Qwen2VLProcessor gets
+    a full stand-in (images too)."""
     from transformers import AutoTokenizer
 
     try:
@@ -119,6 +122,11 @@ def tokenizer_without_torchvision(name: str, cls_name: str, folder):
     except Exception as e:
         raise ModelLoadError(f"component {name!r}: {cls_name} needs torchvision, which is not installed, and "
                              f"{folder} has no tokenizer of its own to fall back on ({e})") from None
+    if cls_name == "Qwen2VLProcessor":  # images too: our processor makes the same inputs (Qwen-Image-Edit)
+        from sglang_diffusion.models.text_encoders.qwen2_vl_processor import QwenVLProcessor
+
+        logger.info("component %s: %s needs torchvision (not installed); QwenVLProcessor stands in", name, cls_name)
+        return QwenVLProcessor.from_folder(folder, tokenizer)
     logger.info("component %s: %s needs torchvision (not installed); loaded its tokenizer (%s), which text "
                 "prompts need", name, cls_name, type(tokenizer).__name__)
     return tokenizer

@@ -183,7 +183,8 @@ def _strip(module: str) -> tuple[str | None, str]:
     target = None
     for name in ("transformer_2", "transformer"):
         for sep in (".", "_"):
-            if module.startswith(name + sep):
+            # "transformer_blocks.0...." (FLUX, Qwen-Image modules without a prefix) names no component
+            if module.startswith(name + sep) and not module.startswith("transformer_blocks"):
                 target, module = name, module[len(name) + 1:]
                 break
         if target:

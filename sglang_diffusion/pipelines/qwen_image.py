@@ -29,7 +29,7 @@ from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStag
 from sglang_diffusion.pipelines.stages.latents import LatentPreparationStage
 from sglang_diffusion.pipelines.stages.qwen_edit import (EDIT_PLUS_CONDITION_AREA, VAE_AREA, QwenReferenceLatentStage,
                                                          output_size)
-from sglang_diffusion.pipelines.stages.qwen_prompt import QwenPromptEncodingStage, QwenVLProcessor
+from sglang_diffusion.pipelines.stages.qwen_prompt import QwenPromptEncodingStage
 from sglang_diffusion.pipelines.stages.timesteps import FlowShiftTimestepStage
 from sglang_diffusion.pipelines.stages.validation import InputValidationStage
 from sglang_diffusion.platform import Platform
@@ -130,7 +130,7 @@ def build_qwen_image_pipeline(args: ServerArgs, index: ModelIndex, platform: Pla
         mode, condition_area, sized_by = edit
         if not args.vae_config.load_encoder:
             raise ConfigError("vae_config.load_encoder=false: image editing needs the VAE encoder for its input images")
-        processor = QwenVLProcessor.from_folder(index.path / "processor", tokenizer)
+        processor = load_component("processor", index, args, None)  # QwenVLProcessor without torchvision
         stages = [
             InputValidationStage(family, temporal_stride=1, spatial_multiple=multiple, image="required", true_cfg=True,
                                  cfg_scale="true_cfg_scale", size_from_image=output_size(sized_by), required=()),

@@ -135,8 +135,6 @@ def input_images(tmp_path_factory) -> list[str]:
 @pytest.mark.parametrize("family,cls,images", [("qwen-image-edit", "QwenImageEditPipeline", 1),
                                                ("qwen-image-edit-plus", "QwenImageEditPlusPipeline", 2)])
 def test_edit_matches_diffusers_with_the_same_seed(family, cls, images, tiny_model, input_images):
-    import diffusers
-
     folder = tiny_model(family)
     pipe = build_pipeline(ServerArgs(model_path=str(folder)), Platform.current())
     assert pipe.describe()["pipeline"] == cls and pipe.describe()["backend"] == "sglang"
@@ -145,9 +143,9 @@ def test_edit_matches_diffusers_with_the_same_seed(family, cls, images, tiny_mod
                    image_path=paths if images > 1 else paths[0])
     state = pipe.run(SamplingParams(**request))
     assert len(state.image_embeds) == images  # one reference latent per input image
-    processor = next(s for s in pipe.stages if s.name == "text_encoding").processor
-    reference = getattr(diffusers, cls).from_pretrained(folder, processor=None)
-    reference.processor = processor
+    backend = build_pipeline(ServerArgs(model_path=str(folder), backend="diffusers"), Platform.current())
+    assert type(backend.pipe.processor).__name__ == "QwenVLProcessor"  # without torchvision: our stand-in
+    reference = backend.pipe
     latents, frames = diffusers_run(reference, request)
     assert rel_err(latents, state.latents) <= LATENT_TOL
     assert psnr(frames, state.frames[:, 0]) >= MIN_PSNR
@@ -163,7 +161,8 @@ def test_edit_requests_refused_clearly(tiny_model, input_images):
 
 def test_vl_processor_expands_each_image_to_its_merged_patches(tiny_model, input_images):
     """The torchvision-free processor: one <|image_pad|> per 2x2 merged 14-pixel patch, in order."""
-    from sglang_diffusion.pipelines.stages.qwen_prompt import IMAGE_TOKEN, VISION, QwenVLProcessor
+    from sglang_diffusion.models.text_encoders.qwen2_vl_processor import IMAGE_TOKEN, QwenVLProcessor
+    from sglang_diffusion.pipelines.stages.qwen_prompt import VISION
     from transformers import AutoTokenizer
 
     folder = tiny_model("qwen-image-edit-plus")
@@ -174,3 +173,19 @@ def test_vl_processor_expands_each_image_to_its_merged_patches(tiny_model, input
     pad = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     assert int((inputs["input_ids"] == pad).sum()) == (4 * 8 + 4 * 16) // 4
     assert inputs["pixel_values"].shape[0] == 4 * 8 + 4 * 16
+
+
+@pytest.mark.slow
+def test_generate_edit_plus_with_two_image_paths_natively_matches_the_diffusers_backend(tiny_model, input_images,
+                                                                                        tmp_path):
+    args = ("generate", "--model-path", tiny_model("qwen-image-edit-plus"), "--prompt", "put b in a",
+            "--image-path", input_images[0], "--image-path", input_images[1], "--height", 48, "--width", 64,
+            "--num-inference-steps", 2, "--seed", 3, "--output-file-name", "e.png")
+    images, logs = {}, {}
+    for backend in ("auto", "diffusers"):
+        proc = run_cli(*args, "--backend", backend, "--output-path", tmp_path / backend)
+        assert proc.returncode == 0, proc.stderr
+        images[backend], logs[backend] = np.asarray(Image.open(tmp_path / backend / "e.png")), proc.stderr
+    assert "pipeline QwenImageEditPlusPipeline on sglang backend (family qwen-image-edit-plus)" in logs["auto"]
+    assert images["auto"].shape == (48, 64, 3)
+    assert psnr(images["auto"], images["diffusers"]) >= MIN_PSNR

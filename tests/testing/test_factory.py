@@ -112,7 +112,7 @@ def _load(path: pathlib.Path):
     index = json.loads((path / "model_index.json").read_text())
     if index.get("processor") == ["transformers", "Qwen2VLProcessor"] and not importlib.util.find_spec("torchvision"):
         # Qwen2VLProcessor needs torchvision too: our processor (same call) stands in for it
-        from sglang_diffusion.pipelines.stages.qwen_prompt import QwenVLProcessor
+        from sglang_diffusion.models.text_encoders.qwen2_vl_processor import QwenVLProcessor
 
         pipe = diffusers.DiffusionPipeline.from_pretrained(path, processor=None)
         pipe.processor = QwenVLProcessor.from_folder(path / "processor", pipe.tokenizer)

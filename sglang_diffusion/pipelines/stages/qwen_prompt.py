@@ -4,23 +4,17 @@ last hidden state of its real tokens with the template's system part dropped, as
 encoded one at a time (as diffusers encodes them), so neither is padded.
 
 The editing models put the input images into the prompt too: each becomes vision tokens
-(`<|image_pad|>`, one per 2x2 merged 14-pixel patch) that the VL model's vision tower fills.
-`QwenVLProcessor` does what transformers' Qwen2VLProcessor does for images and text, without
-torchvision (which that class needs for its video processor).
+(`<|image_pad|>`, one per 2x2 merged 14-pixel patch) that the VL model's vision tower fills,
+through the model's `processor` (`models.text_encoders.qwen2_vl_processor.QwenVLProcessor`
+where torchvision is missing).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
-
 import torch
 
-from sglang_diffusion.errors import InvalidRequestError, ModelLoadError
+from sglang_diffusion.errors import InvalidRequestError
 from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
-
-logger = logging.getLogger(__name__)
 
 _SYSTEM = "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n"
 _ASSISTANT = "<|im_end|>\n<|im_start|>assistant\n"
@@ -29,7 +23,6 @@ _EDIT_SYSTEM = ("Describe the key features of the input image (color, shape, siz
                 "that meets the user's requirements while maintaining consistency with the original input where "
                 "appropriate.")
 VISION = "<|vision_start|><|image_pad|><|vision_end|>"
-IMAGE_TOKEN = "<|image_pad|>"
 
 # mode -> (template, tokens dropped from the front of the states: the system part and "user\n")
 TEMPLATES = {
@@ -42,52 +35,6 @@ TOKENIZER_MAX_LENGTH = 1024
 MAX_SEQUENCE_LENGTH = 512  # QwenImagePipeline's default max_sequence_length (the edit pipelines keep all)
 
 
-class QwenVLProcessor:
-    """Text with `<|image_pad|>` placeholders and images -> the VL model's inputs (input_ids,
-    attention_mask, pixel_values, image_grid_thw), as Qwen2VLProcessor makes them: each
-    placeholder, in order, expands to one token per merged patch of its image."""
-
-    def __init__(self, tokenizer, image_processor):
-        self.tokenizer, self.image_processor = tokenizer, image_processor
-
-    @classmethod
-    def from_folder(cls, folder: str | Path, tokenizer) -> "QwenVLProcessor":
-        """The image processor of a `processor/` folder (preprocessor_config.json): transformers'
-        torchvision one where torchvision is installed, else its PIL twin, same settings."""
-        path = Path(folder) / "preprocessor_config.json"
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"{path}: cannot read the Qwen2-VL image processor config ({e})") from None
-        settings = {k: v for k, v in config.items() if k not in ("image_processor_type", "processor_class")}
-        try:
-            import torchvision  # noqa: F401
-            from transformers import Qwen2VLImageProcessor as ImageProcessor
-        except ImportError:
-            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-                Qwen2VLImageProcessorPil as ImageProcessor)
-
-            logger.info("torchvision is not installed: the Qwen2-VL images go through transformers' PIL image "
-                        "processor (%s)", ImageProcessor.__name__)
-        return cls(tokenizer, ImageProcessor(**settings))
-
-    def __call__(self, text: list[str], images: list | None = None, padding: bool = True,
-                 return_tensors: str = "pt"):
-        from transformers import BatchFeature
-
-        inputs = {}
-        if images:
-            inputs = dict(self.image_processor(images=images, return_tensors=return_tensors))
-            counts = iter((inputs["image_grid_thw"].prod(-1) // self.image_processor.merge_size**2).tolist())
-            expanded = []
-            for t in text:
-                pieces = t.split(IMAGE_TOKEN)
-                expanded.append(pieces[0] + "".join(IMAGE_TOKEN * next(counts) + rest for rest in pieces[1:]))
-            text = expanded
-        tokens = self.tokenizer(text, padding=padding, return_tensors=return_tensors)
-        return BatchFeature({"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask, **inputs})
-
-
 class QwenPromptEncodingStage(Stage):
     """`mode`: "text" (QwenImagePipeline), "edit" (the input image in the template) or
     "edit_plus" (each input image introduced as "Picture i:"). Edits read `state.image` (one
@@ -98,7 +45,7 @@ class QwenPromptEncodingStage(Stage):
     writes = ("prompt_embeds", "negative_prompt_embeds")
 
     def __init__(self, tokenizer, text_encoder, *, dtype: torch.dtype, mode: str = "text",
-                 processor: QwenVLProcessor | None = None, condition_area: int | None = None,
+                 processor=None, condition_area: int | None = None,
                  max_sequence_length: int = MAX_SEQUENCE_LENGTH):
         assert mode in TEMPLATES and (mode == "text" or processor is not None and condition_area)
         self.tokenizer, self.text_encoder, self.dtype, self.mode = tokenizer, text_encoder, dtype, mode
