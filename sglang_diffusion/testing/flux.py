@@ -7,18 +7,12 @@ from __future__ import annotations
 from sglang_diffusion.testing.presets import by_preset
 from sglang_diffusion.testing.text_encoders import clip_text_encoder, t5_encoder
 from sglang_diffusion.testing.vision import kl_vae_config
-from sglang_diffusion.testing.writer import PipelineSpec, Weights, dit_pipeline, scheduler
+from sglang_diffusion.testing.writer import Asset, PipelineSpec, Weights, dit_pipeline, flow_match_scheduler
 
-# FLUX.1-dev's scheduler/scheduler_config.json; FLUX.2-dev ships the same one.
-FLUX_SCHEDULER = dict(
-    base_image_seq_len=256,
-    base_shift=0.5,
-    max_image_seq_len=4096,
-    max_shift=1.15,
-    num_train_timesteps=1000,
-    shift=3.0,
-    use_dynamic_shifting=True,
-)
+
+def flux_scheduler() -> Asset:
+    """FLUX.1-dev's scheduler/scheduler_config.json; FLUX.2-dev ships the same one."""
+    return flow_match_scheduler(max_image_seq_len=4096, max_shift=1.15, shift=3.0)
 
 
 def transformer_config(preset: str, text_dim: int, pooled_dim: int) -> dict:
@@ -58,7 +52,7 @@ def pipeline_spec(preset: str) -> PipelineSpec:
     transformer = transformer_config(preset, text_dim=t5[0].config["d_model"], pooled_dim=clip[0].config["hidden_size"])
     return dit_pipeline(
         "FluxPipeline",
-        scheduler("FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER),
+        flux_scheduler(),
         [clip, t5],
         Weights("diffusers", "FluxTransformer2DModel", transformer),
         Weights("diffusers", "AutoencoderKL", vae_config(preset)),

@@ -11,11 +11,11 @@ to from_pretrained: Flux2Pipeline only calls `apply_chat_template` on it."""
 from __future__ import annotations
 
 from sglang_diffusion.testing import tokenizers
-from sglang_diffusion.testing.flux import FLUX_SCHEDULER, image_vae_config
+from sglang_diffusion.testing.flux import flux_scheduler, image_vae_config
 from sglang_diffusion.testing.presets import by_preset
 from sglang_diffusion.testing.text_encoders import gqa_decoder_config, text_dims
 from sglang_diffusion.testing.vision import clip_image_processor
-from sglang_diffusion.testing.writer import Asset, JsonFiles, PipelineSpec, Weights, dit_pipeline, scheduler
+from sglang_diffusion.testing.writer import Asset, JsonFiles, PipelineSpec, Weights, dit_pipeline
 
 TEXT_ENCODER_LAYERS = 30
 HIDDEN_STATES_STACKED = 3  # Flux2Pipeline's text_encoder_out_layers=(10, 20, 30)
@@ -124,7 +124,7 @@ def pipeline_spec(preset: str) -> PipelineSpec:
     transformer = transformer_config(preset, text_dim=mistral[0].config["text_config"]["hidden_size"])
     return dit_pipeline(
         "Flux2Pipeline",
-        scheduler("FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER),
+        flux_scheduler(),
         [mistral],
         Weights("diffusers", "Flux2Transformer2DModel", transformer),
         Weights("diffusers", "AutoencoderKLFlux2", vae_config(preset)),

@@ -10,28 +10,17 @@ from sglang_diffusion.testing import tokenizers
 from sglang_diffusion.testing.presets import by_preset
 from sglang_diffusion.testing.text_encoders import sized_config, text_dims
 from sglang_diffusion.testing.vision import CLIP_MEAN, CLIP_STD, wan_vae_config
-from sglang_diffusion.testing.writer import Asset, JsonFiles, PipelineSpec, Weights, dit_pipeline, scheduler
+from sglang_diffusion.testing.writer import Asset, JsonFiles, PipelineSpec, Weights, dit_pipeline, flow_match_scheduler
 
 EDIT_PIPELINES = {"qwen-image-edit": "QwenImageEditPipeline", "qwen-image-edit-plus": "QwenImageEditPlusPipeline"}
 VISION_PATCH = 14
 
-# Qwen/Qwen-Image's scheduler/scheduler_config.json (resolution-dependent shift, exponential).
-QWEN_IMAGE_SCHEDULER = dict(
-    base_image_seq_len=256,
-    base_shift=0.5,
-    invert_sigmas=False,
-    max_image_seq_len=8192,
-    max_shift=0.9,
-    num_train_timesteps=1000,
-    shift=1.0,
-    shift_terminal=0.02,
-    stochastic_sampling=False,
-    time_shift_type="exponential",
-    use_beta_sigmas=False,
-    use_dynamic_shifting=True,
-    use_exponential_sigmas=False,
-    use_karras_sigmas=False,
-)
+
+def qwen_image_scheduler() -> Asset:
+    """Qwen/Qwen-Image's scheduler/scheduler_config.json: the shift ends at 0.02; its other keys
+    (an exponential time shift, no Karras / beta / exponential sigmas) are the defaults, which
+    the saved file carries too."""
+    return flow_match_scheduler(max_image_seq_len=8192, max_shift=0.9, shift=1.0, shift_terminal=0.02)
 
 
 def transformer_config(preset: str, text_dim: int) -> dict:
@@ -126,7 +115,7 @@ def pipeline_spec(preset: str, class_name: str = "QwenImagePipeline") -> Pipelin
         others["processor"] = Asset("transformers", "Qwen2VLProcessor", _Qwen2VLProcessorFolder)
     return dit_pipeline(
         class_name,
-        scheduler("FlowMatchEulerDiscreteScheduler", **QWEN_IMAGE_SCHEDULER),
+        qwen_image_scheduler(),
         [qwen],
         Weights("diffusers", "QwenImageTransformer2DModel", transformer),
         Weights("diffusers", "AutoencoderKLQwenImage", wan_vae_config(preset)),

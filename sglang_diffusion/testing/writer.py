@@ -73,6 +73,21 @@ def scheduler(class_name: str, **config) -> Asset:
     return Asset("diffusers", class_name, make)
 
 
+def flow_match_scheduler(max_image_seq_len: int, max_shift: float, **config) -> Asset:
+    """FlowMatchEulerDiscreteScheduler with the resolution-dependent shift of FLUX and Qwen-Image:
+    mu goes from base_shift 0.5 at 256 image tokens to `max_shift` at `max_image_seq_len`."""
+    return scheduler(
+        "FlowMatchEulerDiscreteScheduler",
+        base_image_seq_len=256,
+        base_shift=0.5,
+        max_image_seq_len=max_image_seq_len,
+        max_shift=max_shift,
+        num_train_timesteps=1000,
+        use_dynamic_shifting=True,
+        **config,
+    )
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     """A whole folder. A component given as None is written as `[null, null]`, the way
