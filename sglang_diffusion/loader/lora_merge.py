@@ -288,3 +288,20 @@ def merge_lora(state: dict[str, torch.Tensor], lora: LoraFile, component: str = 
         logger.warning("LoRA %s: %d of its layers match no layer of %s and are ignored (e.g. %s)", lora.path,
                        len(unmatched), component, ", ".join(unmatched[:3]))
     return merged
+
+
+def lora_state_edit(args, component: str = "transformer"):
+    """`state_edit` for a native DiT's `from_pretrained` that merges --lora-path into the
+    checkpoint (None without one); an adapter none of whose weights match is a ModelLoadError."""
+    if not args.lora_path:
+        return None
+    lora = read_lora(args.lora_path)
+
+    def state_edit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        merged = merge_lora(state, lora, component=component)
+        logger.info("LoRA %r merged into the %s: %d layers", args.lora_nickname, component, merged)
+        if merged == 0:
+            raise ModelLoadError(f"lora_path {args.lora_path!r}: none of its weights match a layer of the {component}")
+        return state
+
+    return state_edit

@@ -19,7 +19,7 @@ import torch
 
 from sglang_diffusion.config.families import detect_family
 from sglang_diffusion.config.server_args import ServerArgs
-from sglang_diffusion.errors import ConfigError, ModelLoadError
+from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.loader.components import component_dtypes, load_component
 from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
 from sglang_diffusion.models.vaes.wan import accelerate_wan_vae
@@ -58,25 +58,13 @@ def norm_rescaled_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) ->
 
 
 def load_qwen_image_transformer(args: ServerArgs, index: ModelIndex, dtype: torch.dtype, device: torch.device):
+    from sglang_diffusion.loader.lora_merge import lora_state_edit
     from sglang_diffusion.models.dits.qwen_image import QwenImageTransformer2DModel
 
     override = args.component_paths.get("transformer")
     folder = resolve_component_path("transformer", override) if override else index.path / "transformer"
-    state_edit = None
-    if args.lora_path:
-        from sglang_diffusion.loader.lora_merge import merge_lora, read_lora
-
-        lora = read_lora(args.lora_path)
-
-        def state_edit(state):
-            merged = merge_lora(state, lora, component="transformer")
-            logger.info("LoRA %r merged into the transformer: %d layers", args.lora_nickname, merged)
-            if merged == 0:
-                raise ModelLoadError(f"lora_path {args.lora_path!r}: none of its weights match a layer of the "
-                                     "transformer")
-            return state
-
-    model = QwenImageTransformer2DModel.from_pretrained(folder, dtype=dtype, device=device, state_edit=state_edit)
+    model = QwenImageTransformer2DModel.from_pretrained(folder, dtype=dtype, device=device,
+                                                        state_edit=lora_state_edit(args))
     c = model.config
     logger.info("transformer: native Qwen-Image DiT (%d layers, %d heads x %d, %s) from %s", c.num_layers,
                 c.num_attention_heads, c.attention_head_dim, str(dtype).removeprefix("torch."), folder)
