@@ -291,6 +291,7 @@ def test_a_client_that_goes_away_stops_its_request_within_a_step(server):
 
 # -- 5: one owner per output path -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_server_on_the_same_output_path_refuses_to_start(server, tiny_model):
     with pytest.raises(AssertionError, match="in use by another server"):
         start_server(tiny_model("flux.1"), server.output_path, "--backend", "diffusers")
@@ -299,6 +300,7 @@ def test_a_second_server_on_the_same_output_path_refuses_to_start(server, tiny_m
 
 # -- the soak ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bounded_soak_leaves_memory_files_and_threads_where_they_were(server):
     bad_png = png_bomb(4000, 4000)
     kinds = [
@@ -342,6 +344,7 @@ def edit_server(tiny_model, tmp_path_factory):
     s.stop()
 
 
+@pytest.mark.slow
 def test_pixel_bombs_are_refused_from_their_header_and_memory_stays_flat(edit_server):
     bomb = png_bomb()
     assert len(bomb) < 2**20
@@ -401,6 +404,7 @@ def test_video_server_documents_its_routes_without_security(video_server):
     assert not any("security" in op for ops in doc["paths"].values() for op in ops.values())
 
 
+@pytest.mark.slow
 def test_delete_during_the_upload_cancels_once_and_for_all(video_server):
     job = create_video(video_server, prompt="uploading")
     wait_video(video_server, job["id"], ("in_progress",))
@@ -421,6 +425,7 @@ def test_delete_during_the_upload_cancels_once_and_for_all(video_server):
     assert "cancelled while its file was stored" in video_server.log()
 
 
+@pytest.mark.slow
 def test_jobs_stay_small_list_records_are_bounded_and_finished_jobs_expire(video_server):
     prompt = "a long prompt " * 200
     job = create_video(video_server, prompt=prompt)
@@ -443,11 +448,12 @@ def test_jobs_stay_small_list_records_are_bounded_and_finished_jobs_expire(video
 
 # -- 10: the drain ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_drains_with_503_and_retry_after_while_the_port_stays_open(tiny_model, tmp_path):
     server = start_server(tiny_model("flux.1"), tmp_path / "out", "--backend", "diffusers",
                           "--num-inference-steps", 1, "--max-inference-steps", 400)
     try:
-        body = {"prompt": "in flight", "size": "16x16", "num_inference_steps": 150}
+        body = {"prompt": "in flight", "size": "16x16", "num_inference_steps": 60}
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(lambda: requests.post(server.v1 + "/images/generations", json=body, timeout=120))
             time.sleep(1.0)

@@ -108,9 +108,10 @@ def test_refused_lora_paths_leave_the_weights_as_they_were(server, loras):
 def test_lora_path_at_start_up_is_merged_and_unmerges_to_the_base(tiny_model, loras):
     request = dict(prompt="a red cube", height=32, width=32, num_inference_steps=1, seed=5, save_output=False,
                    return_frames=True)
-    with DiffGenerator.from_pretrained(str(tiny_model("flux.1"))) as plain:
+    with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), backend="diffusers") as plain:
         base = plain.generate(**request).frames[0]
-    with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), lora_path=loras["a"], lora_nickname="a") as gen:
+    with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), backend="diffusers", lora_path=loras["a"],
+                                       lora_nickname="a") as gen:
         merged = gen.generate(**request).frames[0]
         assert not np.array_equal(merged, base)
         assert gen.engine.call(list_loras)["active"]["transformer"][0]["nickname"] == "a"
@@ -122,7 +123,7 @@ def test_lora_path_at_start_up_is_merged_and_unmerges_to_the_base(tiny_model, lo
 def test_engine_call_runs_on_every_rank(tiny_model, loras):
     request = dict(prompt="a red cube", height=32, width=32, num_inference_steps=1, seed=5, save_output=False,
                    return_frames=True)
-    with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), num_gpus=2) as two:
+    with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), backend="diffusers", num_gpus=2) as two:
         base = two.generate(**request).frames[0]
         assert two.engine.call(set_loras, [LoraSpec("a", loras["a"])])["active"]["transformer"][0]["nickname"] == "a"
         assert not np.array_equal(two.generate(**request).frames[0], base)
