@@ -18,8 +18,8 @@ from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.platform import Platform
 
 BASE = dict(prompt="a lighthouse in a storm", num_frames=5, num_inference_steps=2, guidance_scale=6.0, seed=5)
-REQUESTS = {"24 tokens": dict(BASE, height=64, width=48), "15 tokens": dict(BASE, height=48, width=80),
-            "true CFG": dict(BASE, height=64, width=48, true_cfg_scale=3.0, negative_prompt="dark")}
+REQUESTS = {"24 tokens": dict(BASE, height=64, width=48),
+            "15 tokens, true CFG": dict(BASE, height=48, width=80, true_cfg_scale=3.0, negative_prompt="dark")}
 LATENT_TOL = 1e-4
 # (num_gpus, ulysses, ring, cfg)
 LAYOUTS = [(2, 2, 1, 1), (2, 1, 2, 1), (4, 2, 2, 1), (2, 1, 1, 2), (4, 2, 1, 2)]
