@@ -46,12 +46,18 @@ def component_dtypes(args: ServerArgs, index: ModelIndex, platform: Platform) ->
     return out
 
 
+def check_component_overrides(overrides, index: ModelIndex) -> None:
+    """Every `--<component>-path` names a component of model_index.json, whichever backend runs it."""
+    for name in overrides:
+        if name not in index.components:
+            valid = ", ".join(n for n, (_, c) in index.components.items() if c)
+            raise ConfigError(f"--{name.replace('_', '-')}-path: the model has no component {name!r} in "
+                              f"model_index.json (valid: {valid})")
+
+
 def load_component_override(name: str, path: str, index: ModelIndex, dtype: torch.dtype | None):
     """Load `name` from `path` with the class its own config names, else model_index's class."""
-    if name not in index.components:
-        valid = ", ".join(n for n, (_, c) in index.components.items() if c)
-        raise ConfigError(f"--{name.replace('_', '-')}-path: the model has no component {name!r} in "
-                          f"model_index.json (valid: {valid})")
+    check_component_overrides([name], index)
     folder = resolve_component_path(name, path)
     library, cls_name = index.components[name]
     config_file = next((folder / f for f in ("config.json", "scheduler_config.json") if (folder / f).is_file()),

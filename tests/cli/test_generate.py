@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import imageio.v3 as iio
 import pytest
@@ -34,7 +35,7 @@ def test_generate_writes_png_of_requested_size_for_flux(tiny_model, tmp_path):
     (path,) = tmp_path.glob("*.png")
     assert path.name == "a_red_cube_5.png"
     assert Image.open(path).size == (64, 48)
-    assert "diffusers backend" in proc.stderr  # no native FLUX pipeline yet: the log says so
+    assert "native pipeline for FluxPipeline" in proc.stderr  # backend auto runs FLUX natively, and says so
 
 
 def test_command_line_beats_config_file_in_the_written_file(tiny_model, tmp_path):
@@ -103,15 +104,21 @@ def test_folder_without_model_index_is_a_clear_error(tmp_path):
 
 
 def test_option_whose_capability_has_not_landed_says_not_supported_yet(tiny_model):
-    proc = run_cli("generate", "--model-path", tiny_model("flux.1"), "--prompt", "x", "--num-gpus", "2",
-                   "--ulysses-degree", "2")
+    proc = run_cli("generate", "--model-path", tiny_model("flux.1"), "--prompt", "x", "--backend", "diffusers",
+                   "--num-gpus", "2", "--ulysses-degree", "2")
     assert proc.returncode == 2 and "not supported yet" in proc.stderr and "sequence parallelism" in proc.stderr
+    assert "diffusers backend" in proc.stderr
 
 
-def test_backend_sglang_without_native_pipeline_fails_clearly(tiny_model):
-    proc = run_cli("generate", "--model-path", tiny_model("flux.1"), "--prompt", "x", "--backend", "sglang")
-    assert proc.returncode == 2
-    assert "no native pipeline for FluxPipeline" in proc.stderr
+def test_backend_sglang_without_native_pipeline_fails_clearly(tiny_model, tmp_path):
+    # every family the factory builds is native now: a model_index.json of a class we do not run
+    folder = tmp_path / "sd3"
+    shutil.copytree(tiny_model("flux.1"), folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusion3Pipeline"}))
+    proc = run_cli("generate", "--model-path", folder, "--prompt", "x", "--backend", "sglang")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no native pipeline for StableDiffusion3Pipeline" in proc.stderr
 
 
 def test_help_lists_every_guide_flag():

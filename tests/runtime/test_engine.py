@@ -89,7 +89,7 @@ def test_a_rank_that_fails_to_load_stops_the_engine_cleanly(tmp_path):
     from sglang_diffusion.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="diffusers cannot load"):
-        DiffGenerator.from_pretrained(str(tmp_path), num_gpus=2)
+        DiffGenerator.from_pretrained(str(tmp_path), num_gpus=2, backend="diffusers")
 
 
 def test_progress_is_reported_after_each_step_and_cancel_stops_the_request(flux):
@@ -112,8 +112,8 @@ def test_diffusers_options_reach_the_pipeline(tiny_model):
     """diffusers_kwargs go to the call, the attention backend to diffusers, VAE tiling/slicing to the VAE."""
     from sglang_diffusion.errors import ConfigError
 
-    with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), diffusers_attention_backend="native",
-                                       vae_tiling=True, vae_slicing=True) as gen:
+    with DiffGenerator.from_pretrained(str(tiny_model("flux.1")), backend="diffusers",
+                                       diffusers_attention_backend="native", vae_tiling=True, vae_slicing=True) as gen:
         assert gen.engine.info["attention_backend"] == "native"
         vae = gen.engine._local.pipeline.pipe.vae
         assert vae.use_tiling and vae.use_slicing
@@ -123,4 +123,4 @@ def test_diffusers_options_reach_the_pipeline(tiny_model):
         with pytest.raises(InvalidRequestError, match="takes no argument 'no_such_arg'"):
             gen.generate(**FLUX_REQUEST, diffusers_kwargs={"no_such_arg": 1})
     with pytest.raises(ConfigError, match="cannot run here"):
-        DiffGenerator.from_pretrained(str(tiny_model("flux.1")), diffusers_attention_backend="flash")
+        DiffGenerator.from_pretrained(str(tiny_model("flux.1")), backend="diffusers", diffusers_attention_backend="flash")
