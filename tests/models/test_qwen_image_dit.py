@@ -106,6 +106,26 @@ def test_reference_images_equal_diffusers_edit_layout(pair):
     assert rel_err(expected, got) <= TOL
 
 
+def test_zero_cond_t_references_modulated_as_clean_equal_diffusers(tmp_path):
+    """Qwen-Image-Edit-2511 (zero_cond_t): the reference tokens take the t = 0 modulation."""
+    torch.manual_seed(0)
+    ref = DiffusersQwenImage(**CONFIG, zero_cond_t=True).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.3)
+    ref.save_pretrained(tmp_path)
+    ours = QwenImageTransformer2DModel.from_pretrained(tmp_path)
+    x, refs = latents(6, 8), [latents(4, 6, seed=3)]
+    text = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0.4, 0.9])
+    with torch.no_grad():
+        expected = diffusers_forward(ref, [x, *refs], text, t)
+        got = ours(x, t * 1000, context=ours.encode_context(text, refs))
+        plain = ours(x, t * 1000, context=ours.encode_context(text))  # no references: t everywhere
+        assert rel_err(diffusers_forward(ref, [x], text, t), plain) <= TOL
+    assert rel_err(expected, got) <= TOL
+
+
 def test_loading_uses_every_checkpoint_key_and_fills_every_parameter(pair):
     """Every parameter is a renamed checkpoint key or the concatenation of fused q/k/v keys."""
     ref, ours, _ = pair
@@ -151,7 +171,7 @@ def test_checkpoint_not_matching_config_is_a_clear_error(pair, tmp_path):
 
 
 def test_unsupported_variants_are_refused_by_name():
-    with pytest.raises(ModelLoadError, match="use_layer3d_rope"):
+    with pytest.raises(ModelLoadError, match="use_layer3d_rope"):  # Qwen-Image-Layered
         QwenImageConfig.from_dict(dict(CONFIG, use_layer3d_rope=True))
     with pytest.raises(ModelLoadError, match="axes_dims_rope"):
         QwenImageConfig.from_dict(dict(CONFIG, axes_dims_rope=[4, 4, 4]))

@@ -95,12 +95,10 @@ class QwenImageConfig:
         if "axes_dims_rope" in values:
             values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
         config = cls(**values)
-        unsupported = [k for k in ("guidance_embeds", "use_additional_t_cond", "use_layer3d_rope", "zero_cond_t")
-                       if getattr(config, k)]
+        unsupported = [k for k in ("guidance_embeds", "use_additional_t_cond", "use_layer3d_rope") if getattr(config, k)]
         if unsupported:
-            raise ModelLoadError(f"{where}: {', '.join(unsupported)} (Qwen-Image-Layered, Qwen-Image-Edit-2511, "
-                                 "guidance-distilled variants) are not supported by the native Qwen-Image DiT; "
-                                 "use --backend diffusers")
+            raise ModelLoadError(f"{where}: {', '.join(unsupported)} (Qwen-Image-Layered, guidance-distilled "
+                                 "variants) are not supported by the native Qwen-Image DiT; use --backend diffusers")
         if sum(config.axes_dims_rope) != config.attention_head_dim:
             raise ModelLoadError(f"{where}: axes_dims_rope {config.axes_dims_rope} must add up to "
                                  f"attention_head_dim {config.attention_head_dim}")
@@ -184,10 +182,19 @@ class QwenImageTransformerBlock(nn.Module):
         self.txt_mlp = FeedForward(dim, 4 * dim, activation="gelu_tanh")
 
     def forward(self, x: torch.Tensor, txt: torch.Tensor, silu_temb: torch.Tensor, rope: RopeTables,
-                text_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                text_bias: torch.Tensor | None = None, zero_cond: tuple[int, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, S, D], txt [B, L, D], silu_temb [B, D] (SiLU of the timestep embedding) ->
-        the new (x, txt)."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = _chunks(self.img_mod(silu_temb))
+        the new (x, txt). `zero_cond` (zero_cond_t models, Qwen-Image-Edit-2511): (the generated
+        image's token count, SiLU of the t = 0 embedding): the reference tokens after them are
+        modulated as clean."""
+        mods = _chunks(self.img_mod(silu_temb))
+        if zero_cond is not None:
+            tokens, silu_clean = zero_cond
+            clean, refs = _chunks(self.img_mod(silu_clean)), x.shape[1] - tokens
+            mods = tuple(torch.cat([m.expand(-1, tokens, -1), c.expand(-1, refs, -1)], dim=1)  # [B, S + R, D]
+                         for m, c in zip(mods, clean))
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = _chunks(self.txt_mod(silu_temb))
         # 2. Joint attention, each stream with its gated residual fused into the next norm
         img_attn, txt_attn = self.attn(self.img_norm1(x, scale1, shift1), self.txt_norm1(txt, t_scale1, t_shift1),
@@ -347,11 +354,14 @@ class QwenImageTransformer2DModel(nn.Module):
         p = self.config.patch_size[1]
         grid = (1, hidden_states.shape[-2] // p, hidden_states.shape[-1] // p)
         x = self.img_in(pack_latents(hidden_states.to(self.dtype), p))  # [B, S, D]
-        sigma = timestep.to(x.dtype) / 1000  # diffusers' pipeline divides, its embedding multiplies back
+        return x, self._silu_temb(timestep.to(x.dtype) / 1000), grid
+
+    def _silu_temb(self, sigma: torch.Tensor) -> torch.Tensor:
+        """sigma [B] (diffusers' pipeline divides t by 1000, its embedding multiplies back) ->
+        SiLU(temb) [B, D]: every consumer of temb (the modulation linears) takes its SiLU."""
         features = timestep_features(sigma, 256, flip_sin_to_cos=True, scale=1000.0)  # [B, 256]
         embedder = self.time_text_embed.timestep_embedder
-        temb = embedder(features.to(embedder.linear_1.weight.dtype)).to(x.dtype)  # [B, D]
-        return x, F.silu(temb), grid  # every consumer of temb (the mod linears) takes SiLU(temb)
+        return F.silu(embedder(features.to(embedder.linear_1.weight.dtype)).to(self.dtype))
 
     def _run(self, x: torch.Tensor, silu_temb: torch.Tensor, grid: tuple[int, int, int], context: QwenImageContext,
              num_blocks: int | None, runner: BlockRunner | None) -> torch.Tensor:
@@ -360,7 +370,10 @@ class QwenImageTransformer2DModel(nn.Module):
         if context.references is not None:
             x = torch.cat([x, context.references], dim=1)  # [B, S + R, D]
         rope = self.rope((grid, *context.reference_grids), context.text.shape[1], x.device)
-        blocks = [_bound(b, silu_temb, rope, context.text_bias) for b in self.transformer_blocks[:num_blocks]]
+        zero_cond = None
+        if self.config.zero_cond_t and context.references is not None:
+            zero_cond = (tokens, self._silu_temb(silu_temb.new_zeros(silu_temb.shape[0])))
+        blocks = [_bound(b, silu_temb, rope, context.text_bias, zero_cond) for b in self.transformer_blocks[:num_blocks]]
         first = self.transformer_blocks[0]
 
         def signal() -> torch.Tensor:  # TeaCache's indicator: block 0's modulated image input
@@ -407,9 +420,9 @@ class QwenImageTransformer2DModel(nn.Module):
 
 
 def _bound(block: QwenImageTransformerBlock, silu_temb: torch.Tensor, rope: RopeTables,
-           text_bias: torch.Tensor | None) -> Block:
+           text_bias: torch.Tensor | None, zero_cond) -> Block:
     """`block` as a step of the block protocol: (x, txt) -> (x, txt), this step's inputs bound."""
-    return lambda state: block(state[0], state[1], silu_temb, rope, text_bias)
+    return lambda state: block(state[0], state[1], silu_temb, rope, text_bias, zero_cond)
 
 
 def qwen_image_config_of(model: Any) -> QwenImageConfig:
