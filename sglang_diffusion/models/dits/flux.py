@@ -26,10 +26,7 @@ block protocol step caching wraps.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -41,11 +38,10 @@ from sglang_diffusion.layers.attention import Attention
 from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_features
 from sglang_diffusion.layers.joint_attention import JointAttention
 from sglang_diffusion.layers.mlp import FeedForward
+from sglang_diffusion.models.dits.base import NativeDiT, check_rope_axes, config_values
 from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
 from sglang_diffusion.ops.qk_norm import qk_rms_norm
 from sglang_diffusion.ops.rope import apply_rope, rope_cos_sin_1d
-
-logger = logging.getLogger(__name__)
 
 EPS = 1e-6  # every norm of the model (diffusers hard-codes it)
 ROPE_THETA = 10000.0
@@ -80,17 +76,8 @@ class FluxConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config.json") -> "FluxConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        ignored = sorted(k for k in raw if k not in known and not k.startswith("_"))
-        if ignored:
-            logger.warning("%s: ignoring keys the FLUX transformer does not take: %s", where, ", ".join(ignored))
-        values = {k: v for k, v in raw.items() if k in known}
-        if "axes_dims_rope" in values:
-            values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
-        config = cls(**values)
-        if sum(config.axes_dims_rope) != config.attention_head_dim:
-            raise ModelLoadError(f"{where}: axes_dims_rope {config.axes_dims_rope} must add up to "
-                                 f"attention_head_dim {config.attention_head_dim}")
+        config = cls(**config_values(cls, raw, where, "FLUX"))
+        check_rope_axes(where, "axes_dims_rope", config.axes_dims_rope, config.attention_head_dim)
         if config.patch_size != 1:
             raise ModelLoadError(f"{where}: patch_size {config.patch_size}: FLUX packs 2x2 latents itself "
                                  "and its transformer takes patch_size 1")
@@ -295,27 +282,10 @@ class FluxContext:
                            guidance, first.txt_ids, first.tables)
 
 
-class MMDiT(nn.Module):
-    """What FLUX.1's and FLUX.2's DiTs share around their blocks: dtype and device, the attention
-    backend, CFG branches, loading. Subclasses set `config_class`, `key_map` and `fused` and
-    implement `forward(latents, timestep, context, num_blocks=, runner=)`."""
-
-    config_class: type
-    key_map: dict[str, str] = {}
-    fused: dict[str, tuple[str, ...]] = {}
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.proj_out.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.proj_out.weight.device
-
-    def set_attention_backend(self, backend) -> None:
-        for module in self.modules():
-            if isinstance(module, Attention):
-                module.set_backend(backend)
+class MMDiT(NativeDiT):
+    """What FLUX.1's and FLUX.2's DiTs share around their blocks (besides `NativeDiT`'s): CFG
+    branches. Subclasses set `config_class`, `key_map` and `fused` and implement
+    `forward(latents, timestep, context, num_blocks=, runner=)`."""
 
     def forward_branches(self, latents: torch.Tensor, timestep: torch.Tensor, contexts: list,
                          joined=None, num_blocks: int | None = None,
@@ -331,22 +301,6 @@ class MMDiT(nn.Module):
             return list(out.chunk(n))
         runners = runners or [None] * len(contexts)
         return [self.forward(latents, timestep, c, num_blocks=num_blocks, runner=r) for c, r in zip(contexts, runners)]
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
-                        device: torch.device | str = "cpu", state_edit=None):
-        """Build from a diffusers transformer folder (`checkpoint.build_from_folder`); `state_edit`
-        may change the checkpoint first (LoRA merging)."""
-        from sglang_diffusion.models.dits.checkpoint import build_from_folder
-
-        return build_from_folder(cls, cls.config_class.from_dict, folder, dtype, device, state_edit)
-
-    def load_checkpoint(self, state: dict[str, torch.Tensor], dtype: torch.dtype,
-                        device: torch.device | str = "cpu", where: str = "checkpoint") -> None:
-        from sglang_diffusion.models.dits.checkpoint import load_checkpoint
-
-        load_checkpoint(self, state, dtype=dtype, device=device, key_map=self.key_map, fused=self.fused,
-                        where=where)
 
 
 class FluxTransformer2DModel(MMDiT):

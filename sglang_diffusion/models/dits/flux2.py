@@ -19,8 +19,6 @@ image tokens, RoPE tables) is computed once per request in `encode_context`.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -32,12 +30,11 @@ from sglang_diffusion.layers.adanorm import AdaNorm
 from sglang_diffusion.layers.attention import Attention
 from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_features
 from sglang_diffusion.layers.joint_attention import JointAttention
+from sglang_diffusion.models.dits.base import check_rope_axes, config_values
 from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
 from sglang_diffusion.models.dits.flux import MMDiT, AdaLayerNormContinuous, _joined, rope_tables
 from sglang_diffusion.ops.qk_norm import qk_rms_norm
 from sglang_diffusion.ops.rope import apply_rope
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,17 +66,8 @@ class Flux2Config:
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config.json") -> "Flux2Config":
-        known = {f.name for f in dataclasses.fields(cls)}
-        ignored = sorted(k for k in raw if k not in known and not k.startswith("_"))
-        if ignored:
-            logger.warning("%s: ignoring keys the FLUX.2 transformer does not take: %s", where, ", ".join(ignored))
-        values = {k: v for k, v in raw.items() if k in known}
-        if "axes_dims_rope" in values:
-            values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
-        config = cls(**values)
-        if sum(config.axes_dims_rope) != config.attention_head_dim:
-            raise ModelLoadError(f"{where}: axes_dims_rope {config.axes_dims_rope} must add up to "
-                                 f"attention_head_dim {config.attention_head_dim}")
+        config = cls(**config_values(cls, raw, where, "FLUX.2"))
+        check_rope_axes(where, "axes_dims_rope", config.axes_dims_rope, config.attention_head_dim)
         if config.patch_size != 1:
             raise ModelLoadError(f"{where}: patch_size {config.patch_size}: the FLUX.2 transformer takes patch_size 1")
         return config

@@ -37,11 +37,8 @@ Forward is embed -> dual-stream blocks -> single-stream blocks -> final, the blo
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,13 +51,12 @@ from sglang_diffusion.layers.attention import Attention
 from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_features
 from sglang_diffusion.layers.mlp import FeedForward
 from sglang_diffusion.layers.rotary import RotaryEmbedding3D
+from sglang_diffusion.models.dits.base import NativeDiT, check_rope_axes, config_values
 from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
 from sglang_diffusion.models.dits.flux import AdaLayerNormContinuous, AdaLayerNormZero, FluxTimeTextEmbedding
 from sglang_diffusion.ops.activation import gelu_tanh
 from sglang_diffusion.ops.qk_norm import qk_rms_norm
 from sglang_diffusion.ops.rope import apply_rope
-
-logger = logging.getLogger(__name__)
 
 EPS = 1e-6  # every norm of the model (diffusers hard-codes it)
 REFINER_MLP_RATIO = 4.0  # the token refiner's, whatever config.json's mlp_ratio (as diffusers builds it)
@@ -106,19 +102,10 @@ class HunyuanVideoConfig:
         raw = dict(raw)
         raw.pop("image_condition_type", None)
         p, p_t = raw.pop("patch_size", 2), raw.pop("patch_size_t", 1)
-        known = {f.name for f in dataclasses.fields(cls)}
-        ignored = sorted(k for k in raw if k not in known and not k.startswith("_"))
-        if ignored:
-            logger.warning("%s: ignoring keys the HunyuanVideo transformer does not take: %s", where,
-                           ", ".join(ignored))
-        values = {k: v for k, v in raw.items() if k in known}
+        values = config_values(cls, raw, where, "HunyuanVideo")
         values["patch_size"] = (int(p_t), int(p), int(p))
-        if "rope_axes_dim" in values:
-            values["rope_axes_dim"] = tuple(values["rope_axes_dim"])
         config = cls(**values)
-        if sum(config.rope_axes_dim) != config.attention_head_dim:
-            raise ModelLoadError(f"{where}: rope_axes_dim {config.rope_axes_dim} must add up to "
-                                 f"attention_head_dim {config.attention_head_dim}")
+        check_rope_axes(where, "rope_axes_dim", config.rope_axes_dim, config.attention_head_dim)
         if config.qk_norm != "rms_norm":
             raise ModelLoadError(f"{where}: qk_norm {config.qk_norm!r}: the native transformer implements rms_norm")
         return config
@@ -364,7 +351,8 @@ def _real_length(mask: torch.Tensor) -> torch.Tensor:
     return lengths
 
 
-class HunyuanVideoTransformer3DModel(nn.Module):
+class HunyuanVideoTransformer3DModel(NativeDiT):
+    config_class = HunyuanVideoConfig
     # Checkpoint fragments -> ours, and our fused projections -> the checkpoint modules they join.
     key_map = {".to_out.0.": ".to_out.", ".net.0.proj.": ".fc_in.", ".net.2.": ".fc_out."}
     fused = {"to_qkv": ("to_q", "to_k", "to_v"), "add_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
@@ -388,19 +376,6 @@ class HunyuanVideoTransformer3DModel(nn.Module):
         # 3. Output norm & projection
         self.norm_out = AdaLayerNormContinuous(dim)
         self.proj_out = nn.Linear(dim, math.prod(config.patch_size) * (config.out_channels or config.in_channels))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.proj_out.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.proj_out.weight.device
-
-    def set_attention_backend(self, backend) -> None:
-        for module in self.modules():
-            if isinstance(module, Attention):
-                module.set_backend(backend)
 
     @torch.no_grad()
     def encode_context(self, prompt: TextConditioning, image_embeds=None) -> HunyuanContext:
@@ -522,22 +497,6 @@ class HunyuanVideoTransformer3DModel(nn.Module):
         x = x.reshape(b, *grid, -1, p_t, p_h, p_w)  # [B, F', H', W', C_out, p_t, p_h, p_w]
         x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # [B, C_out, F', p_t, H', p_h, W', p_w]
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-
-    # -- loading -------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
-                        device: torch.device | str = "cpu", state_edit=None) -> "HunyuanVideoTransformer3DModel":
-        """Build from a diffusers transformer folder (`checkpoint.build_from_folder`)."""
-        from sglang_diffusion.models.dits.checkpoint import build_from_folder
-
-        return build_from_folder(cls, HunyuanVideoConfig.from_dict, folder, dtype, device, state_edit)
-
-    def load_checkpoint(self, state: dict[str, torch.Tensor], dtype: torch.dtype,
-                        device: torch.device | str = "cpu", where: str = "checkpoint") -> None:
-        from sglang_diffusion.models.dits.checkpoint import load_checkpoint
-
-        load_checkpoint(self, state, dtype=dtype, device=device, key_map=self.key_map, fused=self.fused,
-                        where=where)
 
 
 def hunyuan_config_of(model: Any) -> HunyuanVideoConfig:
