@@ -8,6 +8,7 @@ several families (Wan2.1 vs Wan2.2), by the extra keys of model_index.json.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ FAMILIES = {
                                               num_inference_steps=50, guidance_scale=5.0)),
         Family("hunyuanvideo", "t2v", dict(height=720, width=1280, num_frames=129, fps=24,
                                            num_inference_steps=50, guidance_scale=6.0)),
+        # FastVideo's 6-step distillation of HunyuanVideo: same architecture and model_index.json,
+        # told apart by its name; its flow shift (17) is in its own scheduler_config.json.
+        Family("fasthunyuan", "t2v", dict(height=720, width=1280, num_frames=125, fps=24,
+                                          num_inference_steps=6, guidance_scale=6.0)),
         Family("flux.1", "t2i", dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5)),
         Family("flux.2", "t2i", dict(height=1024, width=1024, num_inference_steps=50, guidance_scale=4.0)),
         Family("qwen-image", "t2i", dict(height=1024, width=1024, num_inference_steps=50,
@@ -47,8 +52,19 @@ FAMILIES = {
 GENERIC_VIDEO_FPS = 24
 
 
-def detect_family(class_name: str, extras: dict) -> Family | None:
-    """The family of a model_index.json (`_class_name` and its non-component keys); None if unknown."""
+# Distilled checkpoints that keep their base model's model_index.json: (pipeline class, a word of
+# the model's name or folder, case-insensitive) -> family.
+NAMED_VARIANTS = {("HunyuanVideoPipeline", "fasthunyuan"): "fasthunyuan"}
+
+
+def detect_family(class_name: str, extras: dict, where: str | PurePath = "") -> Family | None:
+    """The family of a model_index.json (`_class_name` and its non-component keys); None if unknown.
+
+    `where` is the model's id or folder (a Hugging Face cache folder keeps the id in its name:
+    models--FastVideo--FastHunyuan-diffusers/snapshots/...), for the variants of NAMED_VARIANTS."""
+    for (variant_class, word), name in NAMED_VARIANTS.items():
+        if class_name == variant_class and word in str(where).lower():
+            return FAMILIES[name]
     if class_name == "WanPipeline":
         if extras.get("expand_timesteps"):
             return FAMILIES["wan2.2-ti2v-5b"]

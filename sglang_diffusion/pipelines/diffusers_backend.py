@@ -62,7 +62,7 @@ class DiffusersBackendPipeline:
 
     def __init__(self, args: ServerArgs, index: ModelIndex, platform: Platform):
         self.args, self.index, self.platform = args, index, platform
-        self.family: Family | None = detect_family(index.class_name, index.extras)
+        self.family: Family | None = detect_family(index.class_name, index.extras, index.path)
         self._check_options()
         dtypes = component_dtypes(args, index, platform)
         overrides = {name: load_component_override(name, path, index, dtypes.get(name))
