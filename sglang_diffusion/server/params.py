@@ -102,7 +102,8 @@ class ParamsBuilder:
                            f"{self.args.max_inference_steps}", param="num_inference_steps", code="invalid_value")
         width, height = self.size(req)
         given = dict(width=width, height=height, negative_prompt=req.negative_prompt, num_inference_steps=steps,
-                     guidance_scale=req.guidance_scale, seed=req.seed, prompt=req.prompt)
+                     guidance_scale=req.guidance_scale, seed=req.seed, prompt=req.prompt,
+                     enable_teacache=req.enable_teacache, teacache_thresh=req.teacache_thresh)
         values = {k: v for k, v in given.items() if v is not None}
         try:
             return dataclasses.replace(self.defaults, **values, **server_set)

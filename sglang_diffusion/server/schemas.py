@@ -59,6 +59,10 @@ class GenerationOptions(RequestBody):
     guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE_SCALE,
                                          description="Classifier-free guidance scale.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed (default: the server's).")
+    enable_teacache: bool | None = Field(None, description="TeaCache for this request (native pipelines): skip the "
+                                         "DiT's blocks on steps whose timestep embedding barely changed.")
+    teacache_thresh: float | None = Field(None, ge=0, description="TeaCache's threshold (default: the model's "
+                                          "calibrated one; higher is faster).")
 
 
 class ImageOptions(GenerationOptions):

@@ -132,3 +132,13 @@ def test_teacache_on_the_diffusers_backend_is_refused(tiny_model):
                           Platform.current())
     with pytest.raises(InvalidRequestError, match="TeaCache runs on native pipelines only"):
         pipe.generate(SamplingParams(**REQUEST, enable_teacache=True))
+
+
+def test_server_requests_carry_teacache():
+    from sglang_diffusion.server.params import ParamsBuilder
+    from sglang_diffusion.server.schemas import ImageGenerationRequest
+
+    builder = ParamsBuilder(ServerArgs(), SamplingParams(), None, "model")
+    params = builder.sampling(ImageGenerationRequest(prompt="x", enable_teacache=True, teacache_thresh=0.1))
+    assert params.enable_teacache and params.teacache_thresh == 0.1
+    assert not builder.sampling(ImageGenerationRequest(prompt="x")).enable_teacache
