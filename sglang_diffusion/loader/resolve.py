@@ -99,6 +99,13 @@ def resolve_component_path(component: str, path: str) -> Path:
     raise ModelLoadError(f"cannot find component {component!r} at {path!r}: tried " + "; ".join(tried))
 
 
+def component_folder(name: str, args, index: ModelIndex) -> Path:
+    """Component `name`'s folder: its --<name>-path override (`args.component_paths`) resolved,
+    else the model's own subfolder."""
+    override = args.component_paths.get(name)
+    return resolve_component_path(name, override) if override else index.path / name
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else "no message"

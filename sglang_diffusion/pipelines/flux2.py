@@ -13,14 +13,11 @@ all a text prompt needs.
 
 from __future__ import annotations
 
-import logging
-
 from sglang_diffusion.config.families import detect_family
 from sglang_diffusion.config.server_args import ServerArgs
-from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.loader.components import component_dtypes, load_component
 from sglang_diffusion.loader.resolve import ModelIndex
-from sglang_diffusion.pipelines.flux import load_flux_transformer, prepare_dit
+from sglang_diffusion.pipelines.native import cfg_parallel_groups, load_native_transformer, native_pipeline, prepare_dit
 from sglang_diffusion.pipelines.stages.base import StagedPipeline
 from sglang_diffusion.pipelines.stages.conditioning import GuidedText
 from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
@@ -31,30 +28,23 @@ from sglang_diffusion.pipelines.stages.timesteps import FlowShiftTimestepStage
 from sglang_diffusion.pipelines.stages.validation import InputValidationStage
 from sglang_diffusion.platform import Platform
 
-logger = logging.getLogger(__name__)
-
 
 def build_flux2_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
                          cfg_layout: str = "auto") -> StagedPipeline:
-    from sglang_diffusion.distributed.parallel_state import setup_parallel
     from sglang_diffusion.models.dits.flux2 import Flux2Transformer2DModel
-    from sglang_diffusion.pipelines.wan import NativeLora
 
     family = detect_family(index.class_name, index.extras)
     device = platform.device
     dtypes = component_dtypes(args, index, platform)
     dit_dtype = dtypes["transformer"]
-    groups = setup_parallel(args, sequence_parallel=False)
-    if groups.sp.size > 1 or groups.tp.size > 1:
-        raise ConfigError("the native FLUX.2 pipeline runs CFG parallelism only (cfg_parallel, with true CFG); "
-                          "ulysses_degree / ring_degree / tp_size need --backend diffusers")
+    groups = cfg_parallel_groups(args, "FLUX.2")
 
     vae = load_component("vae", index, args, dtypes["vae"]).to(device).eval()
     configure_vae(vae, args)
     scheduler = load_component("scheduler", index, args, None)
     tokenizer = load_component("tokenizer", index, args, None)
     text_encoder = load_component("text_encoder", index, args, dtypes["text_encoder"]).to(device).eval()
-    dit = load_flux_transformer(Flux2Transformer2DModel, args, index, dit_dtype, device)
+    dit = load_native_transformer(Flux2Transformer2DModel, args, index, dit_dtype, device)
     backend = prepare_dit(dit, args, platform, dit_dtype)
 
     spatial_stride = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -70,7 +60,4 @@ def build_flux2_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform
                        parallel=groups if groups.layout.world_size > 1 else None),
         DecodingStage(vae),
     ]
-    info = {"attention_backend": backend.name, "dit_dtype": str(dit_dtype).removeprefix("torch."),
-            "lora": args.lora_path, "parallel": groups.layout.describe()}
-    return StagedPipeline(index.class_name, family, stages, device, info=info,
-                          lora=NativeLora(args) if args.lora_path else None)
+    return native_pipeline(args, index, family, stages, device, backend, dit_dtype, groups)

@@ -21,17 +21,18 @@ import torch
 
 from sglang_diffusion.config.families import detect_family
 from sglang_diffusion.config.server_args import ServerArgs
-from sglang_diffusion.errors import ConfigError, ModelLoadError
+from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.layers.conv import use_onednn_conv3d
 from sglang_diffusion.loader.components import component_dtypes, load_component
-from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
-from sglang_diffusion.pipelines.stages.base import GenerationState, Stage, StagedPipeline
+from sglang_diffusion.loader.resolve import ModelIndex, component_folder
+from sglang_diffusion.pipelines.native import load_native_transformer, native_pipeline, prepare_dit
+from sglang_diffusion.pipelines.stages.base import GenerationState, StagedPipeline
 from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
 from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
 from sglang_diffusion.pipelines.stages.hunyuan_prompt import HunyuanPromptEncodingStage
 from sglang_diffusion.pipelines.stages.latents import LatentPreparationStage
+from sglang_diffusion.pipelines.stages.timesteps import TimestepPreparationStage
 from sglang_diffusion.pipelines.stages.validation import InputValidationStage
-from sglang_diffusion.pipelines.wan import NativeLora
 from sglang_diffusion.platform import Platform
 
 logger = logging.getLogger(__name__)
@@ -55,16 +56,9 @@ class HunyuanInputValidationStage(InputValidationStage):
         return {**out, **super()._corrected(dataclasses.replace(p, num_frames=frames))}
 
 
-class LinearSigmasTimestepStage(Stage):
+class LinearSigmasTimestepStage(TimestepPreparationStage):
     """diffusers' HunyuanVideo schedule: sigmas evenly spaced from 1 down to 1/n, which the
     flow-match scheduler shifts by its `shift` (7 for HunyuanVideo; FastHunyuan's own)."""
-
-    name = "timestep_preparation"
-    reads = ("params",)
-    writes = ("timesteps",)
-
-    def __init__(self, scheduler):
-        self.scheduler = scheduler
 
     def describe(self) -> str:
         return f"{self.name}({type(self.scheduler).__name__}, shift {self.scheduler.config.get('shift', 1.0):g})"
@@ -74,35 +68,6 @@ class LinearSigmasTimestepStage(Stage):
         self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, n + 1)[:-1], device=state.device)
         self.scheduler.set_begin_index(0)
         state.timesteps = self.scheduler.timesteps
-
-
-def _component_folder(name: str, args: ServerArgs, index: ModelIndex):
-    override = args.component_paths.get(name)
-    return resolve_component_path(name, override) if override else index.path / name
-
-
-def load_hunyuan_transformer(args: ServerArgs, index: ModelIndex, dtype: torch.dtype, device: torch.device):
-    """Our DiT from the transformer folder, with --lora-path merged into its checkpoint."""
-    from sglang_diffusion.models.dits.hunyuan_video import HunyuanVideoTransformer3DModel
-
-    def apply_lora(state):
-        if args.lora_path:
-            from sglang_diffusion.loader.lora_merge import merge_lora, read_lora
-
-            merged = merge_lora(state, read_lora(args.lora_path), component="transformer")
-            logger.info("LoRA %r merged into transformer: %d layers", args.lora_nickname, merged)
-            if merged == 0:
-                raise ModelLoadError(f"lora_path {args.lora_path!r}: none of its weights match a layer of "
-                                     "the transformer")
-        return state
-
-    folder = _component_folder("transformer", args, index)
-    model = HunyuanVideoTransformer3DModel.from_pretrained(folder, dtype=dtype, device=device, state_edit=apply_lora)
-    c = model.config
-    logger.info("transformer: native HunyuanVideo DiT (%d + %d blocks, %d heads x %d, %s) from %s", c.num_layers,
-                c.num_single_layers, c.num_attention_heads, c.attention_head_dim, str(dtype).removeprefix("torch."),
-                folder)
-    return model
 
 
 def _text_encoder(name: str, index: ModelIndex, args: ServerArgs, dtype: torch.dtype, platform: Platform):
@@ -118,15 +83,15 @@ def _text_encoder(name: str, index: ModelIndex, args: ServerArgs, dtype: torch.d
 
 def build_hunyuan_video_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
                                  cfg_layout: str = "auto") -> StagedPipeline:
-    from sglang_diffusion.attention.selector import select_attention_backend
     from sglang_diffusion.distributed.parallel_state import setup_parallel
     from sglang_diffusion.loader.weights import read_config
+    from sglang_diffusion.models.dits.hunyuan_video import HunyuanVideoTransformer3DModel
 
     family = detect_family(index.class_name, index.extras)
     device = platform.device
     dtypes = component_dtypes(args, index, platform)
     dit_dtype = dtypes["transformer"]
-    heads = read_config(_component_folder("transformer", args, index)).get("num_attention_heads")
+    heads = read_config(component_folder("transformer", args, index)).get("num_attention_heads")
     groups = setup_parallel(args, num_heads=heads)
     if groups.tp.size > 1:
         raise ConfigError("tp_size > 1: the native HunyuanVideo pipeline does not split its Llama text encoder "
@@ -143,23 +108,11 @@ def build_hunyuan_video_pipeline(args: ServerArgs, index: ModelIndex, platform: 
     text_encoder, offload = _text_encoder("text_encoder", index, args, dtypes["text_encoder"], platform)
     text_encoder_2, offload_2 = _text_encoder("text_encoder_2", index, args, dtypes["text_encoder_2"], platform)
 
-    dit = load_hunyuan_transformer(args, index, dit_dtype, device)
+    dit = load_native_transformer(HunyuanVideoTransformer3DModel, args, index, dit_dtype, device)
     config = dit.config
-    backend = select_attention_backend(args.attention_backend, device=device, dtype=dit_dtype,
-                                       head_dim=config.attention_head_dim, config=args.attention_backend_config)
-    if groups.ring.size > 1:
-        from sglang_diffusion.distributed.sharding import backend_for_ring
-
-        backend = backend_for_ring(backend, args.attention_backend, lambda name: select_attention_backend(
-            name, device=device, dtype=dit_dtype, head_dim=config.attention_head_dim,
-            config=args.attention_backend_config))
-    dit.set_attention_backend(backend)
+    backend = prepare_dit(dit, args, platform, dit_dtype, ring=groups.ring.size > 1)
     if platform.is_cpu:
         use_onednn_conv3d(dit)  # the patch embedding
-    if args.enable_torch_compile:
-        for block in (*dit.transformer_blocks, *dit.single_transformer_blocks):
-            block.compile()
-        logger.info("torch.compile enabled for the DiT blocks (compiled on the first request)")
 
     t_stride, s_stride = vae.temporal_compression_ratio, vae.spatial_compression_ratio
     patch = config.patch_size
@@ -176,7 +129,4 @@ def build_hunyuan_video_pipeline(args: ServerArgs, index: ModelIndex, platform: 
                        parallel=groups if groups.layout.world_size > 1 else None),
         DecodingStage(vae, sp=groups.sp if vae_sp else None),
     ]
-    info = {"attention_backend": backend.name, "dit_dtype": str(dit_dtype).removeprefix("torch."),
-            "lora": args.lora_path, "parallel": groups.layout.describe()}
-    return StagedPipeline(index.class_name, family, stages, device, info=info,
-                          lora=NativeLora(args) if args.lora_path else None)
+    return native_pipeline(args, index, family, stages, device, backend, dit_dtype, groups)

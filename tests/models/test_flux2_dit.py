@@ -9,6 +9,8 @@ import torch
 from diffusers import Flux2Transformer2DModel as DiffusersFlux2
 
 from sglang_diffusion.models.dits.flux2 import Flux2Context, Flux2Transformer2DModel, latent_ids, text_ids
+from tests.compare import rel_err
+from tests.models.dit_pairs import pair_cache
 
 BASE = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
             num_attention_heads=2, joint_attention_dim=24, timestep_guidance_channels=32, mlp_ratio=3.0,
@@ -17,27 +19,11 @@ VARIANTS = {"dev": dict(BASE, guidance_embeds=True), "no_guidance": dict(BASE, g
 TOL = 1e-5
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / a.norm()).item()
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            torch.manual_seed(0)
-            ref = DiffusersFlux2(**VARIANTS[name]).eval()
-            with torch.no_grad():
-                for p in ref.parameters():
-                    p.normal_(0, 0.2)
-            folder = tmp_path_factory.mktemp(name)
-            ref.save_pretrained(folder)
-            cache[name] = ref, Flux2Transformer2DModel.from_pretrained(folder)
-        return cache[name]
-
-    return get
+    """name -> (diffusers model, our model loaded from its saved folder)."""
+    get = pair_cache(tmp_path_factory, DiffusersFlux2, Flux2Transformer2DModel, VARIANTS)
+    return lambda name: get(name)[:2]
 
 
 def inputs(config: dict, h: int, w: int, length: int = 7):

@@ -14,6 +14,8 @@ from safetensors.torch import save_file
 from sglang_diffusion.errors import ModelLoadError
 from sglang_diffusion.models.dits.flux import (FluxContext, FluxTransformer2DModel, image_ids, pack_latents,
                                                unpack_latents)
+from tests.compare import rel_err
+from tests.models.dit_pairs import pair_cache
 
 BASE = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
             num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=12, axes_dims_rope=[4, 6, 6])
@@ -21,28 +23,10 @@ VARIANTS = {"dev": dict(BASE, guidance_embeds=True), "schnell": dict(BASE, guida
 TOL = 1e-5
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / a.norm()).item()
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """name -> (diffusers model, our model loaded from its saved folder, folder)."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            torch.manual_seed(0)
-            ref = DiffusersFlux(**VARIANTS[name]).eval()
-            with torch.no_grad():  # zero-initialised parts too: every weight must matter
-                for p in ref.parameters():
-                    p.normal_(0, 0.2)
-            folder = tmp_path_factory.mktemp(name)
-            ref.save_pretrained(folder)
-            cache[name] = ref, FluxTransformer2DModel.from_pretrained(folder), folder
-        return cache[name]
-
-    return get
+    return pair_cache(tmp_path_factory, DiffusersFlux, FluxTransformer2DModel, VARIANTS)
 
 
 def inputs(config: dict, h: int, w: int, text_len: int = 7):

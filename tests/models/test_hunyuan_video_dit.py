@@ -11,6 +11,8 @@ from diffusers import HunyuanVideoTransformer3DModel as DiffusersHunyuan
 from sglang_diffusion.errors import ModelLoadError
 from sglang_diffusion.models.dits.hunyuan_video import (HunyuanContext, HunyuanVideoConfig,
                                                         HunyuanVideoTransformer3DModel, TextConditioning)
+from tests.compare import rel_err
+from tests.models.dit_pairs import saved_pair
 
 CONFIG = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
               num_single_layers=2, num_refiner_layers=2, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
@@ -19,21 +21,10 @@ CONFIG = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_he
 TOL = 1e-5
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / a.norm()).item()
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """(diffusers model, ours loaded from its saved folder)."""
-    torch.manual_seed(0)
-    ref = DiffusersHunyuan(**CONFIG).eval()
-    with torch.no_grad():  # zero-initialised parts too: every weight must matter
-        for p in ref.parameters():
-            p.normal_(0, 0.2)
-    folder = tmp_path_factory.mktemp("hunyuan")
-    ref.save_pretrained(folder)
-    return ref, HunyuanVideoTransformer3DModel.from_pretrained(folder)
+    return saved_pair(DiffusersHunyuan, HunyuanVideoTransformer3DModel, CONFIG, tmp_path_factory.mktemp("hunyuan"))
 
 
 def inputs(batch=1, frames=2, size=8, length=6, seed=1):

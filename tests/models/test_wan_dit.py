@@ -12,6 +12,8 @@ from safetensors.torch import save_file
 
 from sglang_diffusion.errors import ModelLoadError
 from sglang_diffusion.models.dits.wan import WanConfig, WanContext, WanTransformer3DModel, map_checkpoint_key
+from tests.compare import rel_err
+from tests.models.dit_pairs import pair_cache
 
 BASE = dict(patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
             text_dim=16, freq_dim=32, ffn_dim=24, num_layers=2, cross_attn_norm=True,
@@ -25,28 +27,10 @@ VARIANTS = {
 TOL = 1e-5
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / a.norm()).item()
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """name -> (diffusers model, our model loaded from its saved folder, folder)."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            torch.manual_seed(0)
-            ref = DiffusersWan(**VARIANTS[name]).eval()
-            with torch.no_grad():  # zero-initialised parts too: every weight must matter
-                for p in ref.parameters():
-                    p.normal_(0, 0.3)
-            folder = tmp_path_factory.mktemp(name)
-            ref.save_pretrained(folder)
-            cache[name] = ref, WanTransformer3DModel.from_pretrained(folder), folder
-        return cache[name]
-
-    return get
+    return pair_cache(tmp_path_factory, DiffusersWan, WanTransformer3DModel, VARIANTS, std=0.3)
 
 
 def inputs(config: dict, frames: int, height: int, width: int, image: bool = False, per_token: bool = False):

@@ -17,6 +17,7 @@ from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.models.dits.flux import pack_latents
 from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.platform import Platform
+from tests.compare import psnr, rel_err
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -24,15 +25,6 @@ pytestmark = pytest.mark.slow
 REQUEST = dict(prompt="a red cube on a table", height=64, width=48, num_inference_steps=2, seed=7)
 LATENT_TOL = 1e-4
 MIN_PSNR = 40.0
-
-
-def rel_err(a, b) -> float:
-    return ((a.float() - b.float()).norm() / a.float().norm()).item()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 @pytest.fixture(scope="module")

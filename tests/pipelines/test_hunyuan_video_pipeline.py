@@ -14,16 +14,12 @@ from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.platform import Platform
+from tests.compare import psnr
 
 REQUEST = dict(prompt="a red kite over the dunes", height=32, width=48, num_frames=5, num_inference_steps=2,
                guidance_scale=6.0, seed=7)
 LATENT_TOL = 1e-4
 MIN_PSNR = 40.0
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 @pytest.fixture(scope="module")

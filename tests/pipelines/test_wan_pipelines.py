@@ -19,20 +19,12 @@ from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.pipelines.stages.base import StagedPipeline
 from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
 from sglang_diffusion.platform import Platform
+from tests.compare import psnr, rel_err
 
 REQUEST = dict(prompt="a red fox in the snow", negative_prompt="blurry", height=64, width=64, num_frames=9,
                num_inference_steps=4, guidance_scale=5.0, seed=11)
 LATENT_TOL = 1e-4
 MIN_PSNR = 40.0
-
-
-def rel_err(a, b) -> float:
-    return ((a.float() - b.float()).norm() / a.float().norm()).item()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 @pytest.fixture(scope="module")

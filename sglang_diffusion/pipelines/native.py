@@ -1,0 +1,75 @@
+"""What the native pipeline builders share around their stages: the DiT loaded from its folder
+(with --lora-path merged), its attention backend and torch.compile, CFG-only parallelism for
+the image families, and the StagedPipeline with its info."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.errors import ConfigError
+from sglang_diffusion.loader.resolve import ModelIndex, component_folder
+from sglang_diffusion.pipelines.stages.base import StagedPipeline
+from sglang_diffusion.platform import Platform
+
+logger = logging.getLogger(__name__)
+
+
+def load_native_transformer(cls, args: ServerArgs, index: ModelIndex, dtype: torch.dtype, device: torch.device):
+    """`cls` (one of our dual- + single-stream DiTs) from the transformer folder or its
+    override, with --lora-path merged into its weights."""
+    from sglang_diffusion.loader.lora_merge import lora_state_edit
+
+    folder = component_folder("transformer", args, index)
+    model = cls.from_pretrained(folder, dtype=dtype, device=device, state_edit=lora_state_edit(args))
+    c = model.config
+    logger.info("transformer: native %s (%d double- + %d single-stream blocks, %d heads x %d, %s) from %s",
+                cls.__name__, c.num_layers, c.num_single_layers, c.num_attention_heads, c.attention_head_dim,
+                str(dtype).removeprefix("torch."), folder)
+    return model
+
+
+def prepare_dit(dit, args: ServerArgs, platform: Platform, dtype: torch.dtype, ring: bool = False):
+    """The attention backend (logged by the selector; `ring`: one that ring attention can run)
+    and torch.compile of the blocks."""
+    from sglang_diffusion.attention.selector import select_attention_backend
+
+    def select(name):
+        return select_attention_backend(name, device=platform.device, dtype=dtype,
+                                        head_dim=dit.config.attention_head_dim, config=args.attention_backend_config)
+
+    backend = select(args.attention_backend)
+    if ring:
+        from sglang_diffusion.distributed.sharding import backend_for_ring
+
+        backend = backend_for_ring(backend, args.attention_backend, select)
+    dit.set_attention_backend(backend)
+    if args.enable_torch_compile:
+        for block in (*dit.transformer_blocks, *dit.single_transformer_blocks):
+            block.compile()
+        logger.info("torch.compile enabled for the DiT blocks (compiled on the first request)")
+    return backend
+
+
+def cfg_parallel_groups(args: ServerArgs, model: str):
+    """The parallel groups of a pipeline that splits only CFG branches over ranks."""
+    from sglang_diffusion.distributed.parallel_state import setup_parallel
+
+    groups = setup_parallel(args, sequence_parallel=False)
+    if groups.sp.size > 1 or groups.tp.size > 1:
+        raise ConfigError(f"the native {model} pipeline runs CFG parallelism only (cfg_parallel, with true CFG); "
+                          "ulysses_degree / ring_degree / tp_size need --backend diffusers")
+    return groups
+
+
+def native_pipeline(args: ServerArgs, index: ModelIndex, family, stages: list, device: torch.device,
+                    backend, dit_dtype: torch.dtype, groups) -> StagedPipeline:
+    """The StagedPipeline of a native builder, with what `info` reports and --lora-path's handle."""
+    from sglang_diffusion.pipelines.wan import NativeLora
+
+    info = {"attention_backend": backend.name, "dit_dtype": str(dit_dtype).removeprefix("torch."),
+            "lora": args.lora_path, "parallel": groups.layout.describe()}
+    return StagedPipeline(index.class_name, family, stages, device, info=info,
+                          lora=NativeLora(args) if args.lora_path else None)
