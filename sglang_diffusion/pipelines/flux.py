@@ -11,14 +11,14 @@ diffusers' FluxPipeline does.
 
 from __future__ import annotations
 
-from sglang_diffusion.config.families import detect_family
 from sglang_diffusion.config.server_args import ServerArgs
-from sglang_diffusion.loader.components import component_dtypes, load_component
+from sglang_diffusion.loader.components import load_component
 from sglang_diffusion.loader.resolve import ModelIndex
-from sglang_diffusion.pipelines.native import cfg_parallel_groups, load_native_transformer, native_pipeline, prepare_dit
+from sglang_diffusion.pipelines.native import (image_pipeline_start, load_native_transformer, native_pipeline,
+                                              prepare_dit)
 from sglang_diffusion.pipelines.stages.base import StagedPipeline
 from sglang_diffusion.pipelines.stages.conditioning import PooledText
-from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
+from sglang_diffusion.pipelines.stages.decoding import DecodingStage
 from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
 from sglang_diffusion.pipelines.stages.latents import LatentPreparationStage
 from sglang_diffusion.pipelines.stages.text_encoding import PooledTextEncodingStage
@@ -33,15 +33,9 @@ def build_flux_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
                         cfg_layout: str = "auto") -> StagedPipeline:
     from sglang_diffusion.models.dits.flux import FluxTransformer2DModel
 
-    family = detect_family(index.class_name, index.extras)
+    family, dtypes, groups, vae, scheduler = image_pipeline_start(args, index, platform, "FLUX.1")
     device = platform.device
-    dtypes = component_dtypes(args, index, platform)
     dit_dtype = dtypes["transformer"]
-    groups = cfg_parallel_groups(args, "FLUX.1")
-
-    vae = load_component("vae", index, args, dtypes["vae"]).to(device).eval()
-    configure_vae(vae, args)
-    scheduler = load_component("scheduler", index, args, None)
     encoders = [load_component(name, index, args, dtypes[name]).to(device).eval()
                 for name in ("text_encoder", "text_encoder_2")]
     tokenizers = [load_component(name, index, args, None) for name in ("tokenizer", "tokenizer_2")]

@@ -13,14 +13,14 @@ all a text prompt needs.
 
 from __future__ import annotations
 
-from sglang_diffusion.config.families import detect_family
 from sglang_diffusion.config.server_args import ServerArgs
-from sglang_diffusion.loader.components import component_dtypes, load_component
+from sglang_diffusion.loader.components import load_component
 from sglang_diffusion.loader.resolve import ModelIndex
-from sglang_diffusion.pipelines.native import cfg_parallel_groups, load_native_transformer, native_pipeline, prepare_dit
+from sglang_diffusion.pipelines.native import (image_pipeline_start, load_native_transformer, native_pipeline,
+                                              prepare_dit)
 from sglang_diffusion.pipelines.stages.base import StagedPipeline
 from sglang_diffusion.pipelines.stages.conditioning import GuidedText
-from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
+from sglang_diffusion.pipelines.stages.decoding import DecodingStage
 from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
 from sglang_diffusion.pipelines.stages.flux2 import Flux2PromptEncodingStage, Flux2ReferenceImageStage
 from sglang_diffusion.pipelines.stages.latents import LatentPreparationStage
@@ -33,15 +33,9 @@ def build_flux2_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform
                          cfg_layout: str = "auto") -> StagedPipeline:
     from sglang_diffusion.models.dits.flux2 import Flux2Transformer2DModel
 
-    family = detect_family(index.class_name, index.extras)
+    family, dtypes, groups, vae, scheduler = image_pipeline_start(args, index, platform, "FLUX.2")
     device = platform.device
-    dtypes = component_dtypes(args, index, platform)
     dit_dtype = dtypes["transformer"]
-    groups = cfg_parallel_groups(args, "FLUX.2")
-
-    vae = load_component("vae", index, args, dtypes["vae"]).to(device).eval()
-    configure_vae(vae, args)
-    scheduler = load_component("scheduler", index, args, None)
     tokenizer = load_component("tokenizer", index, args, None)
     text_encoder = load_component("text_encoder", index, args, dtypes["text_encoder"]).to(device).eval()
     dit = load_native_transformer(Flux2Transformer2DModel, args, index, dit_dtype, device)

@@ -1,6 +1,6 @@
 """What the native pipeline builders share around their stages: the DiT loaded from its folder
 (with --lora-path merged), its attention backend and torch.compile, CFG-only parallelism for
-the image families, and the StagedPipeline with its info."""
+the image families and their first components, and the StagedPipeline with its info."""
 
 from __future__ import annotations
 
@@ -62,6 +62,21 @@ def cfg_parallel_groups(args: ServerArgs, model: str):
         raise ConfigError(f"the native {model} pipeline runs CFG parallelism only (cfg_parallel, with true CFG); "
                           "ulysses_degree / ring_degree / tp_size need --backend diffusers")
     return groups
+
+
+def image_pipeline_start(args: ServerArgs, index: ModelIndex, platform: Platform, model: str):
+    """What an image family's builder starts with: (family, component dtypes, CFG-only parallel
+    groups, the VAE on the device with --vae-tiling / slicing set, the scheduler)."""
+    from sglang_diffusion.config.families import detect_family
+    from sglang_diffusion.loader.components import component_dtypes, load_component
+    from sglang_diffusion.pipelines.stages.decoding import configure_vae
+
+    family = detect_family(index.class_name, index.extras)
+    dtypes = component_dtypes(args, index, platform)
+    groups = cfg_parallel_groups(args, model)
+    vae = load_component("vae", index, args, dtypes["vae"]).to(platform.device).eval()
+    configure_vae(vae, args)
+    return family, dtypes, groups, vae, load_component("scheduler", index, args, None)
 
 
 def native_pipeline(args: ServerArgs, index: ModelIndex, family, stages: list, device: torch.device,

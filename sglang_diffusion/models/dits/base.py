@@ -36,6 +36,19 @@ def check_rope_axes(where: str, name: str, axes: tuple[int, ...], head_dim: int)
         raise ModelLoadError(f"{where}: {name} {axes} must add up to attention_head_dim {head_dim}")
 
 
+class DiTConfig:
+    """Base of the native DiTs' frozen config dataclasses: the model width is heads x head_dim,
+    the MLP's `mlp_ratio` times it."""
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def ffn_dim(self) -> int:
+        return int(self.inner_dim * self.mlp_ratio)
+
+
 class NativeDiT(nn.Module):
     config_class: type
     key_map: dict[str, str] = {}

@@ -38,7 +38,7 @@ from sglang_diffusion.layers.attention import Attention
 from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_features
 from sglang_diffusion.layers.joint_attention import JointAttention
 from sglang_diffusion.layers.mlp import FeedForward
-from sglang_diffusion.models.dits.base import NativeDiT, check_rope_axes, config_values
+from sglang_diffusion.models.dits.base import DiTConfig, NativeDiT, check_rope_axes, config_values
 from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
 from sglang_diffusion.ops.qk_norm import qk_rms_norm
 from sglang_diffusion.ops.rope import apply_rope, rope_cos_sin_1d
@@ -51,7 +51,7 @@ ROPE_THETA = 10000.0
 
 
 @dataclass(frozen=True)
-class FluxConfig:
+class FluxConfig(DiTConfig):
     """transformer/config.json, field for field (diffusers' constructor arguments)."""
 
     patch_size: int = 1
@@ -66,13 +66,7 @@ class FluxConfig:
     guidance_embeds: bool = False
     axes_dims_rope: tuple[int, ...] = (16, 56, 56)
 
-    @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
-
-    @property
-    def ffn_dim(self) -> int:
-        return 4 * self.inner_dim
+    mlp_ratio = 4.0  # not a config.json key: FLUX.1's MLP is always 4 x wide
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config.json") -> "FluxConfig":

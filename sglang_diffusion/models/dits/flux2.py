@@ -30,7 +30,7 @@ from sglang_diffusion.layers.adanorm import AdaNorm
 from sglang_diffusion.layers.attention import Attention
 from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_features
 from sglang_diffusion.layers.joint_attention import JointAttention
-from sglang_diffusion.models.dits.base import check_rope_axes, config_values
+from sglang_diffusion.models.dits.base import DiTConfig, check_rope_axes, config_values
 from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
 from sglang_diffusion.models.dits.flux import MMDiT, AdaLayerNormContinuous, _joined, rope_tables
 from sglang_diffusion.ops.qk_norm import qk_rms_norm
@@ -38,7 +38,7 @@ from sglang_diffusion.ops.rope import apply_rope
 
 
 @dataclass(frozen=True)
-class Flux2Config:
+class Flux2Config(DiTConfig):
     """transformer/config.json, field for field (diffusers' constructor arguments)."""
 
     patch_size: int = 1
@@ -55,14 +55,6 @@ class Flux2Config:
     rope_theta: float = 2000
     eps: float = 1e-6
     guidance_embeds: bool = True
-
-    @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
-
-    @property
-    def ffn_dim(self) -> int:
-        return int(self.inner_dim * self.mlp_ratio)
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config.json") -> "Flux2Config":

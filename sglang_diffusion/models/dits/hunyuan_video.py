@@ -51,7 +51,7 @@ from sglang_diffusion.layers.attention import Attention
 from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_features
 from sglang_diffusion.layers.mlp import FeedForward
 from sglang_diffusion.layers.rotary import RotaryEmbedding3D
-from sglang_diffusion.models.dits.base import NativeDiT, check_rope_axes, config_values
+from sglang_diffusion.models.dits.base import DiTConfig, NativeDiT, check_rope_axes, config_values
 from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
 from sglang_diffusion.models.dits.flux import AdaLayerNormContinuous, AdaLayerNormZero, FluxTimeTextEmbedding
 from sglang_diffusion.ops.activation import gelu_tanh
@@ -66,7 +66,7 @@ REFINER_MLP_RATIO = 4.0  # the token refiner's, whatever config.json's mlp_ratio
 
 
 @dataclass(frozen=True)
-class HunyuanVideoConfig:
+class HunyuanVideoConfig(DiTConfig):
     """transformer/config.json (diffusers' constructor arguments), except `patch_size`: the
     (frames, height, width) patch, from config.json's patch_size_t and patch_size."""
 
@@ -85,14 +85,6 @@ class HunyuanVideoConfig:
     pooled_projection_dim: int = 768
     rope_theta: float = 256.0
     rope_axes_dim: tuple[int, int, int] = (16, 56, 56)
-
-    @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
-
-    @property
-    def ffn_dim(self) -> int:
-        return int(self.inner_dim * self.mlp_ratio)
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config.json") -> "HunyuanVideoConfig":
