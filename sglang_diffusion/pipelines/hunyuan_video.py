@@ -19,15 +19,15 @@ import logging
 import numpy as np
 import torch
 
-from sglang_diffusion.config.families import detect_family
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.layers.conv import use_onednn_conv3d
-from sglang_diffusion.loader.components import component_dtypes, load_component
-from sglang_diffusion.loader.resolve import ModelIndex, component_folder
-from sglang_diffusion.pipelines.native import load_native_transformer, native_pipeline, prepare_dit
+from sglang_diffusion.loader.components import load_component
+from sglang_diffusion.loader.resolve import ModelIndex
+from sglang_diffusion.pipelines.native import (load_native_transformer, native_pipeline, prepare_dit,
+                                              video_pipeline_start)
 from sglang_diffusion.pipelines.stages.base import GenerationState, StagedPipeline
-from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
+from sglang_diffusion.pipelines.stages.decoding import DecodingStage
 from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
 from sglang_diffusion.pipelines.stages.hunyuan_prompt import HunyuanPromptEncodingStage
 from sglang_diffusion.pipelines.stages.latents import LatentPreparationStage
@@ -83,25 +83,16 @@ def _text_encoder(name: str, index: ModelIndex, args: ServerArgs, dtype: torch.d
 
 def build_hunyuan_video_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
                                  cfg_layout: str = "auto") -> StagedPipeline:
-    from sglang_diffusion.distributed.parallel_state import setup_parallel
-    from sglang_diffusion.loader.weights import read_config
     from sglang_diffusion.models.dits.hunyuan_video import HunyuanVideoTransformer3DModel
 
-    family = detect_family(index.class_name, index.extras)
-    device = platform.device
-    dtypes = component_dtypes(args, index, platform)
-    dit_dtype = dtypes["transformer"]
-    heads = read_config(component_folder("transformer", args, index)).get("num_attention_heads")
-    groups = setup_parallel(args, num_heads=heads)
+    family, dtypes, groups, vae, vae_sp, scheduler = video_pipeline_start(args, index, platform)
     if groups.tp.size > 1:
         raise ConfigError("tp_size > 1: the native HunyuanVideo pipeline does not split its Llama text encoder "
                           "(use tp_size 1; sp_size splits the DiT)")
-
-    vae = load_component("vae", index, args, dtypes["vae"]).to(device).eval()
-    vae_sp = configure_vae(vae, args, sp_size=groups.sp.size)
+    device = platform.device
+    dit_dtype = dtypes["transformer"]
     if platform.is_cpu:
         use_onednn_conv3d(vae)
-    scheduler = load_component("scheduler", index, args, None)
     if args.text_encoder_cpu_offload and platform.is_cpu:
         logger.info("text_encoder_cpu_offload: the device is the CPU, so the text encoders already run from "
                     "host memory")

@@ -64,19 +64,39 @@ def cfg_parallel_groups(args: ServerArgs, model: str):
     return groups
 
 
-def image_pipeline_start(args: ServerArgs, index: ModelIndex, platform: Platform, model: str):
-    """What an image family's builder starts with: (family, component dtypes, CFG-only parallel
-    groups, the VAE on the device with --vae-tiling / slicing set, the scheduler)."""
+def _first_components(args: ServerArgs, index: ModelIndex, platform: Platform, groups):
+    """(family, component dtypes, the VAE on the device with --vae-tiling / slicing / sp set,
+    whether the SP ranks split its decoding, the scheduler)."""
     from sglang_diffusion.config.families import detect_family
     from sglang_diffusion.loader.components import component_dtypes, load_component
     from sglang_diffusion.pipelines.stages.decoding import configure_vae
 
     family = detect_family(index.class_name, index.extras)
     dtypes = component_dtypes(args, index, platform)
-    groups = cfg_parallel_groups(args, model)
     vae = load_component("vae", index, args, dtypes["vae"]).to(platform.device).eval()
-    configure_vae(vae, args)
-    return family, dtypes, groups, vae, load_component("scheduler", index, args, None)
+    vae_sp = configure_vae(vae, args, sp_size=groups.sp.size)
+    return family, dtypes, vae, vae_sp, load_component("scheduler", index, args, None)
+
+
+def image_pipeline_start(args: ServerArgs, index: ModelIndex, platform: Platform, model: str):
+    """What an image family's builder starts with: (family, component dtypes, CFG-only parallel
+    groups, the VAE on the device with --vae-tiling / slicing set, the scheduler)."""
+    groups = cfg_parallel_groups(args, model)
+    family, dtypes, vae, _, scheduler = _first_components(args, index, platform, groups)
+    return family, dtypes, groups, vae, scheduler
+
+
+def video_pipeline_start(args: ServerArgs, index: ModelIndex, platform: Platform):
+    """What a video family's builder starts with: (family, component dtypes, the parallel groups
+    (SP / CFG over the DiT: Ulysses needs whole heads, read from the transformer's config.json;
+    TP), the VAE on the device, whether the SP ranks split its decoding, the scheduler)."""
+    from sglang_diffusion.distributed.parallel_state import setup_parallel
+    from sglang_diffusion.loader.weights import read_config
+
+    heads = read_config(component_folder("transformer", args, index)).get("num_attention_heads")
+    groups = setup_parallel(args, num_heads=heads)
+    family, dtypes, vae, vae_sp, scheduler = _first_components(args, index, platform, groups)
+    return family, dtypes, groups, vae, vae_sp, scheduler
 
 
 def native_pipeline(args: ServerArgs, index: ModelIndex, family, stages: list, device: torch.device,
