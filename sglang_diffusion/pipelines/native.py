@@ -71,7 +71,7 @@ def _first_components(args: ServerArgs, index: ModelIndex, platform: Platform, g
     from sglang_diffusion.loader.components import component_dtypes, load_component
     from sglang_diffusion.pipelines.stages.decoding import configure_vae
 
-    family = detect_family(index.class_name, index.extras)
+    family = detect_family(index.class_name, index.extras, index.path)
     dtypes = component_dtypes(args, index, platform)
     vae = load_component("vae", index, args, dtypes["vae"]).to(platform.device).eval()
     vae_sp = configure_vae(vae, args, sp_size=groups.sp.size)

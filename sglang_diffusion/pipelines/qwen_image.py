@@ -77,7 +77,7 @@ def build_qwen_image_pipeline(args: ServerArgs, index: ModelIndex, platform: Pla
     from sglang_diffusion.distributed.parallel_state import setup_parallel
     from sglang_diffusion.pipelines.wan import NativeLora
 
-    family = detect_family(index.class_name, index.extras)
+    family = detect_family(index.class_name, index.extras, index.path)
     device = platform.device
     dtypes = component_dtypes(args, index, platform)
     dit_dtype = dtypes["transformer"]

@@ -71,7 +71,7 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
     from sglang_diffusion.distributed.parallel_state import setup_parallel
     from sglang_diffusion.loader.weights import read_config
 
-    family = detect_family(index.class_name, index.extras)
+    family = detect_family(index.class_name, index.extras, index.path)
     device = platform.device
     dtypes = component_dtypes(args, index, platform)
     dit_dtype = dtypes["transformer"]

@@ -22,3 +22,16 @@ def test_other_hunyuanvideo_folders_keep_the_base_family():
     assert detect_family("HunyuanVideoPipeline", {}) is FAMILIES["hunyuanvideo"]
     # the name alone does not make another pipeline class FastHunyuan
     assert detect_family("WanPipeline", {}, "/data/FastHunyuan-like-wan") is FAMILIES["wan2.1-t2v"]
+
+
+def test_native_pipeline_of_a_fasthunyuan_folder_runs_with_its_defaults(tiny_model, tmp_path):
+    import shutil
+
+    from sglang_diffusion.config.server_args import ServerArgs
+    from sglang_diffusion.pipelines.registry import build_pipeline
+    from sglang_diffusion.platform import Platform
+
+    folder = tmp_path / "FastHunyuan-diffusers"
+    shutil.copytree(tiny_model("hunyuanvideo"), folder)
+    pipeline = build_pipeline(ServerArgs(model_path=str(folder)), Platform.current())
+    assert pipeline.describe()["backend"] == "sglang" and pipeline.describe()["family"] == "fasthunyuan"
