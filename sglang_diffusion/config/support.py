@@ -61,7 +61,7 @@ def check_pipeline_supported(args: ServerArgs, pipeline) -> None:
                               "use another attention backend")
         if backend != "sglang":
             raise NotSupportedYetError(f"not supported yet: sliding tile attention on the {backend} backend (it runs in "
-                                       "the native Wan pipelines: --backend sglang)")
+                                       "the native Wan and HunyuanVideo pipelines: --backend sglang)")
     if args.lora_path and getattr(pipeline, "lora", None) is None:
         raise NotSupportedYetError(f"not supported yet: lora_path on the {pipeline.describe()['backend']} backend "
                                    "(LoRA adapters run on the diffusers backend: --backend diffusers)")

@@ -32,15 +32,16 @@ def load_native_transformer(cls, args: ServerArgs, index: ModelIndex, dtype: tor
 
 
 def prepare_dit(dit, args: ServerArgs, platform: Platform, dtype: torch.dtype, ring: bool = False):
-    """The attention backend (logged by the selector; `ring`: one that ring attention can run)
-    and torch.compile of the blocks."""
-    from sglang_diffusion.attention.selector import select_attention_backend
+    """The attention backend (logged by the selector; `ring`: one that ring attention can run;
+    --mask-strategy-file-path selects sliding_tile_attn) and torch.compile of the blocks."""
+    from sglang_diffusion.attention.selector import attention_request, select_attention_backend
 
-    def select(name):
+    def select(name, config=args.attention_backend_config):
         return select_attention_backend(name, device=platform.device, dtype=dtype,
-                                        head_dim=dit.config.attention_head_dim, config=args.attention_backend_config)
+                                        head_dim=dit.config.attention_head_dim, config=config)
 
-    backend = select(args.attention_backend)
+    backend = select(*attention_request(args.attention_backend, args.attention_backend_config,
+                                        args.mask_strategy_file_path))
     if ring:
         from sglang_diffusion.distributed.sharding import backend_for_ring
 

@@ -31,6 +31,12 @@ op, QK-norm and RoPE as ours. Under sequence parallelism
 the video tokens are split over the ranks and the text is replicated
 (`SequenceShard.joint_attention`).
 
+Sliding tile attention (--attention-backend sliding_tile_attn, `attention.sliding_tile`): the
+video tokens and their RoPE rows are put in tiled order once in `embed` and back once in
+`final`; block i (dual-stream blocks, then single-stream, numbered on: the mask file's layer
+index) attends through `tiling.layer(i, seq)`, where video queries see their window of tiles
+and all the text, and the text sees every token.
+
 Forward is embed -> dual-stream blocks -> single-stream blocks -> final, the block protocol
 (`models.dits.blocks`) with the state (video [B, s, D], text [B, L, D]).
 """
@@ -45,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang_diffusion.attention.backends.sliding_tile_attn import SlidingTileAttentionBackend
+from sglang_diffusion.attention.sliding_tile import SlidingTiles, TiledForward
 from sglang_diffusion.errors import ModelLoadError
 from sglang_diffusion.layers.adanorm import AdaNorm
 from sglang_diffusion.layers.attention import Attention
@@ -348,6 +356,9 @@ class HunyuanVideoTransformer3DModel(NativeDiT):
     # Checkpoint fragments -> ours, and our fused projections -> the checkpoint modules they join.
     key_map = {".to_out.0.": ".to_out.", ".net.0.proj.": ".fc_in.", ".net.2.": ".fc_out."}
     fused = {"to_qkv": ("to_q", "to_k", "to_v"), "add_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
+    # Sliding tile attention: tokens per tile (FastVideo's for HunyuanVideo); the backend's
+    # tile_size option overrides it.
+    sliding_tile_size = (6, 8, 8)
 
     def __init__(self, config: HunyuanVideoConfig):
         super().__init__()
@@ -368,6 +379,15 @@ class HunyuanVideoTransformer3DModel(NativeDiT):
         # 3. Output norm & projection
         self.norm_out = AdaLayerNormContinuous(dim)
         self.proj_out = nn.Linear(dim, math.prod(config.patch_size) * (config.out_channels or config.in_channels))
+        self.sliding_tiles: SlidingTiles | None = None  # set by set_attention_backend(sliding_tile_attn)
+
+    def set_attention_backend(self, backend) -> None:
+        super().set_attention_backend(backend)
+        self.sliding_tiles = None
+        if isinstance(backend, SlidingTileAttentionBackend):  # video self-attention runs tiled (see embed)
+            c = self.config
+            self.sliding_tiles = SlidingTiles(backend, c.num_layers + c.num_single_layers, c.num_attention_heads,
+                                              backend.tile_size or self.sliding_tile_size)
 
     @torch.no_grad()
     def encode_context(self, prompt: TextConditioning, image_embeds=None) -> HunyuanContext:
@@ -423,10 +443,10 @@ class HunyuanVideoTransformer3DModel(NativeDiT):
                     num_blocks=num_blocks) for i in range(hidden_states.shape[0])])
             context = self.encode_context(TextConditioning(encoder_hidden_states, mask, pooled_projections,
                                                            guidance))
-        x, c, emb, cos, sin = self.embed(hidden_states, timestep, context, seq)
-        blocks = self.bound_blocks(emb, cos, sin, c.shape[1], seq)[:num_blocks]
+        x, c, emb, cos, sin, tiling = self.embed(hidden_states, timestep, context, seq)
+        blocks = self.bound_blocks(emb, cos, sin, c.shape[1], seq, tiling)[:num_blocks]
         x, c = run_blocks(blocks, (x, c), runner, signal=lambda: emb)
-        return self.final(x, emb, hidden_states.shape, seq)
+        return self.final(x, emb, hidden_states.shape, seq, tiling)
 
     def forward_branches(self, hidden_states: torch.Tensor, timestep: torch.Tensor, contexts: list[HunyuanContext],
                          joined: HunyuanContext | None = None, seq=None, num_blocks: int | None = None,
@@ -447,10 +467,13 @@ class HunyuanVideoTransformer3DModel(NativeDiT):
     # -- the block protocol: embed -> blocks -> final --------------------------------------------
     def embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: HunyuanContext, seq=None):
         """-> (video tokens x [B, S, D] (this rank's under SP), refined text c [B, L, D],
-        SiLU(temb) [B, D], RoPE cos, sin [S, head_dim / 2])."""
+        SiLU(temb) [B, D], RoPE cos, sin [S, head_dim / 2], tiling). Under sliding tile attention
+        (`tiling`; None otherwise or at a full-attention step) x and the RoPE rows are in tiled
+        order, reordered here once for all blocks; `final` restores the order."""
         _, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
-        cos, sin = self.rope((frames // p_t, height // p_h, width // p_w), hidden_states.device)  # [S, D/2] each
+        grid = (frames // p_t, height // p_h, width // p_w)
+        cos, sin = self.rope(grid, hidden_states.device)  # [S, D/2] each
         x = self.x_embedder.proj(hidden_states.to(self.dtype))  # [B, D, F', H', W']
         x = x.flatten(2).transpose(1, 2).contiguous()  # [B, S, D]
         b = x.shape[0]
@@ -461,31 +484,43 @@ class HunyuanVideoTransformer3DModel(NativeDiT):
             temb = temb + context.guidance
         temb = temb + context.pooled
         c = self.context_embedder(context.text, context.text_pooled, timestep)  # [B, L, D]
+        tiling = self.sliding_tiles.plan(grid, timestep) if self.sliding_tiles is not None else None
+        if tiling is not None:  # video tokens and their RoPE rows tile by tile
+            layout = tiling.layout
+            x, cos, sin = layout.reorder(x, 1), layout.reorder(cos, 0), layout.reorder(sin, 0)
         if seq is not None:  # this rank's video tokens: [B, S, D] -> [B, s, D]
             x, cos, sin = seq.split(x, 1), seq.split(cos, 0), seq.split(sin, 0)
-        return x, c, F.silu(temb), cos, sin
+        return x, c, F.silu(temb), cos, sin, tiling
 
     def bound_blocks(self, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, length: int,
-                     seq=None) -> list[Block]:
+                     seq=None, tiling: TiledForward | None = None) -> list[Block]:
         """Every block as a step (x, c) -> (x, c) with this step's inputs bound: dual-stream, then
-        single-stream (their RoPE tables run on over the `length` text tokens with angle 0)."""
+        single-stream (their RoPE tables run on over the `length` text tokens with angle 0).
+        Under sliding tile attention block i attends through layer i's tiling (wrapping `seq`)."""
         joint_cos = torch.cat([cos, cos.new_ones(length, cos.shape[1])])  # [S + L, head_dim / 2]
         joint_sin = torch.cat([sin, sin.new_zeros(length, sin.shape[1])])
 
-        def bound(block, cos, sin) -> Block:
-            return lambda state: block(*state, emb, cos, sin, seq)
+        def bound(i, block, cos, sin) -> Block:
+            span = seq if tiling is None else tiling.layer(i, seq)
+            return lambda state: block(*state, emb, cos, sin, span)
 
-        return [*(bound(b, cos, sin) for b in self.transformer_blocks),
-                *(bound(b, joint_cos, joint_sin) for b in self.single_transformer_blocks)]
+        dual = len(self.transformer_blocks)
+        return [*(bound(i, b, cos, sin) for i, b in enumerate(self.transformer_blocks)),
+                *(bound(dual + i, b, joint_cos, joint_sin) for i, b in enumerate(self.single_transformer_blocks))]
 
-    def final(self, x: torch.Tensor, emb: torch.Tensor, shape: torch.Size | tuple, seq=None) -> torch.Tensor:
-        """Output norm, projection & unpatchify -> [B, C_out, F', H', W'] (`shape`: the latents')."""
+    def final(self, x: torch.Tensor, emb: torch.Tensor, shape: torch.Size | tuple, seq=None,
+              tiling: TiledForward | None = None) -> torch.Tensor:
+        """Output norm, projection & unpatchify -> [B, C_out, F', H', W'] (`shape`: the latents').
+        Tiled tokens go back to row-major order; under SP they are gathered first (a rank's tiled
+        tokens are not a row-major range), so then the prediction is right at every token."""
         b, _, frames, height, width = shape
         p_t, p_h, p_w = self.config.patch_size
         grid = (frames // p_t, height // p_h, width // p_w)
         x = self.proj_out(self.norm_out(x, emb))  # [B, S, C_out * p_t * p_h * p_w]
-        if seq is not None:
-            x = seq.place(x, 1)  # [B, s, ...] -> [B, S, ...], zeros at other ranks' tokens
+        if seq is not None:  # [B, s, ...] -> [B, S, ...]; place: zeros at other ranks' tokens
+            x = seq.gather(x, 1) if tiling is not None else seq.place(x, 1)
+        if tiling is not None:
+            x = tiling.layout.restore(x, 1)
         x = x.reshape(b, *grid, -1, p_t, p_h, p_w)  # [B, F', H', W', C_out, p_t, p_h, p_w]
         x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # [B, C_out, F', p_t, H', p_h, W', p_w]
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
