@@ -1,8 +1,8 @@
 """Sliding tile attention in the native HunyuanVideo DiT: a window covering the grid equals the
 dense DiT (tokens and RoPE rows reordered once and restored, text attended jointly), a smaller
 window changes the output, every block (dual-stream, then single-stream: the mask file's layer
-index) runs the window the file names for it with the text, and `sglang generate` runs the
-tiny model natively with a mask-strategy file."""
+index) runs the window the file names for it with the text, and `sglang generate` runs the tiny model natively with a mask-strategy file. Ulysses on 2 ranks:
+tests/distributed/test_hunyuan_video_sliding_tile_parallel.py."""
 
 from __future__ import annotations
 
@@ -27,9 +27,15 @@ TEXT = 6
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return saved_pair(DiffusersHunyuan, HunyuanVideoTransformer3DModel, CONFIG,
-                      tmp_path_factory.mktemp("hunyuan-sta"))[1]
+def folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hunyuan-sta")
+    saved_pair(DiffusersHunyuan, HunyuanVideoTransformer3DModel, CONFIG, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(folder):
+    return HunyuanVideoTransformer3DModel.from_pretrained(folder)
 
 
 def inputs(timestep=700.0):
@@ -102,6 +108,13 @@ def test_hunyuanvideo_is_not_refused_and_image_models_are():
     check_pipeline_supported(args, Built("hunyuanvideo"))
     with pytest.raises(ConfigError, match="flux.1 is an image model"):
         check_pipeline_supported(args, Built("flux.1"))
+
+
+def _tiled(folder, strategy_path, seq=None):
+    model = HunyuanVideoTransformer3DModel.from_pretrained(folder)
+    model.set_attention_backend(sta({"mask_strategy_file_path": strategy_path, "tile_size": TILE}))
+    with torch.no_grad():
+        return model(**inputs(), seq=seq)
 
 
 @pytest.mark.slow
