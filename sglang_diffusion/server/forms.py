@@ -70,7 +70,7 @@ async def read_body(request: Request, model: type[BaseModel], *, allow_json: boo
     content_type = request.headers.get("content-type", "")
     if allow_json and content_type.startswith("application/json"):
         raw = await request.body()
-        values = {} if optional and not raw.strip() else parse_json(raw)
+        values = {} if optional and not raw else parse_json(raw)  # whitespace alone is not JSON
         return _validate(model, values), {}
     if allow_form and content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         return await _read_form(request, model)

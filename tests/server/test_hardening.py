@@ -453,12 +453,15 @@ def test_sigterm_drains_with_503_and_retry_after_while_the_port_stays_open(tiny_
     server = start_server(tiny_model("flux.1"), tmp_path / "out", "--backend", "diffusers",
                           "--num-inference-steps", 1, "--max-inference-steps", 400)
     try:
-        body = {"prompt": "in flight", "size": "16x16", "num_inference_steps": 60}
+        # 400 steps: seconds of work even on a quiet machine, so the drain is still going when the
+        # new request arrives (60 steps could finish, and the server stop, before it did)
+        body = {"prompt": "in flight", "size": "16x16", "num_inference_steps": 400}
         with ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(lambda: requests.post(server.v1 + "/images/generations", json=body, timeout=120))
+            in_flight = pool.submit(lambda: requests.post(server.v1 + "/images/generations", json=body, timeout=300))
             time.sleep(1.0)
             server.proc.send_signal(signal.SIGTERM)
             time.sleep(0.5)
+            assert not in_flight.done()
             refused = requests.post(server.v1 + "/images/generations", json={"prompt": "new"}, timeout=10)
             health = requests.get(server.url + "/health", timeout=10)
             assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
