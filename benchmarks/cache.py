@@ -51,6 +51,7 @@ SETTINGS = {
     "teacache-0.8": ("sglang", None, dict(enable_teacache=True, teacache_thresh=0.8)),
     "teacache-1.5": ("sglang", None, dict(enable_teacache=True, teacache_thresh=1.5)),
     "teacache-2.2": ("sglang", None, dict(enable_teacache=True, teacache_thresh=2.2)),
+    "teacache-3.0": ("sglang", None, dict(enable_teacache=True, teacache_thresh=3.0)),
     "diffusers-cache-dit": ("diffusers", DBCACHE, {}),
 }
 TARGET = {"speedup": 2.5, "psnr_db": 31.0}
