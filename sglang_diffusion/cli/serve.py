@@ -78,7 +78,8 @@ def run(argv: Sequence[str]) -> int:
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(create_app(state), host=server_args.host, port=server_args.port,
-                            log_level=server_args.log_level, timeout_graceful_shutdown=None)
+                            log_level=server_args.log_level, log_config=None,  # ours: configure_logging
+                            timeout_graceful_shutdown=None)
     logger.info("serving %s on http://%s:%d", server_args.model_path, server_args.host, server_args.port)
     Server(config).run()
     return 0

@@ -55,31 +55,75 @@ def check_component_overrides(overrides, index: ModelIndex) -> None:
                               f"model_index.json (valid: {valid})")
 
 
-def load_component_override(name: str, path: str, index: ModelIndex, dtype: torch.dtype | None):
-    """Load `name` from `path` with the class its own config names, else model_index's class."""
+def load_component_override(name: str, path: str, index: ModelIndex, dtype: torch.dtype | None,
+                            trust_remote_code: bool = False):
+    """Load `name` from `path` with the class its own config names, else model_index's class.
+
+    A class of the folder's own code (config.json's `auto_map`) runs with `trust_remote_code`;
+    without it, our native class of that name where we have one (FLUX.2's tiny autoencoder)."""
     check_component_overrides([name], index)
     folder = resolve_component_path(name, path)
     library, cls_name = index.components[name]
+    remote = None
     config_file = next((folder / f for f in ("config.json", "scheduler_config.json") if (folder / f).is_file()),
                        None)
     if config_file is not None:
         config = json.loads(config_file.read_text())
         if "_class_name" in config:
             library, cls_name = "diffusers", config["_class_name"]
+            remote = (config.get("auto_map") or {}).get("AutoModel")
     elif library in ("diffusers", "transformers") and cls_name and not _is_tokenizer_like(cls_name):
         raise ModelLoadError(f"component folder {folder} for {name!r} has no config.json; "
                              "it must be a complete component folder (config.json + safetensors)")
-    module = _import_library(library)
-    cls = getattr(module, cls_name, None)
-    if cls is None:
-        raise ModelLoadError(f"component {name!r}: {library} has no class {cls_name!r}")
-    kwargs = {"dtype": dtype} if dtype is not None and isinstance(cls, type) and issubclass(
-        cls, torch.nn.Module) else {}
+    load, source, is_module = _override_loader(name, folder, library, cls_name, remote, trust_remote_code)
     try:
-        component = cls.from_pretrained(folder, **kwargs)
+        component = load(folder, **({"dtype": dtype} if dtype is not None and is_module else {}))
     except Exception as e:  # library loaders raise many classes for a bad folder
         raise ModelLoadError(f"cannot load component {name!r} ({cls_name}) from {folder}: {e}") from None
-    logger.info("component %s replaced from %s (%s)", name, path, cls_name)
+    logger.info("component %s replaced from %s (%s, %s)", name, path, cls_name, source)
+    return _fit_to_pipeline(name, component, index)
+
+
+def _override_loader(name: str, folder: Path, library: str | None, cls_name: str, remote: str | None,
+                     trust_remote_code: bool):
+    """(what loads an override folder, where its class comes from: the library, our native class
+    or the folder's remote code, whether it is a torch module that takes a dtype)."""
+    if remote and trust_remote_code:
+        from diffusers import AutoModel
+
+        def load(folder, **kwargs):  # AutoModel takes the folder as a str only (its load id joins strs)
+            return AutoModel.from_pretrained(str(folder), trust_remote_code=True, **kwargs)
+
+        return load, "remote code", True
+    cls = _native_component_classes().get(cls_name)
+    source = "native"
+    if cls is None:
+        cls, source = getattr(_import_library(library), cls_name, None), library
+    if cls is None and remote:
+        raise ConfigError(f"component {name!r}: {cls_name} is custom code in {folder} (auto_map {remote}); "
+                          "pass --trust-remote-code to run it")
+    if cls is None:
+        raise ModelLoadError(f"component {name!r}: {library} has no class {cls_name!r}")
+    return cls.from_pretrained, source, isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+
+
+def _native_component_classes() -> dict[str, type]:
+    """Our own classes for components that diffusers does not ship, by config.json `_class_name`."""
+    from sglang_diffusion.models.vaes.flux2_tiny import Flux2TinyAutoEncoder
+
+    return {"Flux2TinyAutoEncoder": Flux2TinyAutoEncoder}
+
+
+def _fit_to_pipeline(name: str, component, index: ModelIndex):
+    """An override in the form the model's pipeline calls it: FLUX.2's tiny autoencoder behind
+    AutoencoderKLFlux2's interface (both backends' Flux2Pipeline read its batch-norm statistics)."""
+    if name == "vae" and index.class_name == "Flux2Pipeline":
+        from sglang_diffusion.models.vaes.flux2_tiny import as_flux2_vae, is_packed_latent_autoencoder
+
+        if is_packed_latent_autoencoder(component):
+            logger.info("vae: %s decodes the DiT's packed latent directly (no batch-norm statistics, no "
+                        "unpatchify)", type(component).__name__)
+        return as_flux2_vae(component)
     return component
 
 
@@ -88,7 +132,7 @@ def load_component(name: str, index: ModelIndex, args: ServerArgs, dtype: torch.
     model folder with model_index.json's class (diffusers or transformers)."""
     override = args.component_paths.get(name)
     if override:
-        return load_component_override(name, override, index, dtype)
+        return load_component_override(name, override, index, dtype, args.trust_remote_code)
     library, cls_name = index.components.get(name, (None, None))
     if cls_name is None:
         raise ModelLoadError(f"{index.path}: model_index.json has no component {name!r}")

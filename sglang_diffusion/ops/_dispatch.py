@@ -25,7 +25,8 @@ IMPLS = ("native", "triton", "torch")
 
 @functools.cache
 def log_choice(op: str, impl: str, reason: str) -> None:
-    logger.info("%s: %s (%s)", op, impl, reason)
+    """Once per op and choice, at DEBUG: a kernel choice per op is detail (`--log-level debug`)."""
+    logger.debug("%s: %s (%s)", op, impl, reason)
 
 
 def needs_autograd(*tensors: Optional[torch.Tensor]) -> bool:

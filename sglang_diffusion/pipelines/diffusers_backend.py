@@ -65,7 +65,7 @@ class DiffusersBackendPipeline:
         self.family: Family | None = detect_family(index.class_name, index.extras, index.path)
         self._check_options()
         dtypes = component_dtypes(args, index, platform)
-        overrides = {name: load_component_override(name, path, index, dtypes.get(name))
+        overrides = {name: load_component_override(name, path, index, dtypes.get(name), args.trust_remote_code)
                      for name, path in args.component_paths.items()}
         # processors that need torchvision: left out of from_pretrained (diffusers checks a passed
         # component against the placeholder class), their tokenizers set in their place after it
@@ -105,7 +105,6 @@ class DiffusersBackendPipeline:
         except (OSError, EnvironmentError) as e:
             raise ModelLoadError(f"diffusers cannot load {self.index.path}: {e}") from None
         pipe.to(self.platform.device)
-        pipe.set_progress_bar_config(disable=None)  # tqdm: shown on a terminal, quiet elsewhere
         return pipe
 
     def _setup_lora(self) -> LoraManager | None:
@@ -248,6 +247,9 @@ class DiffusersBackendPipeline:
         kwargs = self._call_kwargs(params, explicit)
         if hooks is not None:
             kwargs.update(self._step_callback(hooks))
+            hooks.before_steps(params)
+        # with the step callback, the hooks report progress (sglang_diffusion.progress): no second bar
+        self.pipe.set_progress_bar_config(disable=True if "callback_on_step_end" in kwargs else None)
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         self.timer.take()
         try:

@@ -25,6 +25,7 @@ from sglang_diffusion.errors import SGLangDiffusionError
 from sglang_diffusion.pipelines.hooks import StepHooks
 from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.platform import Platform
+from sglang_diffusion.progress import Progress
 from sglang_diffusion.runtime.result import GenerationResult
 from sglang_diffusion.storage.local import save_outputs
 
@@ -55,11 +56,18 @@ class RankWorker:
         return {**self.pipeline.describe(), "device": str(self.platform.device), "world_size": self.world_size}
 
     def run(self, params: SamplingParams, hooks: StepHooks | None = None) -> GenerationResult | None:
-        """Generate; rank 0 saves and returns the result, other ranks return None."""
+        """Generate; rank 0 saves and returns the result, other ranks return None.
+
+        Rank 0 logs the resolved request before its first step, then the steps' progress."""
         start = time.perf_counter()
-        out = self.pipeline.generate(params, hooks)
         if self.rank != 0:
+            self.pipeline.generate(params, hooks)
             return None
+        report = _Report(self, hooks or StepHooks())
+        try:
+            out = self.pipeline.generate(params, report.hooks())
+        finally:
+            report.close()
         p = out.params
         fps = (p.fps or GENERIC_VIDEO_FPS) if out.is_video else None
         files = []
@@ -74,6 +82,46 @@ class RankWorker:
                                 is_video=out.is_video, fps=fps, timings=out.timings, cache=out.cache,
                                 peak_memory_bytes=_peak_memory_bytes(self.platform),
                                 frames=list(out.frames) if p.return_frames else None)
+
+
+class _Report:
+    """Rank 0's account of a request in the log: one line before the first denoising step, then
+    the steps' progress (a bar on a terminal, periodic lines elsewhere), besides the caller's hooks."""
+
+    def __init__(self, worker: RankWorker, hooks: StepHooks):
+        self.worker, self.caller = worker, hooks
+        self.progress: Progress | None = None
+
+    def hooks(self) -> StepHooks:
+        return StepHooks(on_progress=self.on_progress, is_cancelled=self.caller.is_cancelled, on_start=self.on_start)
+
+    def on_start(self, params: SamplingParams) -> None:
+        logger.info("%s", request_line(self.worker.args.model_path, self.worker.pipeline.describe(), params))
+        self.progress = Progress("denoising", params.num_inference_steps)
+        self.caller.before_steps(params)
+
+    def on_progress(self, done: int, total: int) -> None:
+        if self.progress is None:  # a pipeline that reports steps without announcing them
+            self.progress = Progress("denoising", total)
+        self.progress.update(done, total)
+        if self.caller.on_progress is not None:
+            self.caller.on_progress(done, total)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+
+def request_line(model: str | None, info: dict, p: SamplingParams) -> str:
+    """One line naming what a request is about to run: model, pipeline, backends, the resolved
+    size, frames, steps and guidance."""
+    shape = (f"{p.width}x{p.height}" if p.width and p.height else "the pipeline's default size") + \
+        (f", {p.num_frames} frames" if (p.num_frames or 1) > 1 else "")
+    guidance = f"guidance {p.guidance_scale:g}" if p.guidance_scale is not None else "no guidance scale"
+    if p.true_cfg_scale is not None:
+        guidance += f", true CFG {p.true_cfg_scale:g}"
+    return (f"generating: {model}, {info['pipeline']} ({info['backend']} backend, attention "
+            f"{info.get('attention_backend')}), {shape}, {p.num_inference_steps} steps, {guidance}, seed {p.seed}")
 
 
 @dataclass

@@ -132,3 +132,64 @@ def pipeline_spec(preset: str) -> PipelineSpec:
 
 
 TINY_SAMPLING = dict(height=64, width=64, num_inference_steps=2)
+
+
+# -- the guide's tiny autoencoder override (`--vae-path fal/FLUX.2-Tiny-AutoEncoder`) ------------
+
+TINY_AUTOENCODER_MODULE = "flux2_tiny_autoencoder"
+_TINY_AUTOENCODER_STAND_IN = '''"""Stand-in for fal/FLUX.2-Tiny-AutoEncoder's flux2_tiny_autoencoder.py, written by the
+sglang_diffusion test-model factory: the class config.json's auto_map names, with the repository's
+config keys and weight layout (sglang_diffusion's implementation, under this module's name)."""
+
+from sglang_diffusion.models.vaes.flux2_tiny import Flux2TinyAutoEncoder as _Implementation
+
+
+class Flux2TinyAutoEncoder(_Implementation):
+    """What --trust-remote-code loads (diffusers' AutoModel through auto_map)."""
+'''
+
+
+def tiny_autoencoder_config(preset: str) -> dict:
+    """Flux2TinyAutoEncoder's config.json: `full` is the repository's (its constructor's defaults);
+    the latent stays 128 channels (the FLUX.2 DiT's in_channels) and 8x + 2x2 packing in every preset."""
+    widths, blocks = by_preset(preset, ([8] * 4, [1] * 4), ([32] * 4, [1, 2, 2, 2]), ([64] * 4, [1, 3, 3, 3]))
+    return dict(in_channels=3, out_channels=3, latent_channels=128, encoder_block_out_channels=widths,
+                decoder_block_out_channels=widths, act_fn="silu", upsampling_scaling_factor=2,
+                num_encoder_blocks=blocks, num_decoder_blocks=blocks[::-1], latent_magnitude=3.0, latent_shift=0.5,
+                force_upcast=False, scaling_factor=0.13025)
+
+
+def write_tiny_autoencoder(output_dir, preset: str = "tiny", seed: int = 0):
+    """A folder laid out as fal/FLUX.2-Tiny-AutoEncoder: config.json (`_class_name`
+    Flux2TinyAutoEncoder, `auto_map` to the repository's module), the safetensors weights and
+    that module (a stand-in: see `_TINY_AUTOENCODER_STAND_IN`). Returns the folder."""
+    import json
+    import pathlib
+
+    from sglang_diffusion.models.vaes.flux2_tiny import Flux2TinyAutoEncoder
+    from sglang_diffusion.testing.writer import _weights_context, component_seed
+
+    out = pathlib.Path(output_dir)
+    with _weights_context(component_seed(seed, "flux2_tiny_autoencoder"), preset):
+        model = Flux2TinyAutoEncoder.from_config(tiny_autoencoder_config(preset)).eval()
+        _calibrate_output(model)
+    model.save_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": f"{TINY_AUTOENCODER_MODULE}.Flux2TinyAutoEncoder"}
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (out / f"{TINY_AUTOENCODER_MODULE}.py").write_text(_TINY_AUTOENCODER_STAND_IN)
+    return out
+
+
+def _calibrate_output(model) -> None:
+    """Random TAESD weights decode to black (the last conv's output sits near 0, the decoder maps
+    it to 2x - 1): its weights scaled 20x and its bias shifted so that random latents decode to
+    images around mid-grey, whose differences a test can see."""
+    import torch
+
+    last = model.tiny_vae.decoder.layers[-1]
+    with torch.no_grad():
+        last.weight.mul_(20.0)
+        last.bias.mul_(20.0)
+        probe = model.decode(torch.randn(1, model.config.latent_channels, 4, 4)).sample  # [1, 3, 64, 64]
+        last.bias.sub_(probe.mean(dim=(0, 2, 3)) / 2)

@@ -135,7 +135,7 @@ def test_torch_path_chunks_queries_and_matches_reference(monkeypatch):
 @requires_native
 def test_dispatcher_runs_native_on_cpu_and_logs_it_once(caplog, fresh_choice_log):
     q, k, v = make_qkv(1, 9, 11, 2, 32)
-    with caplog.at_level(logging.INFO, logger="sglang_diffusion.ops"):
+    with caplog.at_level(logging.DEBUG, logger="sglang_diffusion.ops"):
         attention(q, k, v)
         attention(q, k, v)
     choices = [r.getMessage() for r in caplog.records if r.getMessage().startswith("attention: ")]
@@ -146,7 +146,7 @@ def test_dispatcher_falls_back_to_torch_without_native_with_reason(monkeypatch, 
     missing = _native.NativeLibrary(ops=None, missing_reason="disabled by the test")
     monkeypatch.setattr(_native, "native_library", lambda: missing)
     q, k, v = make_qkv(1, 9, 11, 2, 32)
-    with caplog.at_level(logging.INFO, logger="sglang_diffusion.ops"):
+    with caplog.at_level(logging.DEBUG, logger="sglang_diffusion.ops"):
         out, lse = attention(q, k, v)
     torch.testing.assert_close(out, attention_reference(q, k, v)[0], atol=1e-6, rtol=1e-6)
     assert any("disabled by the test" in r.getMessage() for r in caplog.records)

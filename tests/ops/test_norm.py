@@ -254,7 +254,7 @@ def test_native_rejects_unknown_norm_type():
 @requires_native
 def test_dispatcher_runs_native_on_cpu_and_logs_it_once(caplog, fresh_choice_log):
     i = make_inputs((2, 7, 123))
-    with caplog.at_level(logging.INFO, logger="sglang_diffusion.ops"):
+    with caplog.at_level(logging.DEBUG, logger="sglang_diffusion.ops"):
         out = norm_modulate(**i, eps=EPS)
         norm_modulate(**i, eps=EPS)
     torch.testing.assert_close(out, norm_modulate_reference(**i, eps=EPS), atol=1e-5, rtol=1e-5)
@@ -285,7 +285,7 @@ def test_dispatcher_gated_accepts_noncontiguous_activations():
 
 def test_dispatcher_falls_back_to_reference_for_float64_with_reason(caplog, fresh_choice_log):
     i = {k: v.double() for k, v in make_inputs((2, 3, 16)).items()}
-    with caplog.at_level(logging.INFO, logger="sglang_diffusion.ops"):
+    with caplog.at_level(logging.DEBUG, logger="sglang_diffusion.ops"):
         out = norm_modulate(**i, eps=EPS)
     assert torch.equal(out, norm_modulate_reference(**i, eps=EPS))
     messages = [r.getMessage() for r in caplog.records]
@@ -296,7 +296,7 @@ def test_dispatcher_falls_back_when_native_is_unavailable(monkeypatch, caplog, f
     missing = _native.NativeLibrary(ops=None, missing_reason="disabled by the test")
     monkeypatch.setattr(_native, "native_library", lambda: missing)
     i = make_gated_inputs((2, 7, 123))
-    with caplog.at_level(logging.INFO, logger="sglang_diffusion.ops"):
+    with caplog.at_level(logging.DEBUG, logger="sglang_diffusion.ops"):
         out = norm_modulate(i["x"], i["scale"], i["shift"], i["weight"], i["bias"], EPS, "rms")
         gated = gated_residual_norm_modulate(**i, eps=EPS)
     assert torch.equal(out, norm_modulate_reference(i["x"], i["scale"], i["shift"], i["weight"], i["bias"], EPS, "rms"))

@@ -95,6 +95,8 @@ class StagedPipeline:
             for stage in self.stages:
                 missing = [f for f in stage.reads if getattr(state, f) is None]
                 assert not missing, f"stage {stage.name} reads {missing}, which no earlier stage wrote"
+                if stage.name == "denoising":
+                    state.hooks.before_steps(state.params)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 start = time.perf_counter()
