@@ -56,6 +56,9 @@ def _add_fields(group, cls) -> None:
             choices = meta["choices"]
             kwargs["metavar"] = meta["metavar"] or ("{" + ",".join(choices) + "}" if choices else name.upper())
         group.add_argument(*flags, **kwargs)
+        for choice in meta["choices"] if meta.get("choice_flags") else ():
+            group.add_argument(f"--{choice}", dest=name, action="store_const", const=choice, default=argparse.SUPPRESS,
+                               help=f"{flag_name(name)} {choice}")
 
 
 def build_parser(prog: str, description: str, *, sampling: bool) -> ArgumentParser:

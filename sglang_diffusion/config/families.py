@@ -16,23 +16,28 @@ class Family:
     name: str
     task: str  # "t2v", "i2v", "ti2v", "t2i", "i2i" (image edits)
     defaults: dict = field(default_factory=dict)
+    # resolution shortcut -> (short side, long side) where the model's own size differs from
+    # the 16:9 rule of config.resolutions
+    resolutions: dict = field(default_factory=dict)
 
     @property
     def is_video(self) -> bool:
         return self.task not in ("t2i", "i2i")
 
 
+WAN_RESOLUTIONS = {"480p": (480, 832)}  # Wan's 480p training size (16:9 would be 848)
+
 FAMILIES = {
     f.name: f for f in [
         Family("wan2.1-t2v", "t2v", dict(height=480, width=832, num_frames=81, fps=16,
-                                         num_inference_steps=50, guidance_scale=5.0)),
+                                         num_inference_steps=50, guidance_scale=5.0), WAN_RESOLUTIONS),
         Family("wan2.1-i2v", "i2v", dict(height=480, width=832, num_frames=81, fps=16,
-                                         num_inference_steps=50, guidance_scale=5.0)),
+                                         num_inference_steps=50, guidance_scale=5.0), WAN_RESOLUTIONS),
         Family("wan2.2-t2v-a14b", "t2v", dict(height=720, width=1280, num_frames=81, fps=16,
                                               num_inference_steps=40, guidance_scale=4.0,
-                                              guidance_scale_2=3.0)),
+                                              guidance_scale_2=3.0), WAN_RESOLUTIONS),
         Family("wan2.2-ti2v-5b", "ti2v", dict(height=704, width=1280, num_frames=121, fps=24,
-                                              num_inference_steps=50, guidance_scale=5.0)),
+                                              num_inference_steps=50, guidance_scale=5.0), {"720p": (704, 1280)}),
         Family("hunyuanvideo", "t2v", dict(height=720, width=1280, num_frames=129, fps=24,
                                            num_inference_steps=50, guidance_scale=6.0)),
         # FastVideo's 6-step distillation of HunyuanVideo: same architecture and model_index.json,
@@ -40,6 +45,8 @@ FAMILIES = {
         Family("fasthunyuan", "t2v", dict(height=720, width=1280, num_frames=125, fps=24,
                                           num_inference_steps=6, guidance_scale=6.0)),
         Family("flux.1", "t2i", dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5)),
+        # diffusers' FluxKontextPipeline defaults; without an input image it is text to image
+        Family("flux.1-kontext", "i2i", dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5)),
         Family("flux.2", "t2i", dict(height=1024, width=1024, num_inference_steps=50, guidance_scale=4.0)),
         Family("qwen-image", "t2i", dict(height=1024, width=1024, num_inference_steps=50,
                                          true_cfg_scale=4.0)),  # with a negative prompt
@@ -75,6 +82,7 @@ def detect_family(class_name: str, extras: dict, where: str | PurePath = "") -> 
         "WanImageToVideoPipeline": "wan2.1-i2v",
         "HunyuanVideoPipeline": "hunyuanvideo",
         "FluxPipeline": "flux.1",
+        "FluxKontextPipeline": "flux.1-kontext",
         "Flux2Pipeline": "flux.2",
         "QwenImagePipeline": "qwen-image",
         "QwenImageEditPipeline": "qwen-image-edit",

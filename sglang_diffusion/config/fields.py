@@ -20,10 +20,12 @@ def option(
     metavar: str | None = None,
     default_factory: Any = None,
     secret: bool = False,
+    choice_flags: bool = False,
 ):
-    """`secret`: a credential, kept out of the dataclass repr and of `--help`'s defaults."""
+    """`secret`: a credential, kept out of the dataclass repr and of `--help`'s defaults.
+    `choice_flags`: each choice is also a flag of its own (`--720p` = `--resolution 720p`)."""
     metadata = {"help": help, "choices": tuple(choices) if choices else None,
-                "aliases": tuple(aliases), "metavar": metavar, "secret": secret}
+                "aliases": tuple(aliases), "metavar": metavar, "secret": secret, "choice_flags": choice_flags}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata, repr=not secret)
     return dataclasses.field(default=default, metadata=metadata, repr=not secret)

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from sglang_diffusion.config.fields import option
+from sglang_diffusion.config.resolutions import ORIENTATIONS, RESOLUTIONS
 from sglang_diffusion.errors import ConfigError
 
 
@@ -47,6 +48,39 @@ class SamplingParams:
 
     def __post_init__(self):
         validate_sampling_params(self)
+    # Sampling options (issue 19)
+    guidance_rescale: float | None = option(
+        None, "Rescale the guided prediction toward the standard deviation of the conditional one, 0 (off) to 1 "
+        "(diffusers' rescale_noise_cfg; against over-exposure at high guidance).")
+    flow_shift: float | None = option(
+        None, "Shift of the flow-matching noise schedule, sigma -> shift * sigma / (1 + (shift - 1) * sigma): "
+        "larger spends more steps at high noise (default: the model's scheduler, by image size where it shifts "
+        "dynamically).")
+    boundary_ratio: float | None = option(
+        None, "Two-expert models (Wan2.2 A14B): the high-noise expert runs the timesteps at or above "
+        "boundary_ratio x the training timesteps, the low-noise one the rest (default: model_index.json's).")
+    resolution: str | None = option(
+        None, "Output size by name, the short side in pixels (16:9, or the model's own size for it; also "
+        "--480p, --720p, ...); instead of height and width.", choices=RESOLUTIONS, choice_flags=True)
+    orientation: str | None = option(
+        None, "Orientation of a resolution shortcut (default: the model's default size's).", choices=ORIENTATIONS)
+    output_quality: int | None = option(
+        None, "Quality of JPEG / WebP images and MP4 videos, 1-100 (MP4: x264 CRF 51 down to 0); default: "
+        "JPEG 75, WebP 80, MP4 CRF 18. PNG is lossless.")
+    output_compression: int | None = option(
+        None, "Compression, 0-100 (OpenAI's name): JPEG / WebP / MP4 at quality 100 - compression, PNG at zlib "
+        "level compression x 9 / 100; instead of output_quality.")
+    perf_dump_path: str | None = option(
+        None, "Write each request's per-stage and per-denoising-step timings as JSON to this file, or into "
+        "this directory (one file per request).", metavar="PATH")
+    profile: bool = option(False, "Record a torch profiler trace (Chrome trace JSON, beside the output) of "
+                           "num_profiled_timesteps denoising steps, after the first.")
+    num_profiled_timesteps: int = option(2, "Denoising steps the --profile trace records.")
+    lora_adapters: str | list[str] | None = option(
+        None, "LoRA adapters for this request, by the nicknames they were loaded under (the server's set_lora); "
+        "default: the adapters set on the engine.", metavar="NICKNAME")
+    lora_strength: float | list[float] | None = option(
+        None, "Strength of each of lora_adapters (one for all, or one each; default 1).")
 
     def explicit(self) -> dict:
         """The fields that differ from their defaults: what the user actually set."""
@@ -70,7 +104,8 @@ def validate_sampling_params(p: SamplingParams) -> None:
             raise ConfigError(f"{name} must be at least 1, got {value}")
     if p.teacache_thresh is not None and p.teacache_thresh < 0:
         raise ConfigError(f"teacache_thresh must not be negative, got {p.teacache_thresh}")
-    for name in ("guidance_scale", "true_cfg_scale"):
+    _validate_sampling_options(p)
+    for name in ("guidance_scale", "true_cfg_scale", "guidance_scale_2"):
         if getattr(p, name) is not None and getattr(p, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(p, name)}")
     if p.output_file_name is not None:
@@ -82,3 +117,25 @@ def validate_sampling_params(p: SamplingParams) -> None:
 
 def sampling_param_names() -> list[str]:
     return [f.name for f in dataclasses.fields(SamplingParams)]
+def _in_range(p: SamplingParams, name: str, low: float, high: float, *, open_low: bool = False) -> None:
+    value = getattr(p, name)
+    if value is not None and not (low < value <= high if open_low else low <= value <= high):
+        raise ConfigError(f"{name} must be {'over' if open_low else 'at least'} {low:g} and at most {high:g}, "
+                          f"got {value}")
+
+
+def _validate_sampling_options(p: SamplingParams) -> None:
+    _in_range(p, "guidance_rescale", 0.0, 1.0)
+    _in_range(p, "flow_shift", 0.0, 1000.0, open_low=True)
+    _in_range(p, "boundary_ratio", 0.0, 1.0)
+    _in_range(p, "output_quality", 1, 100)
+    _in_range(p, "output_compression", 0, 100)
+    _in_range(p, "num_profiled_timesteps", 1, 10000)
+    if p.output_quality is not None and p.output_compression is not None:
+        raise ConfigError("give output_quality or output_compression, not both")
+    if p.resolution is not None and (p.height is not None or p.width is not None):
+        raise ConfigError(f"give resolution ({p.resolution}) or height / width, not both")
+    if p.orientation is not None and p.resolution is None:
+        raise ConfigError("orientation applies to a resolution shortcut (resolution, --720p, ...); none was given")
+
+

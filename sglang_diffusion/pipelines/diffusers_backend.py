@@ -8,6 +8,7 @@ take is an error when the user set it, and is left out when it only came from de
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import sys
@@ -18,6 +19,7 @@ import torch
 
 from sglang_diffusion.attention.selector import BACKENDS
 from sglang_diffusion.config.families import Family, detect_family
+from sglang_diffusion.config.resolutions import apply_resolution
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import NATIVE_ATTENTION_BACKENDS, ServerArgs
 from sglang_diffusion.errors import ConfigError, InvalidRequestError, ModelLoadError
@@ -27,6 +29,7 @@ from sglang_diffusion.loader.resolve import ModelIndex
 from sglang_diffusion.pipelines.base import PipelineOutput
 from sglang_diffusion.pipelines.hooks import StepHooks
 from sglang_diffusion.pipelines.stages.decoding import enable_vae_tiling
+from sglang_diffusion.pipelines.stages.timesteps import ScheduleShift
 from sglang_diffusion.pipelines.timing import StageTimer
 from sglang_diffusion.platform import Platform
 
@@ -39,6 +42,7 @@ _CALL_ARGS = {
     "num_inference_steps": ("num_inference_steps",),
     "guidance_scale": ("guidance_scale", "true_cfg_scale"),
     "guidance_scale_2": ("guidance_scale_2",),
+    "guidance_rescale": ("guidance_rescale",),
     "true_cfg_scale": ("true_cfg_scale",),
     "height": ("height",),
     "width": ("width",),
@@ -246,6 +250,7 @@ class DiffusersBackendPipeline:
             params = params.resolve(self.family.defaults)
         kwargs = self._call_kwargs(params, explicit)
         if hooks is not None:
+        params = apply_resolution(params, self.family)
             kwargs.update(self._step_callback(hooks))
             hooks.before_steps(params)
         # with the step callback, the hooks report progress (sglang_diffusion.progress): no second bar
@@ -253,7 +258,7 @@ class DiffusersBackendPipeline:
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         self.timer.take()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._schedule(params):
                 result = self.pipe(**kwargs, generator=generator, output_type="np")
         except ValueError as e:  # diffusers' check_inputs: a combination this pipeline refuses
             raise InvalidRequestError(f"{type(self.pipe).__name__}: {e}") from None
@@ -267,6 +272,30 @@ def _load_image(path: str):
     from PIL import Image, UnidentifiedImageError
 
     try:
+    @contextlib.contextmanager
+    def _schedule(self, params: SamplingParams):
+        """flow_shift and boundary_ratio for one call: diffusers pipelines read them from the
+        scheduler's and the pipeline's config, not from `__call__`. A scheduler of the request's
+        static shift stands in (a dynamic-shifting one gives the same sigmas at that shift, see
+        stages.timesteps.ScheduleShift); model_index's boundary_ratio is set, then put back."""
+        scheduler, config = self.pipe.scheduler, self.pipe.config
+        if params.boundary_ratio is not None and "boundary_ratio" not in config:
+            raise InvalidRequestError(f"boundary_ratio: {type(self.pipe).__name__} has no second expert")
+        if params.flow_shift is not None:
+            shift = ScheduleShift(scheduler)
+            shift.check(params.flow_shift)
+            self.pipe.scheduler = type(scheduler).from_config(scheduler.config, use_dynamic_shifting=False,
+                                                              **{shift.key: params.flow_shift})
+        if params.boundary_ratio is not None:
+            self.pipe.register_to_config(boundary_ratio=params.boundary_ratio)
+        try:
+            yield
+        finally:
+            self.pipe.scheduler = scheduler
+            if "boundary_ratio" in config:
+                self.pipe.register_to_config(boundary_ratio=config["boundary_ratio"])
+
+
         with Image.open(Path(path).expanduser()) as im:
             return im.convert("RGB")
     except FileNotFoundError:

@@ -65,6 +65,7 @@ class LinearSigmasTimestepStage(TimestepPreparationStage):
 
     def __call__(self, state: GenerationState) -> None:
         n = state.params.num_inference_steps
+        self.shift.apply(self.scheduler, state.params.flow_shift)
         self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, n + 1)[:-1], device=state.device)
         self.scheduler.set_begin_index(0)
         state.timesteps = self.scheduler.timesteps

@@ -2,7 +2,8 @@
 latents (with classifier-free guidance), and let the scheduler step.
 
 Two-expert models (Wan2.2 A14B) run `experts[0]` for timesteps at or above `boundary_timestep`
-(high noise) with `guidance_scale`, `experts[1]` below it with `guidance_scale_2`.
+(high noise; a request's boundary_ratio moves it) with `guidance_scale`, `experts[1]` below it
+with `guidance_scale_2`. `guidance_rescale` rescales the guided prediction (`rescale_noise_cfg`).
 
 Each expert's cross-attention context (K/V of the prompt, negative prompt and image) is built
 once per request, on the expert's first step.
@@ -37,6 +38,7 @@ import torch
 from sglang_diffusion.cache import Caching
 from sglang_diffusion.distributed.parallel_state import ParallelGroups, all_gather, all_reduce_max
 from sglang_diffusion.distributed.sharding import SequenceShard
+from sglang_diffusion.errors import InvalidRequestError
 from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
 
 logger = logging.getLogger(__name__)
@@ -151,9 +153,17 @@ class DenoisingStage(Stage):
     def _cfg_ranks(self) -> int:
         return self.parallel.cfg.size if self.parallel is not None else 1
 
-    def _expert(self, t: torch.Tensor, state: GenerationState) -> tuple[int, float]:
+    def boundary(self, state: GenerationState) -> float | None:
+        """The timestep where a two-expert model switches: the request's boundary_ratio of the
+        training timesteps, else the model's (None: one expert)."""
+        ratio = state.params.boundary_ratio
+        if self.boundary_timestep is None or ratio is None:
+            return self.boundary_timestep
+        return ratio * self.scheduler.config.num_train_timesteps
+
+    def _expert(self, t: torch.Tensor, state: GenerationState, boundary: float | None) -> tuple[int, float]:
         p = state.params
-        if self.boundary_timestep is None or t >= self.boundary_timestep:
+        if boundary is None or t >= boundary:
             return 0, getattr(p, self.cfg_scale)
         return 1, p.guidance_scale_2 if p.guidance_scale_2 is not None else p.guidance_scale
 
@@ -167,8 +177,9 @@ class DenoisingStage(Stage):
         return _Contexts(cond, uncond)
 
     def _predict(self, model, x: torch.Tensor, t: torch.Tensor, ctx: _Contexts, scale: float,
-                 do_cfg: bool, seq: SequenceShard | None, runners=None) -> torch.Tensor:
-        """`runners(branch)`: this step's block runner of a guidance branch (step caching), or None."""
+                 do_cfg: bool, seq: SequenceShard | None, runners=None, rescale: float = 0.0) -> torch.Tensor:
+        """`runners(branch)`: this step's block runner of a guidance branch (step caching), or None.
+        `rescale`: the request's guidance_rescale."""
         if not do_cfg:
             return _call(model, x, t, context=ctx.cond, seq=seq, runner=runners and runners("cond"))
         if self._cfg_ranks() > 1:
@@ -176,18 +187,17 @@ class DenoisingStage(Stage):
             mine = _call(model, x, t, context=ctx.cond if branch == "cond" else ctx.uncond, seq=seq,
                          runner=runners and runners(branch))
             cond, uncond = all_gather(mine, self.parallel.cfg)  # once per step
-            return self._guide(cond, uncond, scale)
+            return self._guide(cond, uncond, scale, rescale)
         layout = self.cfg.choose(self._layout_key(model, x, t),
                                  lambda layout: self._probe(model, x, t, ctx, layout, seq))
         if runners is not None:
             runners = [runners("joined")] if layout == "batched" else [runners("cond"), runners("uncond")]
         cond, uncond = self._branches(model, x, t, ctx, layout, seq, runners=runners)
-        return self._guide(cond, uncond, scale)
+        return self._guide(cond, uncond, scale, rescale)
 
-    def _guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-        if self.guidance is not None:
-            return self.guidance(cond, uncond, scale)
-        return uncond + scale * (cond - uncond)
+    def _guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float, rescale: float) -> torch.Tensor:
+        guided = self.guidance(cond, uncond, scale) if self.guidance is not None else uncond + scale * (cond - uncond)
+        return rescale_noise_cfg(guided, cond, rescale) if rescale else guided
 
     @staticmethod
     def _branches(model, x, t, ctx: _Contexts, layout: str, seq, runners=None, **kwargs) -> list[torch.Tensor]:
@@ -230,7 +240,12 @@ class DenoisingStage(Stage):
         contexts: dict[int, _Contexts] = {}
         seq, grid, patch = self._sequence(latents)
         total = len(timesteps)
-        plan = [self._expert(t, state) for t in timesteps]
+        boundary = self.boundary(state)
+        plan = [self._expert(t, state, boundary) for t in timesteps]
+        rescale = state.params.guidance_rescale or 0.0
+        if rescale and seq is not None:
+            raise InvalidRequestError("guidance_rescale needs the whole prediction's standard deviation; it does not "
+                                      "run under sequence parallelism (sp_degree > 1)")
         cache = self.caching.start(state.params, self.experts, [sum(e == i for e, _ in plan)
                                                                  for i in range(len(self.experts))],
                                    shard=seq)
@@ -242,7 +257,7 @@ class DenoisingStage(Stage):
             x = conditioning.model_input(latents).to(model.dtype)
             timestep = conditioning.timestep(t, latents.shape[0])
             noise_pred = self._predict(model, x, timestep, contexts[index], scale, state.do_cfg, seq,
-                                       cache.step(index) if cache is not None else None)
+                                       cache.step(index) if cache is not None else None, rescale=rescale)
             latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
             state.hooks.after_step(i + 1, total)
         if seq is not None:
@@ -250,6 +265,15 @@ class DenoisingStage(Stage):
         state.latents = conditioning.finalize(latents)
         if cache is not None:
             state.cache_stats = cache.stats
+
+
+def rescale_noise_cfg(guided: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
+    """guidance_rescale (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed", section 3.4, as diffusers' rescale_noise_cfg): the guided prediction scaled to the
+    standard deviation of the conditional one, per batch element, mixed back in by `rescale`."""
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return rescale * rescaled + (1 - rescale) * guided
 
 
 def _call(model, x: torch.Tensor, t: torch.Tensor, context, seq: SequenceShard | None, runner=None) -> torch.Tensor:

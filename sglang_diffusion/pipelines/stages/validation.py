@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from sglang_diffusion.config.families import Family
+from sglang_diffusion.config.resolutions import apply_resolution
 from sglang_diffusion.errors import InvalidRequestError
 from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
 
@@ -61,7 +62,7 @@ class InputValidationStage(Stage):
         return f"{self.name}(image {self.image})"
 
     def __call__(self, state: GenerationState) -> None:
-        p = state.params.resolve(self.defaults)
+        p = apply_resolution(state.params, self.family, self.spatial_multiple).resolve(self.defaults)
         if self.family is not None and not self.family.is_video:
             if p.num_frames not in (None, 1):
                 raise InvalidRequestError(f"num_frames {p.num_frames}: this image model makes one image per output")
@@ -80,9 +81,12 @@ class InputValidationStage(Stage):
             raise InvalidRequestError(f"{', '.join(missing)}: no value given and the model has no default")
         if not p.prompt:
             raise InvalidRequestError("prompt is required")
-        if p.guidance_scale_2 is not None and not self.has_second_expert:
-            raise InvalidRequestError("guidance_scale_2 applies to the low-noise expert of two-expert models "
-                                      "(Wan2.2 A14B); this model has one")
+        for name in ("guidance_scale_2", "boundary_ratio"):
+            if getattr(p, name) is not None and not self.has_second_expert:
+                raise InvalidRequestError(f"{name} applies to two-expert models (Wan2.2 A14B); this model has one")
+        if p.true_cfg_scale is not None and self.cfg_scale != "true_cfg_scale":
+            raise InvalidRequestError(f"true_cfg_scale: this model's classifier-free guidance scale is "
+                                      f"{self.cfg_scale}")
         if p.diffusers_kwargs:
             raise InvalidRequestError("diffusers_kwargs: only the diffusers backend takes them (--backend diffusers)")
         state.params = dataclasses.replace(p, **self._corrected(p))
