@@ -40,3 +40,7 @@ def configure_logging(level: str = "info", prefix: str = "") -> None:
         root.propagate = False
     access = logging.getLogger("uvicorn.access")
     access.filters[:] = [] if level.lower() == "debug" else [QuietPolls()]
+    if not sys.stderr.isatty():
+        from huggingface_hub.utils import disable_progress_bars  # transformers follows it when imported after
+
+        disable_progress_bars()

@@ -199,16 +199,19 @@ class TiledSelfAttention:
         return self.shard.attention(q, k, v, self._bound(backend, q.shape[2]), scale)
 
     def joint_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_q: torch.Tensor,
-                        text_k: torch.Tensor, text_v: torch.Tensor, backend) -> tuple[torch.Tensor, torch.Tensor]:
+                        text_k: torch.Tensor, text_v: torch.Tensor, backend, scale: float | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """A dual-stream DiT's joint attention (HunyuanVideo; the shard's ``joint_attention``):
         video q, k, v [B, s, H, D] in tiled order and text [B, L, H, D] -> (video out [B, s, H, D],
         text out [B, L, H, D]). Video queries see their window and all the text; text sees all."""
         length = text_q.shape[1]
         if self.shard is None:
             bound = backend.tiled(self.layout, self.windows, self.layer, length)
-            out = bound.forward(*(torch.cat(pair, dim=1) for pair in ((q, text_q), (k, text_k), (v, text_v))))[0]
+            out = bound.forward(*(torch.cat(pair, dim=1) for pair in ((q, text_q), (k, text_k), (v, text_v))),
+                                scale)[0]
             return out[:, :-length], out[:, -length:]
-        return self.shard.joint_attention(q, k, v, text_q, text_k, text_v, self._bound(backend, q.shape[2], length))
+        return self.shard.joint_attention(q, k, v, text_q, text_k, text_v, self._bound(backend, q.shape[2], length),
+                                          scale)
 
     def _bound(self, backend, heads: int, text_len: int = 0):
         """The backend bound to this rank's heads (after the Ulysses all-to-all) and windows."""

@@ -90,6 +90,12 @@ class SequenceShard:
             local = torch.cat([local, local.new_zeros(shape)], dim=dim)
         return local.contiguous()
 
+    def split_after(self, x: torch.Tensor, dim: int, head: int) -> torch.Tensor:
+        """x with `head` entries along `dim` that every rank keeps (the text rows of a joint
+        [text, image] RoPE table) followed by num_tokens entries -> the head, then this rank's
+        shard of the rest."""
+        return torch.cat([x.narrow(dim, 0, head), self.split(x.narrow(dim, head, x.shape[dim] - head), dim)], dim)
+
     def place(self, local: torch.Tensor, dim: int) -> torch.Tensor:
         """The full-length tensor with this rank's real tokens from `local` (shard_len slots
         along `dim`) in place and zeros at every other rank's tokens (see `owned_mask`)."""
@@ -154,11 +160,13 @@ class SequenceShard:
         return ulysses_attention(q, k, v, attn, g.ulysses)
 
     def joint_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_q: torch.Tensor,
-                        text_k: torch.Tensor, text_v: torch.Tensor, backend) -> tuple[torch.Tensor, torch.Tensor]:
-        """Joint attention of a dual-stream DiT (HunyuanVideo): this rank's shard of the video
-        tokens q, k, v [B, s, H, D] and the text tokens text_q/k/v [B, L, H, D], the same on every
-        rank, attend over every video token and the text -> (video out [B, s, H, D], text out
-        [B, L, H, D], the same on every rank up to float rounding).
+                        text_k: torch.Tensor, text_v: torch.Tensor, backend, scale: float | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint attention of a dual-stream DiT (FLUX.1, FLUX.2, Qwen-Image, HunyuanVideo): this
+        rank's shard of the image / video tokens q, k, v [B, s, H, D] and the text tokens
+        text_q/k/v [B, L, H, D], the same on every rank, attend over every image token and the
+        text -> (image out [B, s, H, D], text out [B, L, H, D], the same on every rank up to
+        float rounding). `scale`: the softmax scale (None: the backend's default for D).
 
         The text rides along: after the Ulysses exchange each rank takes its heads of it, its
         queries join the rank's block of queries and its keys are one more key block, which the
@@ -175,9 +183,9 @@ class SequenceShard:
         queries = torch.cat([q, text_q], dim=1)  # [B, U*s + L, H/U, D]
         if r == 1:
             out = backend.forward(queries, torch.cat([k[:, :valid[0]], text_k], dim=1),
-                                  torch.cat([v[:, :valid[0]], text_v], dim=1), None)[0]
+                                  torch.cat([v[:, :valid[0]], text_v], dim=1), scale)[0]
         else:
-            block_attn = _with_lse(backend)
+            block_attn = _with_lse(backend, scale)
             out, lse = ring_attention(queries, k, v, block_attn, g.ring, valid)
             out = merge_partials(out, lse, *block_attn(queries, text_k, text_v))[0].to(q.dtype)
         video, text = out[:, :-length], out[:, -length:]

@@ -90,3 +90,27 @@ class Attention(nn.Module):
             return seq.attention(q, k, v, backend)
         out, _ = backend.forward(q, k, v, scale=scale)
         return out
+
+    def joint(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_q: torch.Tensor, text_k: torch.Tensor,
+              text_v: torch.Tensor, seq=None, text_bias: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint attention of a dual-stream DiT: image tokens q, k, v [B, S, H, D] (this rank's
+        shard under `seq`, the text replicated on every rank) and text tokens [B, L, H, D]
+        attending over both -> (image out [B, S, H, D], text out [B, L, H, D]). `text_bias`
+        [B, L]: a logit bias per text key (MASKED_LOGIT masks padded text out)."""
+        d = q.shape[-1]
+        if text_bias is not None:  # the bias rides in extra head channels; image keys get 0
+            q, text_q = query_for_key_bias(q), query_for_key_bias(text_q)
+            k, v = keys_with_bias(k, v, text_bias.new_zeros(k.shape[:2]), self.scale)
+            text_k, text_v = keys_with_bias(text_k, text_v, text_bias, self.scale)
+        # the augmented head dim would change the default softmax scale
+        scale = self.scale if text_bias is not None else None
+        if seq is not None:
+            backend = self.resolve_backend(q.device, q.dtype)
+            out, text_out = seq.joint_attention(q, k, v, text_q, text_k, text_v, backend, scale=scale)
+        else:
+            length = text_q.shape[1]
+            out = self.forward(torch.cat([q, text_q], dim=1), torch.cat([k, text_k], dim=1),
+                               torch.cat([v, text_v], dim=1), scale=scale)  # [B, S + L, H, D']
+            out, text_out = out[:, :-length], out[:, -length:]
+        return out[..., :d], text_out[..., :d]

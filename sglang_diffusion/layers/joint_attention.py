@@ -39,10 +39,12 @@ class JointAttention(nn.Module):
         return t.unflatten(-1, (-1, self.head_dim))  # [B, S, H*D] -> [B, S, H, D]
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                text_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                text_bias: torch.Tensor | None = None, seq=None) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, S, dim] image, c [B, L, dim] text (both normed), cos/sin [L + S, head_dim / 2]
         -> (image out [B, S, dim], text out [B, L, dim]). `text_bias` [B, L]: a logit bias per
-        text key (layers.attention.MASKED_LOGIT masks padded text out, as diffusers' mask does)."""
+        text key (layers.attention.MASKED_LOGIT masks padded text out, as diffusers' mask does).
+        `seq` (a `distributed.sharding.SequenceShard`): x is this rank's shard of the image
+        tokens (and cos/sin the text rows then this shard's rows), the text is every rank's."""
         length = c.shape[1]
         q, k, v = self._heads(self.to_qkv(x)).chunk(3, dim=2)  # [B, S, H, D] each
         cq, ck, cv = self._heads(self.add_qkv(c)).chunk(3, dim=2)  # [B, L, H, D] each
@@ -50,6 +52,10 @@ class JointAttention(nn.Module):
         cq, ck = qk_rms_norm(cq, ck, self.norm_added_q.weight, self.norm_added_k.weight, self.eps,
                              across_heads=False)
         q, k = apply_rope(torch.cat([cq, q], dim=1), torch.cat([ck, k], dim=1), cos, sin, interleaved=True)
+        if seq is not None:  # the image shard attends with the whole sequence, text replicated
+            out, text_out = self.attn.joint(q[:, length:], k[:, length:], v, q[:, :length], k[:, :length], cv, seq,
+                                            text_bias)  # [B, S, H, D], [B, L, H, D]
+            return self.to_out(out.flatten(2)), self.to_add_out(text_out.flatten(2))
         v = torch.cat([cv, v], dim=1)
         if text_bias is None:
             out = self.attn(q, k, v)

@@ -39,10 +39,11 @@ def build_flux2_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform
     tokenizer = load_component("tokenizer", index, args, None)
     text_encoder = load_component("text_encoder", index, args, dtypes["text_encoder"]).to(device).eval()
     dit = load_native_transformer(Flux2Transformer2DModel, args, index, dit_dtype, device)
-    backend = prepare_dit(dit, args, platform, dit_dtype)
+    backend = prepare_dit(dit, args, platform, dit_dtype, ring=groups.ring.size > 1)
 
     spatial_stride = 2 ** (len(vae.config.block_out_channels) - 1)
     multiple = 2 * spatial_stride  # the latents are 2x2-patchified
+    patch = (1, *Flux2Transformer2DModel.patch_size)  # latent elements per token: (frames, rows, columns)
     stages = [
         InputValidationStage(family, temporal_stride=1, spatial_multiple=(multiple, multiple), image="optional",
                              true_cfg=True, cfg_scale="true_cfg_scale"),

@@ -1,6 +1,6 @@
 """What the native pipeline builders share around their stages: the DiT loaded from its folder
-(with --lora-path merged), its attention backend and torch.compile, CFG-only parallelism for
-the image families and their first components, and the StagedPipeline with its info."""
+(with --lora-path merged), its attention backend and torch.compile, the parallel groups (SP and
+CFG over the DiT) and the first components, and the StagedPipeline with its info."""
 
 from __future__ import annotations
 
@@ -47,21 +47,25 @@ def prepare_dit(dit, args: ServerArgs, platform: Platform, dtype: torch.dtype, r
 
         backend = backend_for_ring(backend, args.attention_backend, select)
     dit.set_attention_backend(backend)
-    if args.enable_torch_compile:
-        for block in (*dit.transformer_blocks, *dit.single_transformer_blocks):
+    if args.enable_torch_compile:  # (Qwen-Image has dual-stream blocks only)
+        for block in (*dit.transformer_blocks, *getattr(dit, "single_transformer_blocks", ())):
             block.compile()
         logger.info("torch.compile enabled for the DiT blocks (compiled on the first request)")
     return backend
 
 
-def cfg_parallel_groups(args: ServerArgs, model: str):
-    """The parallel groups of a pipeline that splits only CFG branches over ranks."""
+def dit_parallel_groups(args: ServerArgs, index: ModelIndex, model: str | None = None):
+    """The parallel groups of a native pipeline: SP (Ulysses needs whole heads, read from the
+    transformer's config.json) and CFG over the DiT, TP for the text encoder. `model`: an image
+    family, whose text encoders have no tensor parallelism."""
     from sglang_diffusion.distributed.parallel_state import setup_parallel
+    from sglang_diffusion.loader.weights import read_config
 
-    groups = setup_parallel(args, sequence_parallel=False)
-    if groups.sp.size > 1 or groups.tp.size > 1:
-        raise ConfigError(f"the native {model} pipeline runs CFG parallelism only (cfg_parallel, with true CFG); "
-                          "ulysses_degree / ring_degree / tp_size need --backend diffusers")
+    heads = read_config(component_folder("transformer", args, index)).get("num_attention_heads")
+    groups = setup_parallel(args, num_heads=heads)
+    if model is not None and groups.tp.size > 1:
+        raise ConfigError(f"the native {model} pipeline splits its DiT (ulysses_degree / ring_degree / "
+                          "cfg_parallel), not its text encoders: tp_size needs --backend diffusers")
     return groups
 
 
@@ -80,9 +84,10 @@ def _first_components(args: ServerArgs, index: ModelIndex, platform: Platform, g
 
 
 def image_pipeline_start(args: ServerArgs, index: ModelIndex, platform: Platform, model: str):
-    """What an image family's builder starts with: (family, component dtypes, CFG-only parallel
-    groups, the VAE on the device with --vae-tiling / slicing set, the scheduler)."""
-    groups = cfg_parallel_groups(args, model)
+    """What an image family's builder starts with: (family, component dtypes, the parallel
+    groups (`dit_parallel_groups`), the VAE on the device with --vae-tiling / slicing set, the
+    scheduler)."""
+    groups = dit_parallel_groups(args, index, model)
     family, dtypes, vae, _, scheduler = _first_components(args, index, platform, groups)
     return family, dtypes, groups, vae, scheduler
 
@@ -91,11 +96,7 @@ def video_pipeline_start(args: ServerArgs, index: ModelIndex, platform: Platform
     """What a video family's builder starts with: (family, component dtypes, the parallel groups
     (SP / CFG over the DiT: Ulysses needs whole heads, read from the transformer's config.json;
     TP), the VAE on the device, whether the SP ranks split its decoding, the scheduler)."""
-    from sglang_diffusion.distributed.parallel_state import setup_parallel
-    from sglang_diffusion.loader.weights import read_config
-
-    heads = read_config(component_folder("transformer", args, index)).get("num_attention_heads")
-    groups = setup_parallel(args, num_heads=heads)
+    groups = dit_parallel_groups(args, index)
     family, dtypes, vae, vae_sp, scheduler = _first_components(args, index, platform, groups)
     return family, dtypes, groups, vae, vae_sp, scheduler
 

@@ -1,7 +1,6 @@
 """The native Qwen-Image pipeline on 2 gloo ranks with CFG parallelism (the conditional and the
 negative-prompt branch of true CFG on one rank each, combined once a step with Qwen's norm
-rescale) gives the single-rank latents; sequence parallelism is refused with a clear error
-(not native yet for Qwen-Image)."""
+rescale) gives the single-rank latents (sequence parallelism: test_image_sequence_parallel.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import torch.distributed as dist
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.distributed.parallel_state import initialize_model_parallel, resolve_layout
-from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.platform import Platform
 from tests.distributed.pool import backends
@@ -21,9 +19,9 @@ REQUEST = dict(prompt="a red fox in the snow", negative_prompt="blurry", height=
 LATENT_TOL = 1e-4
 
 
-def server_args(model_path, num_gpus=1, cfg=1, ulysses=None) -> ServerArgs:
+def server_args(model_path, num_gpus=1, cfg=1) -> ServerArgs:
     return ServerArgs(model_path=str(model_path), backend="sglang", num_gpus=num_gpus, enable_cfg_parallel=cfg == 2,
-                      ulysses_degree=ulysses, dit_precision="fp32", text_encoder_precisions=["fp32"])
+                      dit_precision="fp32", text_encoder_precisions=["fp32"])
 
 
 def cfg_parallel_case(model_path):
@@ -44,21 +42,3 @@ def test_cfg_parallel_on_two_ranks_gives_the_single_rank_latents(pools, backend,
         assert ((latents - want).norm() / want.norm()).item() <= LATENT_TOL, rank
         assert "cfg=2" in parallel
     assert all(r is None for r in results[2:])
-
-
-def ulysses_case(model_path):
-    """On 2 ranks with Ulysses: the ConfigError's message."""
-    resolved, _ = resolve_layout(server_args(model_path, 2, ulysses=2), num_heads=2)
-    if initialize_model_parallel(resolved, ranks=range(2)) is None:
-        return None
-    try:
-        build_pipeline(server_args(model_path, 2, ulysses=2), Platform.current(dist.get_rank()))
-    except ConfigError as e:
-        return str(e)
-    return "built"
-
-
-@pytest.mark.slow
-def test_sequence_parallel_is_refused_by_name(pools, tiny_model):
-    results = pools("gloo").run(ulysses_case, tiny_model("qwen-image"), timeout=600)
-    assert all("ulysses_degree / ring_degree / tp_size need --backend diffusers" in r for r in results[:2])

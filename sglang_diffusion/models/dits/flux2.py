@@ -32,9 +32,9 @@ from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_featu
 from sglang_diffusion.layers.joint_attention import JointAttention
 from sglang_diffusion.models.dits.base import DiTConfig, check_rope_axes, config_values
 from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
-from sglang_diffusion.models.dits.flux import MMDiT, AdaLayerNormContinuous, _joined, rope_tables
+from sglang_diffusion.models.dits.flux import (MMDiT, AdaLayerNormContinuous, _joined, joint_single_attention,
+                                              rope_tables)
 from sglang_diffusion.ops.qk_norm import qk_rms_norm
-from sglang_diffusion.ops.rope import apply_rope
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,11 @@ class Flux2TransformerBlock(nn.Module):
         self.ff_context = Flux2FeedForward(dim, config.ffn_dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, mod_img: tuple, mod_txt: tuple, cos: torch.Tensor,
-                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                sin: torch.Tensor, seq=None) -> tuple[torch.Tensor, torch.Tensor]:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod_img
         c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = mod_txt
         attn_out, context_attn_out = self.attn(self.norm1(x, scale_msa, shift_msa),
-                                               self.norm1_context(c, c_scale_msa, c_shift_msa), cos, sin)
+                                               self.norm1_context(c, c_scale_msa, c_shift_msa), cos, sin, seq=seq)
         x, h = self.norm2.residual(x, attn_out, gate_msa, scale_mlp, shift_mlp)
         x = torch.addcmul(x, gate_mlp, self.ff(h))
         c, hc = self.norm2_context.residual(c, context_attn_out, c_gate_msa, c_scale_mlp, c_shift_mlp)
@@ -152,13 +152,14 @@ class Flux2ParallelSelfAttention(nn.Module):
         self.attn = Attention(config.num_attention_heads, self.head_dim)
         self.eps = eps
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, length: int = 0,
+                seq=None) -> torch.Tensor:
+        """h [B, L + S, D] = [text, image] (normed) -> [B, L + S, D] (`length`: L, needed under `seq`)."""
         dim = h.shape[-1]
         qkv, mlp = self.to_qkv_mlp_proj(h).split([3 * dim, 2 * self.mlp_dim], dim=-1)
         q, k, v = qkv.unflatten(-1, (-1, self.head_dim)).chunk(3, dim=2)  # [B, S, H, D] each
         q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, self.eps, across_heads=False)
-        q, k = apply_rope(q, k, cos, sin, interleaved=True)
-        out = self.attn(q, k, v).flatten(2)  # [B, S, H*D]
+        out = joint_single_attention(self.attn, q, k, v, cos, sin, length, seq).flatten(2)  # [B, S, H*D]
         # to_out of [out, SwiGLU(mlp)] as two GEMMs into one result: no concatenated copy
         y = F.linear(out, self.to_out.weight[:, :dim])
         y.view(-1, dim).addmm_(swiglu(mlp).view(-1, self.mlp_dim), self.to_out.weight[:, dim:].t())
@@ -171,9 +172,10 @@ class Flux2SingleTransformerBlock(nn.Module):
         self.norm = AdaNorm(config.inner_dim, config.eps)
         self.attn = Flux2ParallelSelfAttention(config)
 
-    def forward(self, s: torch.Tensor, mod: tuple, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, s: torch.Tensor, mod: tuple, cos: torch.Tensor, sin: torch.Tensor, length: int = 0,
+                seq=None) -> torch.Tensor:
         shift, scale, gate = mod
-        return torch.addcmul(s, gate, self.attn(self.norm(s, scale, shift), cos, sin))
+        return torch.addcmul(s, gate, self.attn(self.norm(s, scale, shift), cos, sin, length, seq))
 
 
 class Flux2TimestepGuidanceEmbeddings(nn.Module):
@@ -203,6 +205,11 @@ class Flux2Context:
     @property
     def batch_size(self) -> int:
         return self.text.shape[0]
+
+    @property
+    def reference_tokens(self) -> int:
+        """Tokens the DiT appends to the image's: the reference images' (R)."""
+        return 0 if self.reference is None else self.reference.shape[1]
 
     @staticmethod
     def cat(contexts: list["Flux2Context"]) -> "Flux2Context":
@@ -269,12 +276,14 @@ class Flux2Transformer2DModel(MMDiT):
                            self.config.rope_theta)
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: Flux2Context,
-                num_blocks: int | None = None, runner: BlockRunner | None = None) -> torch.Tensor:
+                num_blocks: int | None = None, runner: BlockRunner | None = None, seq=None) -> torch.Tensor:
         """latents [B, C, H, W] or [B, C, 1, H, W] (C = in_channels: patchified latents), timestep
         [B] in [0, 1] -> the flow prediction shaped as the latents. One token per latent element,
-        row-major; the reference tokens of the context follow them and are dropped at the end."""
+        row-major; the reference tokens of the context follow them and are dropped at the end.
+        `seq` (a `distributed.sharding.SequenceShard` over [image, reference] tokens): sequence
+        parallelism; the prediction is then right at this rank's tokens and zero elsewhere."""
         if latents.dim() == 5:
-            return self.forward(latents.squeeze(2), timestep, context, num_blocks, runner).unsqueeze(2)
+            return self.forward(latents.squeeze(2), timestep, context, num_blocks, runner, seq).unsqueeze(2)
         b, c, height, width = latents.shape
         grid = (height, width)
         if grid not in context.tables:
@@ -284,19 +293,26 @@ class Flux2Transformer2DModel(MMDiT):
             context.tables[grid] = self.rope(context.txt_ids, ids)
         tokens = latents.flatten(2).transpose(1, 2)  # [B, H*W, C]
         out = self.forward_tokens(tokens, timestep, context, *context.tables[grid], num_blocks=num_blocks,
-                                  runner=runner)
+                                  runner=runner, seq=seq)
         return out.transpose(1, 2).reshape(b, -1, height, width)
 
     def forward_tokens(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: Flux2Context,
                        cos: torch.Tensor, sin: torch.Tensor, num_blocks: int | None = None,
-                       runner: BlockRunner | None = None) -> torch.Tensor:
+                       runner: BlockRunner | None = None, seq=None) -> torch.Tensor:
         """diffusers' forward on tokens: hidden_states [B, S, in_channels] (the context's reference
-        tokens are appended here), RoPE tables of [text, image, reference] -> [B, S, out_channels]."""
+        tokens are appended here), RoPE tables of [text, image, reference] -> [B, S, out_channels]
+        (under `seq`: zeros at the other ranks' tokens)."""
         num_tokens = hidden_states.shape[1]
         x, c, emb, mods = self.embed(hidden_states, timestep, context)
-        blocks = self.bound_blocks(mods, cos, sin)[:num_blocks]
-        x, c = run_blocks(blocks, (x, c), runner, signal=lambda: self.transformer_blocks[0].norm1(x, *mods[0][1::-1]))
-        return self.final(x[:, :num_tokens], emb)
+        if seq is not None:  # this rank's [image, reference] tokens [B, s, D] and their RoPE rows
+            x = seq.split(x, 1)
+        blocks = self.bound_blocks(mods, *self.shard_tables(cos, sin, c.shape[1], seq), seq)[:num_blocks]
+        real = x if seq is None else x[:, :seq.num_valid]  # TeaCache's signal: real tokens only
+        x, c = run_blocks(blocks, (x, c), runner,
+                          signal=lambda: self.transformer_blocks[0].norm1(real, *mods[0][1::-1]))
+        if seq is None:
+            return self.final(x[:, :num_tokens], emb)
+        return seq.place(self.final(x, emb), 1)[:, :num_tokens]
 
     # -- the block protocol: embed -> blocks -> final --------------------------------------------
     def embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: Flux2Context):
@@ -314,16 +330,16 @@ class Flux2Transformer2DModel(MMDiT):
                 self.single_stream_modulation(emb))
         return x, context.text, emb, mods
 
-    def bound_blocks(self, mods: tuple, cos: torch.Tensor, sin: torch.Tensor) -> list[Block]:
+    def bound_blocks(self, mods: tuple, cos: torch.Tensor, sin: torch.Tensor, seq=None) -> list[Block]:
         mod_img, mod_txt, mod_single = mods
 
         def double(block: Flux2TransformerBlock) -> Block:
-            return lambda state: block(*state, mod_img, mod_txt, cos, sin)
+            return lambda state: block(*state, mod_img, mod_txt, cos, sin, seq)
 
         def single(block: Flux2SingleTransformerBlock) -> Block:
             def step(state: State) -> State:
                 x, c = state
-                s = block(_joined(c, x), mod_single, cos, sin)  # [B, L + S, D]
+                s = block(_joined(c, x), mod_single, cos, sin, c.shape[1], seq)  # [B, L + S, D]
                 return s[:, c.shape[1]:], s[:, :c.shape[1]]
             return step
 

@@ -115,20 +115,6 @@ def _heads(t: torch.Tensor, head_dim: int) -> torch.Tensor:
     return t.unflatten(-1, (-1, head_dim))  # [B, S, H*D] -> [B, S, H, D]
 
 
-def joint_attention(attn: Attention, q, k, v, text_q, text_k, text_v, seq=None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Video q, k, v [B, S, H, D] (this rank's shard under SP) and text [B, L, H, D] attending
-    jointly over [video, text] -> (video out [B, S, H*D], text out [B, L, H*D])."""
-    if seq is not None:
-        backend = attn.resolve_backend(q.device, q.dtype)
-        video, text = seq.joint_attention(q, k, v, text_q, text_k, text_v, backend)
-        return video.flatten(2), text.flatten(2)
-    length = text_q.shape[1]
-    out = attn(torch.cat([q, text_q], dim=1), torch.cat([k, text_k], dim=1), torch.cat([v, text_v], dim=1))
-    out = out.flatten(2)  # [B, S + L, H*D]
-    return out[:, :-length], out[:, -length:]
-
-
 # ---- token refiner (the text stream's input) --------------------------------------------------
 
 
@@ -218,8 +204,8 @@ class HunyuanJointAttention(nn.Module):
         q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, EPS, across_heads=False)
         cq, ck = qk_rms_norm(cq, ck, self.norm_added_q.weight, self.norm_added_k.weight, EPS, across_heads=False)
         q, k = apply_rope(q, k, cos, sin, interleaved=True)
-        out, text_out = joint_attention(self.attn, q, k, v, cq, ck, cv, seq)
-        return self.to_out(out), self.to_add_out(text_out)
+        out, text_out = self.attn.joint(q, k, v, cq, ck, cv, seq)  # [B, S, H, D], [B, L, H, D]
+        return self.to_out(out.flatten(2)), self.to_add_out(text_out.flatten(2))
 
 
 class HunyuanVideoTransformerBlock(nn.Module):
@@ -271,9 +257,9 @@ class SingleAttention(nn.Module):
         if seq is None:
             return self.attn(q, k, v).flatten(2)
         split = q.shape[1] - length
-        out, text_out = joint_attention(self.attn, q[:, :split], k[:, :split], v[:, :split], q[:, split:],
-                                        k[:, split:], v[:, split:], seq)
-        return torch.cat([out, text_out], dim=1)
+        out, text_out = self.attn.joint(q[:, :split], k[:, :split], v[:, :split], q[:, split:], k[:, split:],
+                                        v[:, split:], seq)
+        return torch.cat([out, text_out], dim=1).flatten(2)
 
 
 class HunyuanVideoSingleTransformerBlock(nn.Module):
@@ -319,6 +305,11 @@ class HunyuanContext:
     @property
     def batch_size(self) -> int:
         return self.text.shape[0]
+
+    @property
+    def reference_tokens(self) -> int:
+        """Tokens the DiT appends to the latents' under sequence parallelism: none."""
+        return 0
 
     @staticmethod
     def cat(contexts: list["HunyuanContext"]) -> "HunyuanContext | None":

@@ -182,23 +182,22 @@ class QwenImageTransformerBlock(nn.Module):
         self.txt_mlp = FeedForward(dim, 4 * dim, activation="gelu_tanh")
 
     def forward(self, x: torch.Tensor, txt: torch.Tensor, silu_temb: torch.Tensor, rope: RopeTables,
-                text_bias: torch.Tensor | None = None, zero_cond: tuple[int, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                text_bias: torch.Tensor | None = None, zero_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
+                seq=None) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, S, D], txt [B, L, D], silu_temb [B, D] (SiLU of the timestep embedding) ->
-        the new (x, txt). `zero_cond` (zero_cond_t models, Qwen-Image-Edit-2511): (the generated
-        image's token count, SiLU of the t = 0 embedding): the reference tokens after them are
-        modulated as clean."""
+        the new (x, txt). `zero_cond` (zero_cond_t models, Qwen-Image-Edit-2511): (a mask
+        [1, S, 1], true at the reference tokens, SiLU of the t = 0 embedding): those tokens are
+        modulated as clean. `seq`: x is this rank's shard of the image tokens (see `JointAttention`)."""
         mods = _chunks(self.img_mod(silu_temb))
         if zero_cond is not None:
-            tokens, silu_clean = zero_cond
-            clean, refs = _chunks(self.img_mod(silu_clean)), x.shape[1] - tokens
-            mods = tuple(torch.cat([m.expand(-1, tokens, -1), c.expand(-1, refs, -1)], dim=1)  # [B, S + R, D]
-                         for m, c in zip(mods, clean))
+            references, silu_clean = zero_cond
+            mods = tuple(torch.where(references, c, m)  # [B, S, D]
+                         for m, c in zip(mods, _chunks(self.img_mod(silu_clean))))
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = _chunks(self.txt_mod(silu_temb))
         # 2. Joint attention, each stream with its gated residual fused into the next norm
         img_attn, txt_attn = self.attn(self.img_norm1(x, scale1, shift1), self.txt_norm1(txt, t_scale1, t_shift1),
-                                       rope.cos, rope.sin, text_bias)
+                                       rope.cos, rope.sin, text_bias, seq)
         x, h = self.img_norm2.residual(x, img_attn, gate1, scale2, shift2)
         txt, t_h = self.txt_norm2.residual(txt, txt_attn, t_gate1, t_scale2, t_shift2)
         # 3. Feed-forward
@@ -224,6 +223,11 @@ class QwenImageContext:
     @property
     def batch_size(self) -> int:
         return self.text.shape[0]
+
+    @property
+    def reference_tokens(self) -> int:
+        """Tokens the DiT appends to the generated image's: the reference images' (R)."""
+        return 0 if self.references is None else self.references.shape[1]
 
     @staticmethod
     def cat(contexts: list["QwenImageContext"]) -> "QwenImageContext":
@@ -321,22 +325,24 @@ class QwenImageTransformer2DModel(nn.Module):
                 encoder_hidden_states: torch.Tensor | None = None,
                 encoder_hidden_states_mask: torch.Tensor | None = None,
                 context: QwenImageContext | None = None, num_blocks: int | None = None,
-                runner: BlockRunner | None = None) -> torch.Tensor:
+                runner: BlockRunner | None = None, seq=None) -> torch.Tensor:
         """hidden_states [B, C, 1, H, W] (H, W multiples of the patch), timestep [B] (the
         scheduler's, 0..1000, as for every native DiT; diffusers' Qwen-Image takes it / 1000)
         -> the flow prediction [B, C_out, 1, H, W]. Give either the text
         states (diffusers' signature) or a `context` from `encode_context`.
         `num_blocks`: run only the first blocks (timing probes; the output is then meaningless).
-        `runner`: how the block loop runs (step caching, see `models.dits.blocks`); None: every block."""
+        `runner`: how the block loop runs (step caching, see `models.dits.blocks`); None: every block.
+        `seq` (a `distributed.sharding.SequenceShard` over [image, reference] tokens): sequence
+        parallelism; the prediction is then right at this rank's tokens' patches and zero elsewhere."""
         if context is None:
             context = self.encode_context(encoder_hidden_states, None, encoder_hidden_states_mask)
         x, silu_temb, grid = self._embed(hidden_states, timestep)
-        return self._run(x, silu_temb, grid, context, num_blocks, runner)
+        return self._run(x, silu_temb, grid, context, num_blocks, runner, seq)
 
     def forward_branches(self, hidden_states: torch.Tensor, timestep: torch.Tensor,
                          contexts: list[QwenImageContext], joined: QwenImageContext | None = None,
-                         num_blocks: int | None = None, runners: list[BlockRunner] | None = None
-                         ) -> list[torch.Tensor]:
+                         num_blocks: int | None = None, runners: list[BlockRunner] | None = None,
+                         seq=None) -> list[torch.Tensor]:
         """`forward` of the same latents and timestep under each of `contexts` (the branches of
         true CFG): the image projection and timestep embedding run once; the blocks run per
         branch, or, given `joined` (`QwenImageContext.cat(contexts)`), as one batch.
@@ -344,10 +350,10 @@ class QwenImageTransformer2DModel(nn.Module):
         x, silu_temb, grid = self._embed(hidden_states, timestep)
         if joined is None:
             runners = runners or [None] * len(contexts)
-            return [self._run(x, silu_temb, grid, c, num_blocks, r) for c, r in zip(contexts, runners)]
+            return [self._run(x, silu_temb, grid, c, num_blocks, r, seq) for c, r in zip(contexts, runners)]
         n = len(contexts)
         x, silu_temb = torch.cat([x] * n), torch.cat([silu_temb] * n)
-        return list(self._run(x, silu_temb, grid, joined, num_blocks, runners[0] if runners else None).chunk(n))
+        return list(self._run(x, silu_temb, grid, joined, num_blocks, runners[0] if runners else None, seq).chunk(n))
 
     def _embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor):
         """1. Image tokens, timestep embedding -> (x [B, S, D], SiLU(temb) [B, D], temb, token grid)."""
@@ -364,29 +370,44 @@ class QwenImageTransformer2DModel(nn.Module):
         return F.silu(embedder(features.to(embedder.linear_1.weight.dtype)).to(self.dtype))
 
     def _run(self, x: torch.Tensor, silu_temb: torch.Tensor, grid: tuple[int, int, int], context: QwenImageContext,
-             num_blocks: int | None, runner: BlockRunner | None) -> torch.Tensor:
-        """2. The blocks over [generated image, reference images] and the text, 3. the head."""
+             num_blocks: int | None, runner: BlockRunner | None, seq=None) -> torch.Tensor:
+        """2. The blocks over [generated image, reference images] and the text, 3. the head.
+        Under `seq` the blocks run on this rank's shard of [generated image, reference images]."""
         tokens = x.shape[1]
         if context.references is not None:
             x = torch.cat([x, context.references], dim=1)  # [B, S + R, D]
-        rope = self.rope((grid, *context.reference_grids), context.text.shape[1], x.device)
+        length = context.text.shape[1]
+        rope = self.rope((grid, *context.reference_grids), length, x.device)
         zero_cond = None
         if self.config.zero_cond_t and context.references is not None:
-            zero_cond = (tokens, self._silu_temb(silu_temb.new_zeros(silu_temb.shape[0])))
-        blocks = [_bound(b, silu_temb, rope, context.text_bias, zero_cond) for b in self.transformer_blocks[:num_blocks]]
+            references = (torch.arange(x.shape[1], device=x.device) >= tokens)[None, :, None]  # [1, S + R, 1]
+            zero_cond = (references if seq is None else seq.split(references, 1),
+                         self._silu_temb(silu_temb.new_zeros(silu_temb.shape[0])))
+        if seq is not None:  # this rank's tokens [B, s, D]; RoPE rows: the text's, then this shard's
+            x = seq.split(x, 1)
+            rope = RopeTables(seq.split_after(rope.cos, 0, length), seq.split_after(rope.sin, 0, length))
+        blocks = [_bound(b, silu_temb, rope, context.text_bias, zero_cond, seq)
+                  for b in self.transformer_blocks[:num_blocks]]
         first = self.transformer_blocks[0]
+        real = x if seq is None else x[:, :seq.num_valid]
 
-        def signal() -> torch.Tensor:  # TeaCache's indicator: block 0's modulated image input
+        def signal() -> torch.Tensor:  # TeaCache's indicator: block 0's modulated image input (real tokens)
             shift1, scale1 = _chunks(first.img_mod(silu_temb))[:2]
-            return first.img_norm1(x, scale1, shift1)
+            return first.img_norm1(real, scale1, shift1)
 
         x, _ = run_blocks(blocks, (x, context.text), runner, signal=signal)
-        return self._head(x[:, :tokens], silu_temb, grid)
+        return self._head(x, silu_temb, grid, tokens, seq)
 
-    def _head(self, x: torch.Tensor, silu_temb: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """3. Output norm (AdaLayerNormContinuous: scale first), projection, unpack -> [B, C_out, 1, H, W]."""
+    def _head(self, x: torch.Tensor, silu_temb: torch.Tensor, grid: tuple[int, int, int], tokens: int,
+              seq=None) -> torch.Tensor:
+        """3. Output norm (AdaLayerNormContinuous: scale first), projection, unpack of the
+        generated image's `tokens` -> [B, C_out, 1, H, W] (under `seq`: zeros at the other ranks' tokens)."""
+        if seq is None:
+            x = x[:, :tokens]
         scale, shift = self.norm_out_linear(silu_temb).unsqueeze(1).chunk(2, dim=-1)  # [B, 1, D] each
         x = self.proj_out(self.norm_out(x, scale, shift))  # [B, S, C_out p p]
+        if seq is not None:
+            x = seq.place(x, 1)[:, :tokens]
         return unpack_latents(x, grid[1:], self.config.patch_size[1])
 
     # -- loading -------------------------------------------------------------------------------

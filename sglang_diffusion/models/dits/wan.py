@@ -307,6 +307,11 @@ class WanContext:
     def batch_size(self) -> int:
         return self.kv[0].k.shape[0]
 
+    @property
+    def reference_tokens(self) -> int:
+        """Tokens the DiT appends to the latents' under sequence parallelism: none."""
+        return 0
+
     @staticmethod
     def cat(contexts: list["WanContext"]) -> "WanContext":
         """Along the batch (classifier-free guidance in one forward). Folded text keys of
