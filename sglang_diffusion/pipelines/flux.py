@@ -40,19 +40,21 @@ def build_flux_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
                 for name in ("text_encoder", "text_encoder_2")]
     tokenizers = [load_component(name, index, args, None) for name in ("tokenizer", "tokenizer_2")]
     dit = load_native_transformer(FluxTransformer2DModel, args, index, dit_dtype, device)
-    backend = prepare_dit(dit, args, platform, dit_dtype)
+    backend = prepare_dit(dit, args, platform, dit_dtype, ring=groups.ring.size > 1)
 
     spatial_stride = 2 ** (len(vae.config.block_out_channels) - 1)
     multiple = 2 * spatial_stride  # the DiT packs 2x2 latents
+    patch = (1, *FluxTransformer2DModel.patch_size)  # latent elements per token: (frames, rows, columns)
     stages = [
         InputValidationStage(family, temporal_stride=1, spatial_multiple=(multiple, multiple), image="none",
                              true_cfg=True, cfg_scale="true_cfg_scale"),
         PooledTextEncodingStage(tokenizers[0], encoders[0], tokenizers[1], encoders[1], dtype=dit_dtype,
                                 max_sequence_length=MAX_SEQUENCE_LENGTH),
         LatentPreparationStage(vae.config.latent_channels, 1, spatial_stride, conditioning=PooledText),
-        FlowShiftTimestepStage(scheduler, (1, *FluxTransformer2DModel.patch_size)),
+        FlowShiftTimestepStage(scheduler, patch),
         DenoisingStage([dit], scheduler, cfg=CfgLayout(cfg_layout), cfg_scale="true_cfg_scale",
-                       parallel=groups if groups.layout.world_size > 1 else None),
+                       parallel=groups if groups.layout.world_size > 1 else None,
+                       patch=patch),
         DecodingStage(vae),
     ]
     return native_pipeline(args, index, family, stages, device, backend, dit_dtype, groups)

@@ -50,9 +50,10 @@ def build_flux2_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform
         Flux2PromptEncodingStage(tokenizer, text_encoder, dtype=dit_dtype),
         LatentPreparationStage(dit.config.in_channels, 1, multiple, conditioning=GuidedText),
         Flux2ReferenceImageStage(vae, spatial_stride),
-        FlowShiftTimestepStage(scheduler, (1, *Flux2Transformer2DModel.patch_size), empirical_mu=True),
+        FlowShiftTimestepStage(scheduler, patch, empirical_mu=True),
         DenoisingStage([dit], scheduler, cfg=CfgLayout(cfg_layout), cfg_scale="true_cfg_scale",
-                       parallel=groups if groups.layout.world_size > 1 else None),
+                       parallel=groups if groups.layout.world_size > 1 else None,
+                       patch=patch),
         DecodingStage(vae),
     ]
     return native_pipeline(args, index, family, stages, device, backend, dit_dtype, groups)

@@ -23,6 +23,7 @@ from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.loader.components import component_dtypes, load_component
 from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
 from sglang_diffusion.models.vaes.wan import accelerate_wan_vae
+from sglang_diffusion.pipelines.native import dit_parallel_groups, prepare_dit
 from sglang_diffusion.pipelines.stages.base import StagedPipeline
 from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
 from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
@@ -46,7 +47,8 @@ EDIT_MODES = {
 def norm_rescaled_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """Qwen-Image's true CFG on predictions [B, C, 1, H, W]: uncond + scale (cond - uncond),
     rescaled per token to the norm of `cond` (the norm over the token's 2x2 patch of channels,
-    the packed latent diffusers takes it over)."""
+    the packed latent diffusers takes it over). A token that is zero in both (another SP rank's
+    token) stays zero, not 0/0."""
     b, c, f, h, w = cond.shape
     combined = uncond + scale * (cond - uncond)
 
@@ -54,7 +56,8 @@ def norm_rescaled_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) ->
         return x.view(b, c, f, h // 2, 2, w // 2, 2)  # [B, C, 1, h, 2, w, 2]
 
     norms = [torch.linalg.vector_norm(per_token(x), dim=(1, 4, 6), keepdim=True) for x in (cond, combined)]
-    return (per_token(combined) * (norms[0] / norms[1])).view(b, c, f, h, w)
+    ratio = norms[0] / norms[1].clamp_min(torch.finfo(norms[1].dtype).tiny)
+    return (per_token(combined) * ratio).view(b, c, f, h, w)
 
 
 def load_qwen_image_transformer(args: ServerArgs, index: ModelIndex, dtype: torch.dtype, device: torch.device):
@@ -73,18 +76,13 @@ def load_qwen_image_transformer(args: ServerArgs, index: ModelIndex, dtype: torc
 
 def build_qwen_image_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
                               cfg_layout: str = "auto") -> StagedPipeline:
-    from sglang_diffusion.attention.selector import select_attention_backend
-    from sglang_diffusion.distributed.parallel_state import setup_parallel
     from sglang_diffusion.pipelines.wan import NativeLora
 
     family = detect_family(index.class_name, index.extras, index.path)
     device = platform.device
     dtypes = component_dtypes(args, index, platform)
     dit_dtype = dtypes["transformer"]
-    groups = setup_parallel(args, sequence_parallel=False)
-    if groups.sp.size > 1 or groups.tp.size > 1:
-        raise ConfigError("the native Qwen-Image pipeline runs CFG parallelism only (cfg_parallel); "
-                          "ulysses_degree / ring_degree / tp_size need --backend diffusers")
+    groups = dit_parallel_groups(args, index, "Qwen-Image")
 
     vae = load_component("vae", index, args, dtypes["vae"]).to(device).eval()
     configure_vae(vae, args)
@@ -96,13 +94,7 @@ def build_qwen_image_pipeline(args: ServerArgs, index: ModelIndex, platform: Pla
 
     dit = load_qwen_image_transformer(args, index, dit_dtype, device)
     config = dit.config
-    backend = select_attention_backend(args.attention_backend, device=device, dtype=dit_dtype,
-                                       head_dim=config.attention_head_dim, config=args.attention_backend_config)
-    dit.set_attention_backend(backend)
-    if args.enable_torch_compile:
-        for block in dit.transformer_blocks:
-            block.compile()
-        logger.info("torch.compile enabled for the DiT blocks (compiled on the first request)")
+    backend = prepare_dit(dit, args, platform, dit_dtype, ring=groups.ring.size > 1)
 
     spatial_stride = 2 ** len(vae.config.temperal_downsample)
     patch = config.patch_size

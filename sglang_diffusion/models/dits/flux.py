@@ -125,6 +125,19 @@ def _heads(t: torch.Tensor, head_dim: int) -> torch.Tensor:
     return t.unflatten(-1, (-1, head_dim))  # [B, S, H*D] -> [B, S, H, D]
 
 
+def joint_single_attention(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+                           sin: torch.Tensor, length: int, seq=None) -> torch.Tensor:
+    """A single-stream block's attention over [text, image]: q, k (QK-normed), v [B, L + S, H, D]
+    -> [B, L + S, H, D], RoPE first. Under `seq` the S image tokens are this rank's shard and
+    the L text tokens every rank's (FLUX.1 and FLUX.2)."""
+    q, k = apply_rope(q, k, cos, sin, interleaved=True)
+    if seq is None:
+        return attn(q, k, v)
+    out, text_out = attn.joint(q[:, length:], k[:, length:], v[:, length:], q[:, :length], k[:, :length],
+                               v[:, :length], seq)
+    return torch.cat([text_out, out], dim=1)
+
+
 class FluxTransformerBlock(nn.Module):
     """Double-stream block."""
 
@@ -142,11 +155,11 @@ class FluxTransformerBlock(nn.Module):
         self.ff_context = FeedForward(dim, 4 * dim, activation="gelu_tanh")
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                sin: torch.Tensor, seq=None) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, S, D] image, c [B, L, D] text, emb = SiLU(temb) [B, D] -> (x, c)."""
         h, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(x, emb)
         hc, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(c, emb)
-        attn_out, context_attn_out = self.attn(h, hc, cos, sin)
+        attn_out, context_attn_out = self.attn(h, hc, cos, sin, seq=seq)
         x, h = self.norm2.residual(x, attn_out, gate_msa, scale_mlp, shift_mlp)
         x = torch.addcmul(x, gate_mlp, self.ff(h))  # x + gate_mlp * FF(h), one pass
         c, hc = self.norm2_context.residual(c, context_attn_out, c_gate_msa, c_scale_mlp, c_shift_mlp)
@@ -164,10 +177,11 @@ class FluxSingleAttention(nn.Module):
         self.attn = Attention(num_heads, head_dim)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor) -> torch.Tensor:
-        q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, EPS, across_heads=False)
-        q, k = apply_rope(q, k, cos, sin, interleaved=True)
-        return self.attn(q, k, v)  # [B, S, H, D]
+                sin: torch.Tensor, length: int = 0, seq=None) -> torch.Tensor:
+        """q, k, v [B, L + S, H, D] of [text, image] -> [B, L + S, H, D]. `seq`: the image part
+        is this rank's shard, the `length` text tokens every rank's (see `JointAttention`)."""
+        return joint_single_attention(self.attn, *qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, EPS,
+                                                              across_heads=False), v, cos, sin, length, seq)
 
 
 class FluxSingleTransformerBlock(nn.Module):
@@ -182,12 +196,13 @@ class FluxSingleTransformerBlock(nn.Module):
         self.attn = FluxSingleAttention(config.num_attention_heads, self.head_dim)
         self.proj_out = nn.Linear(dim + self.mlp_dim, dim)
 
-    def forward(self, s: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """s [B, L + S, D] = [text, image] -> the same, updated."""
+    def forward(self, s: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, length: int = 0,
+                seq=None) -> torch.Tensor:
+        """s [B, L + S, D] = [text, image] -> the same, updated (`length`: L, needed under `seq`)."""
         h, gate = self.norm(s, emb)
         qkv, mlp = self.to_qkv_mlp(h).split([3 * s.shape[-1], self.mlp_dim], dim=-1)
         q, k, v = _heads(qkv, self.head_dim).chunk(3, dim=2)  # [B, L + S, H, D] each
-        out = self.attn(q, k, v, cos, sin).flatten(2)  # [B, L + S, H*D]
+        out = self.attn(q, k, v, cos, sin, length, seq).flatten(2)  # [B, L + S, H*D]
         mlp = F.gelu(mlp, approximate="tanh")  # [B, L + S, mlp_dim], contiguous
         # proj_out of [out, mlp] as two GEMMs into one result: no concatenated copy
         dim = out.shape[-1]
@@ -266,6 +281,11 @@ class FluxContext:
     def batch_size(self) -> int:
         return self.text.shape[0]
 
+    @property
+    def reference_tokens(self) -> int:
+        """Tokens the DiT appends to the image's (none for FLUX.1 text-to-image)."""
+        return 0
+
     @staticmethod
     def cat(contexts: list["FluxContext"]) -> "FluxContext":
         """Along the batch (classifier-free guidance in one forward); same token layout."""
@@ -283,7 +303,7 @@ class MMDiT(NativeDiT):
 
     def forward_branches(self, latents: torch.Tensor, timestep: torch.Tensor, contexts: list,
                          joined=None, num_blocks: int | None = None,
-                         runners: list[BlockRunner] | None = None) -> list[torch.Tensor]:
+                         runners: list[BlockRunner] | None = None, seq=None) -> list[torch.Tensor]:
         """`forward` of the same latents and timestep under each of `contexts` (the branches of
         classifier-free guidance), one after the other, or given `joined` (the contexts' `cat`)
         as one batch. Every block mixes text and image, so nothing is shared between branches.
@@ -291,10 +311,19 @@ class MMDiT(NativeDiT):
         if joined is not None:
             n = len(contexts)
             out = self.forward(torch.cat([latents] * n), timestep.repeat(n), joined, num_blocks=num_blocks,
-                               runner=runners[0] if runners else None)
+                               runner=runners[0] if runners else None, seq=seq)
             return list(out.chunk(n))
         runners = runners or [None] * len(contexts)
-        return [self.forward(latents, timestep, c, num_blocks=num_blocks, runner=r) for c, r in zip(contexts, runners)]
+        return [self.forward(latents, timestep, c, num_blocks=num_blocks, runner=r, seq=seq)
+                for c, r in zip(contexts, runners)]
+
+    @staticmethod
+    def shard_tables(cos: torch.Tensor, sin: torch.Tensor, length: int, seq) -> tuple[torch.Tensor, torch.Tensor]:
+        """The RoPE tables [L + S, head_dim / 2] of [text, image] -> the text rows and this
+        rank's image rows (all of them without `seq`)."""
+        if seq is None:
+            return cos, sin
+        return seq.split_after(cos, 0, length), seq.split_after(sin, 0, length)
 
 
 class FluxTransformer2DModel(MMDiT):
@@ -348,32 +377,38 @@ class FluxTransformer2DModel(MMDiT):
         return rope_tables(torch.cat([txt_ids, img_ids.to(txt_ids)]), self.config.axes_dims_rope, ROPE_THETA)
 
     def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: FluxContext,
-                num_blocks: int | None = None, runner: BlockRunner | None = None) -> torch.Tensor:
+                num_blocks: int | None = None, runner: BlockRunner | None = None, seq=None) -> torch.Tensor:
         """latents [B, C, H, W] or, as image pipelines keep them, [B, C, 1, H, W] (H, W even),
         timestep [B] (in [0, 1]: the scheduler's t / 1000, as diffusers' pipelines pass it) ->
         the flow prediction, shaped as the latents. The latents are packed 2x2 into tokens here;
         the RoPE tables of their grid are built once per context. `num_blocks`: run only the
         first blocks (timing probes; the output is then meaningless). `runner`: how the block
-        loop runs (step caching, see `models.dits.blocks`)."""
+        loop runs (step caching, see `models.dits.blocks`). `seq` (a
+        `distributed.sharding.SequenceShard` over the image tokens): sequence parallelism; the
+        prediction is then right at this rank's tokens' patches and zero elsewhere."""
         if latents.dim() == 5:
-            return self.forward(latents.squeeze(2), timestep, context, num_blocks, runner).unsqueeze(2)
+            return self.forward(latents.squeeze(2), timestep, context, num_blocks, runner, seq).unsqueeze(2)
         _, _, height, width = latents.shape
         grid = (height // 2, width // 2)
         if grid not in context.tables:
             context.tables[grid] = self.rope(context.txt_ids, image_ids(*grid, device=latents.device))
         out = self.forward_tokens(pack_latents(latents), timestep, context, *context.tables[grid],
-                                  num_blocks=num_blocks, runner=runner)
+                                  num_blocks=num_blocks, runner=runner, seq=seq)
         return unpack_latents(out, height, width)
 
     def forward_tokens(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: FluxContext,
                        cos: torch.Tensor, sin: torch.Tensor, num_blocks: int | None = None,
-                       runner: BlockRunner | None = None) -> torch.Tensor:
+                       runner: BlockRunner | None = None, seq=None) -> torch.Tensor:
         """diffusers' forward on packed tokens: hidden_states [B, S, in_channels], RoPE tables of
-        [text, image] (`rope`) -> [B, S, out_channels]."""
+        [text, image] (`rope`) -> [B, S, out_channels] (under `seq`: zeros at the other ranks' tokens)."""
         x, c, emb = self.embed(hidden_states, timestep, context)
-        blocks = self.bound_blocks(emb, cos, sin)[:num_blocks]
-        x, c = run_blocks(blocks, (x, c), runner, signal=lambda: self.transformer_blocks[0].norm1(x, emb)[0])
-        return self.final(x, emb)
+        if seq is not None:  # this rank's image tokens [B, s, D] and their RoPE rows
+            x = seq.split(x, 1)
+        blocks = self.bound_blocks(emb, *self.shard_tables(cos, sin, c.shape[1], seq), seq)[:num_blocks]
+        real = x if seq is None else x[:, :seq.num_valid]  # TeaCache's signal: real tokens only
+        x, c = run_blocks(blocks, (x, c), runner, signal=lambda: self.transformer_blocks[0].norm1(real, emb)[0])
+        out = self.final(x, emb)
+        return out if seq is None else seq.place(out, 1)
 
     # -- the block protocol: embed -> blocks -> final --------------------------------------------
     def embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: FluxContext
@@ -387,17 +422,17 @@ class FluxTransformer2DModel(MMDiT):
         temb = temb + context.pooled
         return x, context.text, F.silu(temb)
 
-    def bound_blocks(self, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> list[Block]:
+    def bound_blocks(self, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seq=None) -> list[Block]:
         """Every block as a step (x, c) -> (x, c) with this step's inputs bound: double-stream,
         then single-stream (which join [c, x] for the block and split it after)."""
 
         def double(block: FluxTransformerBlock) -> Block:
-            return lambda state: block(*state, emb, cos, sin)
+            return lambda state: block(*state, emb, cos, sin, seq)
 
         def single(block: FluxSingleTransformerBlock) -> Block:
             def step(state: State) -> State:
                 x, c = state
-                s = block(_joined(c, x), emb, cos, sin)  # [B, L + S, D]
+                s = block(_joined(c, x), emb, cos, sin, c.shape[1], seq)  # [B, L + S, D]
                 return s[:, c.shape[1]:], s[:, :c.shape[1]]
             return step
 

@@ -137,6 +137,9 @@ class DenoisingStage(Stage):
     # (cond, uncond, scale) -> prediction; None: uncond + scale * (cond - uncond). A family's own
     # rule (Qwen-Image rescales the result to the conditional prediction's norm) goes here.
     guidance: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
+    # The latent elements per DiT token, (frames, rows, columns), which sequence parallelism
+    # splits the latents by; None: the DiT config's patch_size (FLUX packs 2x2 itself: (1, 2, 2)).
+    patch: tuple[int, int, int] | None = None
 
     name = "denoising"
     reads = ("params", "latents", "timesteps", "prompt_embeds", "conditioning")
@@ -227,18 +230,18 @@ class DenoisingStage(Stage):
                 f"{c.num_attention_heads}x{c.attention_head_dim} ffn {c.ffn_dim}|x {list(x.shape)}|t {list(t.shape)}|"
                 f"torch {torch.__version__}")
 
-    def _sequence(self, latents: torch.Tensor) -> tuple[SequenceShard | None, tuple, tuple]:
-        """This rank's shard of the DiT's tokens, the token grid, the patch (None, (), () without SP)."""
+    def _sequence(self, latents: torch.Tensor, ctx: _Contexts) -> tuple[SequenceShard | None, tuple, tuple]:
+        """This rank's shard of the DiT's tokens (the latents' grid, then the reference tokens the
+        context appends, image editing), the token grid, the patch (None, (), () without SP)."""
         if self.parallel is None or self.parallel.sp.size == 1:
             return None, (), ()
-        patch = tuple(self.experts[0].config.patch_size)
+        patch = self.patch or tuple(self.experts[0].config.patch_size)
         grid = tuple(n // p for n, p in zip(latents.shape[2:], patch))
-        return SequenceShard(grid[0] * grid[1] * grid[2], self.parallel), grid, patch
+        context = ctx.cond if ctx.cond is not None else ctx.uncond
+        return SequenceShard(grid[0] * grid[1] * grid[2] + context.reference_tokens, self.parallel), grid, patch
 
     def __call__(self, state: GenerationState) -> None:
         latents, conditioning, timesteps = state.latents, state.conditioning, state.timesteps
-        contexts: dict[int, _Contexts] = {}
-        seq, grid, patch = self._sequence(latents)
         total = len(timesteps)
         boundary = self.boundary(state)
         plan = [self._expert(t, state, boundary) for t in timesteps]
@@ -247,6 +250,9 @@ class DenoisingStage(Stage):
             raise InvalidRequestError("guidance_rescale needs the whole prediction's standard deviation; it does not "
                                       "run under sequence parallelism (sp_degree > 1)")
         cache = self.caching.start(state.params, self.experts, [sum(e == i for e, _ in plan)
+        first = plan[0][0] if plan else 0
+        contexts: dict[int, _Contexts] = {first: self._contexts(self.experts[first], state)}
+        seq, grid, patch = self._sequence(latents, contexts[first])
                                                                  for i in range(len(self.experts))],
                                    shard=seq)
         for i, t in enumerate(timesteps):
