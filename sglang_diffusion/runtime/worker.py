@@ -74,7 +74,7 @@ class RankWorker:
         if p.save_output:
             save_start = time.perf_counter()
             files = save_outputs(out.frames, out.is_video, p.output_path, p.output_file_name, p.prompt,
-                                 p.seed, fps or 1)
+                                 p.seed, fps or 1, p.output_quality, p.output_compression)
             out.timings["saving"] = time.perf_counter() - save_start
         out.timings["total"] = time.perf_counter() - start
         n, f, h, w, _ = out.frames.shape

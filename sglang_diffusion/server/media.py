@@ -14,13 +14,17 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sglang_diffusion.server.errors import APIError
+from sglang_diffusion.server.outputs import IMAGE_FORMATS
+from sglang_diffusion.storage.local import image_save_options
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
-def encode_image(frame: np.ndarray, output_format: str) -> bytes:  # frame: uint8 [H, W, 3]
+def encode_image(frame: np.ndarray, output_format: str, quality: int | None = None,  # frame: uint8 [H, W, 3]
+                 compression: int | None = None) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format=_PIL_FORMATS[output_format])
+    options = image_save_options("." + IMAGE_FORMATS[output_format], quality, compression)
+    Image.fromarray(frame).save(buffer, format=_PIL_FORMATS[output_format], **options)
     return buffer.getvalue()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from sglang_diffusion.config.families import GENERIC_VIDEO_FPS, Family
+from sglang_diffusion.config.resolutions import resolution_size
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import ConfigError
@@ -22,6 +23,9 @@ from sglang_diffusion.server.schemas import SIZE_PATTERN, GenerationOptions, Vid
 SIZE_MULTIPLE = 16
 _SIZE = re.compile(SIZE_PATTERN)
 logger = logging.getLogger(__name__)
+# Request fields that are SamplingParams fields of the same name and meaning
+SAMPLING_OPTIONS = ("guidance_scale_2", "true_cfg_scale", "guidance_rescale", "flow_shift", "boundary_ratio",
+                    "resolution", "orientation", "output_quality", "output_compression")
 
 
 def token_counter(model_folder: Path) -> Callable[[str], int] | None:
@@ -80,6 +84,11 @@ class ParamsBuilder:
             if width is not None or height is not None:
                 raise APIError(422, "give size or width/height, not both", param="size", code="invalid_size")
             width, height = int(match[2]), int(match[3])
+        if req.resolution is not None:
+            if width is not None or height is not None:
+                raise APIError(422, "give resolution or size / width / height, not both", param="resolution",
+                               code="invalid_size")
+            height, width = resolution_size(req.resolution, req.orientation, self.family)
         for name, value in (("width", width), ("height", height)):
             if value is None:
                 continue
@@ -103,8 +112,12 @@ class ParamsBuilder:
         width, height = self.size(req)
         given = dict(width=width, height=height, negative_prompt=req.negative_prompt, num_inference_steps=steps,
                      guidance_scale=req.guidance_scale, seed=req.seed, prompt=req.prompt,
-                     enable_teacache=req.enable_teacache, teacache_thresh=req.teacache_thresh)
+                     enable_teacache=req.enable_teacache, teacache_thresh=req.teacache_thresh,
+                     lora_adapters=req.lora_nickname, lora_strength=req.lora_strength,
+                     **{name: getattr(req, name) for name in SAMPLING_OPTIONS})
         values = {k: v for k, v in given.items() if v is not None}
+        if req.resolution is not None:  # the pipeline maps it to the model's own size (checked above)
+            values.update(width=None, height=None)
         try:
             return dataclasses.replace(self.defaults, **values, **server_set)
         except ConfigError as e:

@@ -53,7 +53,8 @@ async def _respond(state: ServerState, request: Request, result: GenerationResul
                        code="unsupported_by_model")
     data = []
     for frames in result.frames:  # each uint8 [1, H, W, 3]
-        content = await asyncio.to_thread(encode_image, frames[0], body.output_format)
+        content = await asyncio.to_thread(encode_image, frames[0], body.output_format, body.output_quality,
+                                          body.output_compression)
         if body.response_format == "b64_json":
             data.append({"b64_json": base64.b64encode(content).decode("ascii")})
         else:

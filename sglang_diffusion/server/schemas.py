@@ -12,6 +12,8 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from sglang_diffusion.config.resolutions import ORIENTATIONS, RESOLUTIONS
+
 MAX_IMAGES_PER_REQUEST = 10  # OpenAI's own bound on n
 MAX_SEED = 2**53 - 1  # exact in every JSON parser (a double), so a seed survives any client
 SIZE_PATTERN = r"^\s*(auto|(\d{1,6})\s*[xX]\s*(\d{1,6}))?\s*$"  # the sizes of "WxH", "auto" or empty
@@ -63,6 +65,25 @@ class GenerationOptions(RequestBody):
                                          "DiT's blocks on steps whose timestep embedding barely changed.")
     teacache_thresh: float | None = Field(None, ge=0, description="TeaCache's threshold (default: the model's "
                                           "calibrated one; higher is faster).")
+    guidance_scale_2: float | None = Field(None, ge=0, le=MAX_GUIDANCE_SCALE, description="Guidance scale of the "
+                                           "low-noise expert (Wan2.2 A14B).")
+    true_cfg_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE_SCALE, description="Classifier-free guidance "
+                                         "scale, with a negative prompt, of models whose guidance_scale is an "
+                                         "embedding (FLUX, HunyuanVideo) or unused (Qwen-Image).")
+    guidance_rescale: float | None = Field(None, ge=0, le=1, description="Rescale the guided prediction toward "
+                                           "the conditional one's standard deviation: 0 (off) to 1.")
+    flow_shift: float | None = Field(None, gt=0, le=1000, description="Shift of the flow-matching noise schedule "
+                                     "(default: the model's).")
+    boundary_ratio: float | None = Field(None, ge=0, le=1, description="Two-expert models (Wan2.2 A14B): the "
+                                         "fraction of the training timesteps above which the high-noise expert "
+                                         "runs (default: the model's).")
+    resolution: Literal[RESOLUTIONS] | None = Field(None, description="Output size by name, mapped to the "
+                                                    "model's size for it (instead of size / width / height).")
+    orientation: Literal[ORIENTATIONS] | None = Field(None, description="Orientation of resolution (default: the "
+                                                      "model's default size's).")
+    output_quality: int | None = Field(None, ge=1, le=100, description="Quality of JPEG / WebP / MP4 outputs.")
+    output_compression: int | None = Field(None, ge=0, le=100, description="Compression of the output (OpenAI's "
+                                           "name): quality 100 - compression; PNG: its zlib level.")
 
 
 class ImageOptions(GenerationOptions):

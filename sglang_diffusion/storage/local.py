@@ -1,4 +1,5 @@
-"""Writing outputs to disk: images as PNG/JPEG/WebP (by extension), videos as H.264 MP4."""
+"""Writing outputs to disk: images as PNG/JPEG/WebP (by extension), videos as H.264 MP4, at the
+request's output_quality (or 100 - output_compression) where the format is lossy."""
 
 from __future__ import annotations
 
@@ -11,6 +12,27 @@ from sglang_diffusion.errors import InvalidRequestError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 VIDEO_EXTENSIONS = (".mp4",)
+DEFAULT_CRF = 18  # x264: visually near-lossless; PIL's own defaults hold for JPEG (75) and WebP (80)
+MAX_CRF = 51
+
+
+def _quality(quality: int | None, compression: int | None) -> int | None:
+    return 100 - compression if compression is not None else quality
+
+
+def image_save_options(ext: str, quality: int | None = None, compression: int | None = None) -> dict:
+    """PIL `save()` options of an image file type: JPEG / WebP quality; PNG (lossless) its zlib
+    level, compression x 9 / 100, when a compression is given."""
+    if ext.lower() == ".png":
+        return {"compress_level": round(compression * 9 / 100)} if compression is not None else {}
+    q = _quality(quality, compression)
+    return {"quality": q} if q is not None else {}
+
+
+def video_crf(quality: int | None = None, compression: int | None = None) -> int:
+    """x264's constant rate factor for a quality of 1-100: 100 -> 0 (lossless) .. 0 -> 51."""
+    q = _quality(quality, compression)
+    return DEFAULT_CRF if q is None else round((100 - q) * MAX_CRF / 100)
 
 
 def default_stem(prompt: str | None, seed: int) -> str:
@@ -46,31 +68,36 @@ def output_paths(output_dir: Path, file_name: str | None, prompt: str | None, se
     return paths
 
 
-def write_image(path: Path, frame: np.ndarray) -> None:  # frame: uint8 [H, W, 3]
+def write_image(path: Path, frame: np.ndarray, quality: int | None = None,  # frame: uint8 [H, W, 3]
+                compression: int | None = None) -> None:
     from PIL import Image
 
-    Image.fromarray(frame).save(path)
+    Image.fromarray(frame).save(path, **image_save_options(path.suffix, quality, compression))
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int) -> None:  # frames: uint8 [F, H, W, 3]
+def write_video(path: Path, frames: np.ndarray, fps: int, quality: int | None = None,  # frames: uint8 [F, H, W, 3]
+                compression: int | None = None) -> None:
     import imageio.v2 as imageio
 
     # macro_block_size=1: keep the exact size (imageio would otherwise resize to multiples of 16)
+    crf = str(video_crf(quality, compression))
     with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1,
-                            ffmpeg_log_level="error", output_params=["-crf", "18"]) as writer:
+                            ffmpeg_log_level="error", output_params=["-crf", crf]) as writer:
         for frame in frames:
             writer.append_data(frame)
 
 
 def save_outputs(frames: np.ndarray, is_video: bool, output_dir: str, file_name: str | None,
-                 prompt: str | None, seed: int, fps: int) -> list[Path]:
-    """frames: uint8 [N, F, H, W, 3] -> one file per output."""
+                 prompt: str | None, seed: int, fps: int, quality: int | None = None,
+                 compression: int | None = None) -> list[Path]:
+    """frames: uint8 [N, F, H, W, 3] -> one file per output (`quality` / `compression`: the
+    request's output_quality / output_compression)."""
     out_dir = Path(output_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = output_paths(out_dir, file_name, prompt, seed, len(frames), is_video)
     for path, item in zip(paths, frames):
         if is_video:
-            write_video(path, item, fps)
+            write_video(path, item, fps, quality, compression)
         else:
-            write_image(path, item[0])
+            write_image(path, item[0], quality, compression)
     return paths
