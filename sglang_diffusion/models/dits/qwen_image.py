@@ -441,9 +441,9 @@ class QwenImageTransformer2DModel(nn.Module):
 
 
 def _bound(block: QwenImageTransformerBlock, silu_temb: torch.Tensor, rope: RopeTables,
-           text_bias: torch.Tensor | None, zero_cond) -> Block:
+           text_bias: torch.Tensor | None, zero_cond, seq) -> Block:
     """`block` as a step of the block protocol: (x, txt) -> (x, txt), this step's inputs bound."""
-    return lambda state: block(state[0], state[1], silu_temb, rope, text_bias, zero_cond)
+    return lambda state: block(state[0], state[1], silu_temb, rope, text_bias, zero_cond, seq)
 
 
 def qwen_image_config_of(model: Any) -> QwenImageConfig:

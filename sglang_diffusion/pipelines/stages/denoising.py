@@ -245,14 +245,14 @@ class DenoisingStage(Stage):
         total = len(timesteps)
         boundary = self.boundary(state)
         plan = [self._expert(t, state, boundary) for t in timesteps]
+        first = plan[0][0] if plan else 0
+        contexts: dict[int, _Contexts] = {first: self._contexts(self.experts[first], state)}
+        seq, grid, patch = self._sequence(latents, contexts[first])
         rescale = state.params.guidance_rescale or 0.0
         if rescale and seq is not None:
             raise InvalidRequestError("guidance_rescale needs the whole prediction's standard deviation; it does not "
                                       "run under sequence parallelism (sp_degree > 1)")
         cache = self.caching.start(state.params, self.experts, [sum(e == i for e, _ in plan)
-        first = plan[0][0] if plan else 0
-        contexts: dict[int, _Contexts] = {first: self._contexts(self.experts[first], state)}
-        seq, grid, patch = self._sequence(latents, contexts[first])
                                                                  for i in range(len(self.experts))],
                                    shard=seq)
         for i, t in enumerate(timesteps):
