@@ -65,6 +65,18 @@ def test_wheel_carries_the_top_level_triton_kernels_as_a_subpackage(wheel):
     assert not [n for n in names if n.startswith("triton_kernels/")]  # the bare name stays Triton's
 
 
+def test_wheel_carries_the_web_page(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    files = sorted(p.name for p in (REPO / "sglang_diffusion" / "server" / "static").iterdir())
+    assert "index.html" in files and all(f"sglang_diffusion/server/static/{name}" in names for name in files), names
+
+
+def test_installed_wheel_serves_the_web_page_from_its_own_copy(venv):
+    script = "from sglang_diffusion.server.routes_web import STATIC; print((STATIC / 'index.html').is_file(), STATIC)"
+    result = run([venv / "bin" / "python", "-c", script], cwd=venv)
+    assert result.stdout.startswith("True ") and str(venv) in result.stdout
+
+
 def test_installed_wheel_imports_the_triton_kernels_from_its_own_copy(venv):
     script = "import sglang_diffusion.triton_kernels.aot as m; print(m.__file__)"
     result = run([venv / "bin" / "python", "-c", script], cwd=venv)

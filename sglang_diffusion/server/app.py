@@ -1,9 +1,10 @@
 """The FastAPI app of `sglang serve`: OpenAI-compatible routes over one started Engine.
 
 Layout: routes_info (health, models, model_info), routes_images, routes_videos, routes_lora,
-metrics (/metrics and the outermost layer, which counts every request), middleware (the drain
-gate, the API key and the body limit, all answered before the body is read). With an API key,
-every /v1 route and the API docs need it; /health, /model_info and /metrics stay open.
+routes_web (the web page at / and its static files), metrics (/metrics and the outermost layer,
+which counts every request), middleware (the drain gate, the API key and the body limit, all
+answered before the body is read). With an API key, every /v1 route and the API docs need it;
+/health, /model_info, /metrics and the web page stay open.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from sglang_diffusion import __version__
-from sglang_diffusion.server import routes_images, routes_info, routes_lora, routes_videos
+from sglang_diffusion.server import routes_images, routes_info, routes_lora, routes_videos, routes_web
 from sglang_diffusion.server.errors import install_error_handlers
 from sglang_diffusion.server.middleware import BodyLimit, Gate, needs_key
 from sglang_diffusion.server.state import ServerState
@@ -84,6 +85,7 @@ def create_app(state: ServerState) -> FastAPI:
     for router in (routes_info.router, routes_info.v1_router, routes_images.router, routes_videos.router,
                    routes_lora.router):
         app.include_router(router)
+    routes_web.install(app)
     app.openapi = _openapi(app, state)
     app.add_middleware(BodyLimit, limit=state.args.max_upload_mb * 2**20)
     app.add_middleware(Gate, api_key=state.api_key, draining=state.queue.draining,

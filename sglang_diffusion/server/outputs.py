@@ -51,6 +51,17 @@ class OutputStore:
             return None
         return next((p for ext in IMAGE_FORMATS.values() if (p := self.images / f"{image_id}.{ext}").is_file()), None)
 
+    def recent_images(self, limit: int) -> list[tuple[str, float]]:
+        """The newest `limit` image files kept here, as (image id, modification time), newest first."""
+        stamped = []
+        for path in self.images.iterdir():
+            try:
+                if valid_id(path.stem, "img") and path.suffix[1:] in IMAGE_FORMATS.values():
+                    stamped.append((path.stat().st_mtime, path))
+            except FileNotFoundError:  # expired meanwhile
+                pass
+        return [(path.stem, mtime) for mtime, path in sorted(stamped, reverse=True)[:limit]]
+
     def upload_path(self, suffix: str = ".png") -> Path:
         return self.uploads / f"{uuid.uuid4().hex}{suffix}"
 

@@ -1,5 +1,6 @@
-"""`POST /v1/images/generations`, `POST /v1/images/edits` (multipart) and
-`GET /v1/images/{image_id}/content` (the files behind `url` answers)."""
+"""`POST /v1/images/generations`, `POST /v1/images/edits` (multipart), `GET /v1/images` (the
+stored ones), `GET /v1/images/progress/{id}` (the steps of a request in flight that named itself
+with `X-Progress-Id`) and `GET /v1/images/{image_id}/content` (the files behind `url` answers)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import base64
 import dataclasses
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
 from sglang_diffusion.runtime.result import GenerationResult
+from sglang_diffusion.server import image_progress
 from sglang_diffusion.server.errors import APIError, error_responses
 from sglang_diffusion.server.forms import openapi_body, read_body
 from sglang_diffusion.server.media import decode_image, encode_image
@@ -20,7 +22,7 @@ from sglang_diffusion.server.schemas import ImageEditRequest, ImageGenerationReq
 from sglang_diffusion.server.state import ServerState
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
-_GENERATION_ERRORS = error_responses(404, 422, 429)
+_GENERATION_ERRORS = error_responses(404, 409, 422, 429)
 
 
 def check_makes_images(state: ServerState) -> None:
@@ -64,14 +66,15 @@ async def _respond(state: ServerState, request: Request, result: GenerationResul
 
 
 @router.post("/generations", summary="Create images from a prompt", responses=_GENERATION_ERRORS,
-             openapi_extra=openapi_body(ImageGenerationRequest, allow_form=False))
+             openapi_extra=openapi_body(ImageGenerationRequest, allow_form=False) | {
+                 "parameters": image_progress.OPENAPI_PARAMETERS})
 async def create_images(request: Request) -> dict:
     state: ServerState = request.app.state.server
     body, _ = await read_body(request, ImageGenerationRequest, allow_form=False)
     check_makes_images(state)
     params = state.params.sampling(body, num_outputs_per_prompt=body.n, return_frames=True, save_output=False)
     async with state.answering():
-        result = await state.generate(params, request)
+        result = await state.generate(params, request, request.headers.get(image_progress.HEADER))
         return await _respond(state, request, result, body)
 
 
@@ -85,7 +88,7 @@ async def _decode_all(state: ServerState, uploads: list, param: str) -> list:
              "optional mask", responses=_GENERATION_ERRORS,
              openapi_extra=openapi_body(ImageEditRequest, {"image": "The image(s) to edit.",
                                                            "mask": "Where to edit, for models that take a mask."},
-                                        allow_json=False))
+                                        allow_json=False) | {"parameters": image_progress.OPENAPI_PARAMETERS})
 async def edit_images(request: Request) -> dict:
     state: ServerState = request.app.state.server
     body, files = await read_body(request, ImageEditRequest, allow_json=False)
@@ -110,11 +113,33 @@ async def edit_images(request: Request) -> dict:
         image_path = [str(p) for p in paths] if len(paths) > 1 else str(paths[0])
         params = dataclasses.replace(params, image_path=image_path, diffusers_kwargs=extra)
         async with state.answering():
-            result = await state.generate(params, request)
+            result = await state.generate(params, request, request.headers.get(image_progress.HEADER))
             return await _respond(state, request, result, body)
     finally:
         for path in paths:
             path.unlink(missing_ok=True)
+
+
+@router.get("", summary="The newest images this server keeps (those answered by url), newest first",
+            responses=error_responses())
+async def list_images(request: Request, limit: int = Query(20, ge=1, le=100)) -> dict:
+    state: ServerState = request.app.state.server
+    data = [{"id": image_id, "object": "image", "created_at": int(mtime),
+             "url": str(request.url_for("image_content", image_id=image_id))}
+            for image_id, mtime in await asyncio.to_thread(state.outputs.recent_images, limit)]
+    return {"object": "list", "data": data}
+
+
+@router.get("/progress/{progress_id}", responses=error_responses(404),
+            summary=f"The progress of an image request in flight, sent with {image_progress.HEADER}")
+async def get_image_progress(progress_id: str, request: Request) -> dict:
+    state: ServerState = request.app.state.server
+    entry = state.progress.get(progress_id)
+    if entry is None:
+        raise APIError(404, f"no image request in flight with {image_progress.HEADER} {progress_id!r}",
+                       param="progress_id", code="not_found")
+    return {"id": progress_id, "object": "image.progress", "status": entry.status, "progress": entry.percent(),
+            "step": entry.done, "num_steps": entry.total}
 
 
 @router.get("/{image_id}/content", name="image_content", summary="The file of an image answered by url",

@@ -10,6 +10,8 @@ from sglang_diffusion.server.state import ServerState
 
 router = APIRouter(tags=["info"])
 v1_router = APIRouter(prefix="/v1", tags=["info"])
+# what a request gets when it leaves these out (the web page shows them); None: the pipeline decides
+SAMPLING_DEFAULTS = ("width", "height", "num_frames", "fps", "num_inference_steps", "guidance_scale", "seed")
 
 
 @router.get("/health", summary="200 while serving; 503 once shutting down (in-flight work is draining)",
@@ -42,4 +44,7 @@ async def model_info(request: Request) -> dict:
         "parallel": {"num_gpus": args.num_gpus, "tp_size": args.tp_size, "sp_degree": sp, "ulysses_degree": ulysses,
                      "ring_degree": ring, "cfg_degree": args.cfg_degree},
         "cloud_storage": args.cloud_storage_type, "max_queue_size": args.max_queue_size,
+        "defaults": {name: state.params.default(name) for name in SAMPLING_DEFAULTS},
+        "limits": {"max_resolution": args.max_resolution, "max_inference_steps": args.max_inference_steps,
+                   "max_num_frames": args.max_num_frames, "max_prompt_chars": args.max_prompt_chars},
     }

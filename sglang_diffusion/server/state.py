@@ -10,6 +10,7 @@ import time
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -28,6 +29,7 @@ from sglang_diffusion.server.jobs import JobStore, OwnerLock
 from sglang_diffusion.server.metrics import Metrics
 from sglang_diffusion.server.outputs import OutputStore
 from sglang_diffusion.server.params import ParamsBuilder, token_counter
+from sglang_diffusion.server.image_progress import ProgressBoard
 from sglang_diffusion.server.work_queue import Draining, QueueFull, WorkQueue
 from sglang_diffusion.storage.s3 import S3Storage
 
@@ -53,6 +55,7 @@ class ServerState:
     started_at: int = field(default_factory=lambda: int(time.time()))
     # video jobs not finished yet: id -> (their queue Future, their cancel event)
     running: dict[str, tuple[Future, threading.Event]] = field(default_factory=dict)
+    progress: ProgressBoard = field(default_factory=ProgressBoard)  # image requests that asked for it
     _image_cancels: set[threading.Event] = field(default_factory=set)  # image requests in flight
     _answering: int = 0  # answers in flight that a drain waits for (see `answering`)
 
@@ -73,11 +76,25 @@ class ServerState:
     async def call(self, fn: Callable[[], T], *, bounded: bool = True) -> T:
         return await asyncio.wrap_future(self.submit(fn, bounded=bounded))
 
-    async def generate(self, params: SamplingParams, request: Request | None = None) -> GenerationResult:
+    async def generate(self, params: SamplingParams, request: Request | None = None,
+                       progress_id: str | None = None) -> GenerationResult:
         """One generation through the queue. If `request`'s client goes away first, the work is
-        dropped (still queued) or stopped at its next denoising step (running), and counted."""
+        dropped (still queued) or stopped at its next denoising step (running), and counted.
+        With `progress_id`, its progress is on the progress board while it is in flight."""
         cancel = threading.Event()
-        future = self.submit(lambda: self.engine.generate(params, cancel=cancel))
+        entry = self.progress.start(progress_id) if progress_id is not None else None
+
+        def work() -> GenerationResult:
+            if entry is None:
+                return self.engine.generate(params, cancel=cancel)
+            self.progress.update(entry)  # taken by the engine
+            return self.engine.generate(params, on_progress=partial(self.progress.update, entry), cancel=cancel)
+
+        try:
+            future = self.submit(work)
+        except APIError:
+            self.progress.finish(progress_id)
+            raise
         waiting = asyncio.wrap_future(future)
         gone = asyncio.ensure_future(_client_gone(request.receive)) if request is not None else None
         self._image_cancels.add(cancel)
@@ -105,6 +122,7 @@ class ServerState:
             raise
         finally:
             self._image_cancels.discard(cancel)
+            self.progress.finish(progress_id)
             if gone is not None:
                 gone.cancel()
         self.metrics.observe_result(result)
