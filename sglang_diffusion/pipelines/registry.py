@@ -52,6 +52,7 @@ NATIVE_PIPELINES: dict[str, Callable[[ServerArgs, ModelIndex, Platform], Pipelin
     "WanPipeline": _wan,  # Wan2.1 T2V, Wan2.2 T2V-A14B and TI2V-5B
     "WanImageToVideoPipeline": _wan,  # Wan2.1 I2V (and Wan2.2 I2V-A14B)
     "FluxPipeline": _flux,  # FLUX.1-dev and -schnell
+    "FluxKontextPipeline": _flux,  # FLUX.1 Kontext: editing one input image
     "Flux2Pipeline": _flux2,  # FLUX.2-dev, text to image and editing
     "HunyuanVideoPipeline": _hunyuan_video,  # HunyuanVideo, FastHunyuan
     "QwenImagePipeline": _qwen_image,

@@ -47,11 +47,12 @@ def vae_config(preset: str) -> dict:
     return image_vae_config(preset, 16, use_quant_conv=False, use_post_quant_conv=False, **latents)
 
 
-def pipeline_spec(preset: str) -> PipelineSpec:
+def pipeline_spec(preset: str, class_name: str = "FluxPipeline") -> PipelineSpec:
+    """FLUX.1-dev, or (class_name FluxKontextPipeline) FLUX.1 Kontext-dev: the same components."""
     clip, t5 = clip_text_encoder(preset), t5_encoder(preset, umt5=False)
     transformer = transformer_config(preset, text_dim=t5[0].config["d_model"], pooled_dim=clip[0].config["hidden_size"])
     return dit_pipeline(
-        "FluxPipeline",
+        class_name,
         flux_scheduler(),
         [clip, t5],
         Weights("diffusers", "FluxTransformer2DModel", transformer),

@@ -268,13 +268,15 @@ def image_ids(height: int, width: int, first: float = 0.0, device=None) -> torch
 @dataclass
 class FluxContext:
     """What a request gives every step: the projected text, the pooled-text (and guidance)
-    embeddings, the text's position ids, and (filled on first use) the RoPE tables of [text,
-    image] per image token grid."""
+    embeddings, the text's position ids, the Kontext input image's tokens and ids (or None),
+    and (filled on first use) the RoPE tables of [text, image (+ reference)] per token grid."""
 
     text: torch.Tensor  # [B, L, D] context_embedder(T5 states)
     pooled: torch.Tensor  # [B, D] text_embedder(CLIP pooled)
     guidance: torch.Tensor | None  # [B, D] guidance_embedder(g * 1000); None without guidance embedding
     txt_ids: torch.Tensor  # [L, 3]
+    reference: torch.Tensor | None = None  # [B, R, D] x_embedder(packed reference latents)
+    reference_ids: torch.Tensor | None = None  # [R, 3]
     tables: dict = field(default_factory=dict, repr=False)  # (h, w) token grid -> (cos, sin)
 
     @property
@@ -283,17 +285,19 @@ class FluxContext:
 
     @property
     def reference_tokens(self) -> int:
-        """Tokens the DiT appends to the image's (none for FLUX.1 text-to-image)."""
-        return 0
+        """Tokens the DiT appends to the image's: the Kontext input image's (R)."""
+        return 0 if self.reference is None else self.reference.shape[1]
 
     @staticmethod
     def cat(contexts: list["FluxContext"]) -> "FluxContext":
         """Along the batch (classifier-free guidance in one forward); same token layout."""
         first = contexts[0]
         assert all(c.text.shape[1:] == first.text.shape[1:] for c in contexts), "contexts differ in text length"
-        guidance = None if first.guidance is None else torch.cat([c.guidance for c in contexts])
-        return FluxContext(torch.cat([c.text for c in contexts]), torch.cat([c.pooled for c in contexts]),
-                           guidance, first.txt_ids, first.tables)
+        def joined(name):
+            return None if getattr(first, name) is None else torch.cat([getattr(c, name) for c in contexts])
+
+        return FluxContext(joined("text"), joined("pooled"), joined("guidance"), first.txt_ids, joined("reference"),
+                           first.reference_ids, first.tables)
 
 
 class MMDiT(NativeDiT):
@@ -352,11 +356,14 @@ class FluxTransformer2DModel(MMDiT):
 
     @torch.no_grad()
     def encode_context(self, encoder_hidden_states: torch.Tensor, pooled_projections: torch.Tensor,
-                       guidance: torch.Tensor | float | None = None,
-                       txt_ids: torch.Tensor | None = None) -> FluxContext:
+                       guidance: torch.Tensor | float | None = None, txt_ids: torch.Tensor | None = None,
+                       reference: torch.Tensor | None = None, reference_ids: torch.Tensor | None = None
+                       ) -> FluxContext:
         """T5 states [B, L, joint_dim], CLIP pooled [B, pooled_dim], the guidance scale (a float
-        or [B]; models with guidance embedding) and text ids [L, 3] (zeros by default) -> a
-        FluxContext. Depends only on the request, so it runs once, not per step."""
+        or [B]; models with guidance embedding), text ids [L, 3] (zeros by default) and
+        Kontext's reference tokens [1 or B, R, in_channels] (its input image's packed latents)
+        with their ids [R, 3] -> a FluxContext. Depends only on the request, so it runs once,
+        not per step."""
         text = self.context_embedder(encoder_hidden_states.to(self.dtype))  # [B, L, D]
         b, length = text.shape[:2]
         embed = self.time_text_embed
@@ -370,7 +377,9 @@ class FluxTransformer2DModel(MMDiT):
             guidance = None
         if txt_ids is None:
             txt_ids = text.new_zeros(length, 3, dtype=torch.float32)
-        return FluxContext(text, pooled, guidance, txt_ids)
+        if reference is not None:
+            reference = self.x_embedder(reference.to(self.dtype)).expand(b, -1, -1)  # [B, R, D]
+        return FluxContext(text, pooled, guidance, txt_ids, reference, reference_ids)
 
     def rope(self, txt_ids: torch.Tensor, img_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [L + S, head_dim / 2] of the joint sequence [text, image]."""
@@ -391,7 +400,10 @@ class FluxTransformer2DModel(MMDiT):
         _, _, height, width = latents.shape
         grid = (height // 2, width // 2)
         if grid not in context.tables:
-            context.tables[grid] = self.rope(context.txt_ids, image_ids(*grid, device=latents.device))
+            ids = image_ids(*grid, device=latents.device)
+            if context.reference_ids is not None:
+                ids = torch.cat([ids, context.reference_ids.to(ids)])
+            context.tables[grid] = self.rope(context.txt_ids, ids)
         out = self.forward_tokens(pack_latents(latents), timestep, context, *context.tables[grid],
                                   num_blocks=num_blocks, runner=runner, seq=seq)
         return unpack_latents(out, height, width)
@@ -399,22 +411,27 @@ class FluxTransformer2DModel(MMDiT):
     def forward_tokens(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: FluxContext,
                        cos: torch.Tensor, sin: torch.Tensor, num_blocks: int | None = None,
                        runner: BlockRunner | None = None, seq=None) -> torch.Tensor:
-        """diffusers' forward on packed tokens: hidden_states [B, S, in_channels], RoPE tables of
-        [text, image] (`rope`) -> [B, S, out_channels] (under `seq`: zeros at the other ranks' tokens)."""
+        """diffusers' forward on packed tokens: hidden_states [B, S, in_channels] (the context's
+        reference tokens are appended here), RoPE tables of [text, image (+ reference)] (`rope`)
+        -> [B, S, out_channels] (under `seq`: zeros at the other ranks' tokens)."""
+        num_tokens = hidden_states.shape[1]
         x, c, emb = self.embed(hidden_states, timestep, context)
         if seq is not None:  # this rank's image tokens [B, s, D] and their RoPE rows
             x = seq.split(x, 1)
         blocks = self.bound_blocks(emb, *self.shard_tables(cos, sin, c.shape[1], seq), seq)[:num_blocks]
         real = x if seq is None else x[:, :seq.num_valid]  # TeaCache's signal: real tokens only
         x, c = run_blocks(blocks, (x, c), runner, signal=lambda: self.transformer_blocks[0].norm1(real, emb)[0])
-        out = self.final(x, emb)
-        return out if seq is None else seq.place(out, 1)
+        if seq is None:
+            return self.final(x[:, :num_tokens], emb)
+        return seq.place(self.final(x, emb), 1)[:, :num_tokens]
 
     # -- the block protocol: embed -> blocks -> final --------------------------------------------
     def embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, context: FluxContext
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (image tokens x [B, S, D], text tokens c [B, L, D], SiLU(temb) [B, D])."""
+        """-> (image tokens x [B, S (+ R), D], text tokens c [B, L, D], SiLU(temb) [B, D])."""
         x = self.x_embedder(hidden_states.to(self.dtype))  # [B, S, D]
+        if context.reference is not None:
+            x = torch.cat([x, context.reference], dim=1)
         embed = self.time_text_embed
         temb = embed.embed(embed.timestep_embedder, timestep.to(x.dtype) * 1000)  # [B, D]
         if context.guidance is not None:
