@@ -246,11 +246,11 @@ class DiffusersBackendPipeline:
 
     def generate(self, params: SamplingParams, hooks: StepHooks | None = None) -> PipelineOutput:
         explicit = set(params.explicit())
+        params = apply_resolution(params, self.family)
         if self.family:
             params = params.resolve(self.family.defaults)
         kwargs = self._call_kwargs(params, explicit)
         if hooks is not None:
-        params = apply_resolution(params, self.family)
             kwargs.update(self._step_callback(hooks))
             hooks.before_steps(params)
         # with the step callback, the hooks report progress (sglang_diffusion.progress): no second bar

@@ -59,14 +59,14 @@ class TimestepPreparationStage(Stage):
 
     def __init__(self, scheduler):
         self.scheduler = scheduler
-
         self.shift = ScheduleShift(scheduler)
+
     def describe(self) -> str:
         return f"{self.name}({type(self.scheduler).__name__})"
 
     def __call__(self, state: GenerationState) -> None:
-        self.scheduler.set_timesteps(state.params.num_inference_steps, device=state.device)
         self.shift.apply(self.scheduler, state.params.flow_shift)
+        self.scheduler.set_timesteps(state.params.num_inference_steps, device=state.device)
         self.scheduler.set_begin_index(0)
         state.timesteps = self.scheduler.timesteps
 
@@ -104,9 +104,9 @@ class FlowShiftTimestepStage(Stage):
 
     def __init__(self, scheduler, patch: tuple[int, int, int], empirical_mu: bool = False):
         self.scheduler, self.patch, self.empirical_mu = scheduler, tuple(patch), empirical_mu
+        self.shift = ScheduleShift(scheduler)
 
     def describe(self) -> str:
-        self.shift = ScheduleShift(scheduler)
         return f"{self.name}({type(self.scheduler).__name__}, shift by image tokens)"
 
     def __call__(self, state: GenerationState) -> None:
