@@ -69,7 +69,8 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 async function loadModel() {
   const info = await api("model_info");
   page.video = Boolean(info.task) && !["t2i", "i2i"].includes(info.task);
-  $("model").textContent = info.model + (info.pipeline ? ` \u00b7 ${info.pipeline}` : "");
+  const name = (info.served_model_names || [])[0] || info.model;
+  $("model").textContent = name + (info.pipeline ? ` \u00b7 ${info.pipeline} on ${info.device}` : "");
   $("kind").textContent = page.video ? "video" : "image";
   $("frames-field").hidden = !page.video;
   const defaults = info.defaults || {}, limits = info.limits || {};
