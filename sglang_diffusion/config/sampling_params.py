@@ -43,11 +43,6 @@ class SamplingParams:
                                    "timestep embedding barely changed (native pipelines).")
     teacache_thresh: float | None = option(None, "TeaCache's threshold on the accumulated rescaled change "
                                            "(default: the model's calibrated one; higher is faster).")
-    diffusers_kwargs: dict = option(None, "Extra keyword arguments for a diffusers pipeline call "
-                                    "(diffusers backend).", default_factory=dict, metavar="JSON")
-
-    def __post_init__(self):
-        validate_sampling_params(self)
     # Sampling options (issue 19)
     guidance_rescale: float | None = option(
         None, "Rescale the guided prediction toward the standard deviation of the conditional one, 0 (off) to 1 "
@@ -81,6 +76,11 @@ class SamplingParams:
         "default: the adapters set on the engine.", metavar="NICKNAME")
     lora_strength: float | list[float] | None = option(
         None, "Strength of each of lora_adapters (one for all, or one each; default 1).")
+    diffusers_kwargs: dict = option(None, "Extra keyword arguments for a diffusers pipeline call "
+                                    "(diffusers backend).", default_factory=dict, metavar="JSON")
+
+    def __post_init__(self):
+        validate_sampling_params(self)
 
     def explicit(self) -> dict:
         """The fields that differ from their defaults: what the user actually set."""
@@ -115,8 +115,6 @@ def validate_sampling_params(p: SamplingParams) -> None:
                               f"got {name!r}")
 
 
-def sampling_param_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(SamplingParams)]
 def _in_range(p: SamplingParams, name: str, low: float, high: float, *, open_low: bool = False) -> None:
     value = getattr(p, name)
     if value is not None and not (low < value <= high if open_low else low <= value <= high):
@@ -139,3 +137,5 @@ def _validate_sampling_options(p: SamplingParams) -> None:
         raise ConfigError("orientation applies to a resolution shortcut (resolution, --720p, ...); none was given")
 
 
+def sampling_param_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(SamplingParams)]
