@@ -268,10 +268,6 @@ class DiffusersBackendPipeline:
         return PipelineOutput(frames=frames, is_video=is_video, params=params, timings=timings)
 
 
-def _load_image(path: str):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
     @contextlib.contextmanager
     def _schedule(self, params: SamplingParams):
         """flow_shift and boundary_ratio for one call: diffusers pipelines read them from the
@@ -296,6 +292,10 @@ def _load_image(path: str):
                 self.pipe.register_to_config(boundary_ratio=config["boundary_ratio"])
 
 
+def _load_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
         with Image.open(Path(path).expanduser()) as im:
             return im.convert("RGB")
     except FileNotFoundError:
