@@ -9,6 +9,7 @@ from typing import Callable
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.loader.components import check_component_overrides
+from sglang_diffusion.loader.fit import check_component_fit
 from sglang_diffusion.loader.resolve import ModelIndex, read_model_index, resolve_model_path
 from sglang_diffusion.pipelines.base import Pipeline
 from sglang_diffusion.platform import Platform
@@ -66,6 +67,7 @@ def build_pipeline(args: ServerArgs, platform: Platform) -> Pipeline:
         raise ConfigError("model_path is required (--model-path or the config key model_path)")
     index = read_model_index(resolve_model_path(args.model_path, args.revision))
     check_component_overrides(args.component_paths, index)
+    check_component_fit(args.component_paths, index)  # before any weight is loaded
     native = NATIVE_PIPELINES.get(index.class_name)
     if args.backend == "sglang" and native is None:
         raise ConfigError(f"backend sglang: there is no native pipeline for {index.class_name} "
