@@ -26,6 +26,34 @@ class DiffGenerator:
         """Generate one request; keyword arguments are SamplingParams fields (config-file keys)."""
         return self.engine.generate(sampling_params_from_kwargs(sampling_params))
 
+    # -- LoRA adapters (on every rank, between requests; `loader.lora`) ----------------------
+    def set_lora(self, lora_nickname: str | list[str], lora_path: str | list[str | None] | None = None,
+                 target: str | list[str] = "all", strength: float | list[float] = 1.0) -> dict:
+        """Load adapter(s) by nickname (a path the first time; then kept in host memory) and merge
+        exactly them, each at its strength, into `target` (all, transformer, transformer_2, ...).
+        A bad path or file leaves the weights as they were. Returns `list_loras()`."""
+        from sglang_diffusion.loader.lora import lora_specs, set_loras
+
+        return self.engine.call(set_loras, lora_specs(lora_nickname, lora_path, target, strength))
+
+    def merge_lora(self, target: str | None = None, strength: float | None = None) -> dict:
+        """Merge the last set adapters again (after unmerge_lora), optionally elsewhere or at another strength."""
+        from sglang_diffusion.loader.lora import merge_loras
+
+        return self.engine.call(merge_loras, target, strength)
+
+    def unmerge_lora(self) -> dict:
+        """Back to the base weights, bit for bit (the adapters stay loaded)."""
+        from sglang_diffusion.loader.lora import unmerge_loras
+
+        return self.engine.call(unmerge_loras)
+
+    def list_loras(self) -> dict:
+        """{"loaded_adapters": [{nickname, path}], "active": {component: [{nickname, path, merged, strength}]}}."""
+        from sglang_diffusion.loader.lora import list_loras
+
+        return self.engine.call(list_loras)
+
     def shutdown(self) -> None:
         self.engine.shutdown()
 

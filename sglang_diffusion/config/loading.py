@@ -100,6 +100,9 @@ def coerce(key: str, value: Any, annotation, *, from_cli: bool, where: str) -> A
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if base is float:
+        if takes_list(annotation) and isinstance(value, list) and value:
+            items = [coerce(key, v, float, from_cli=from_cli, where=where) for v in value]
+            return items[0] if len(items) == 1 else items  # `float | list[float]`: one value stays a float
         if from_cli and isinstance(value, str):
             try:
                 return float(value)

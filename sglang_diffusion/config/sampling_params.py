@@ -102,6 +102,11 @@ def validate_sampling_params(p: SamplingParams) -> None:
         value = getattr(p, name)
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    if p.lora_strength is not None:
+        count = 0 if p.lora_adapters is None else 1 if isinstance(p.lora_adapters, str) else len(p.lora_adapters)
+        if isinstance(p.lora_strength, list) and len(p.lora_strength) != count or count == 0:
+            raise ConfigError(f"lora_strength: give one value, or one per adapter of lora_adapters ({count}), "
+                              f"got {p.lora_strength!r}")
     if p.teacache_thresh is not None and p.teacache_thresh < 0:
         raise ConfigError(f"teacache_thresh must not be negative, got {p.teacache_thresh}")
     _validate_sampling_options(p)

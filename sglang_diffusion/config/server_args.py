@@ -76,6 +76,7 @@ class ServerArgs:
     lora_path: str | None = option(None, "LoRA adapter: a .safetensors file, a folder or a Hugging Face id.",
                                    metavar="PATH")
     lora_nickname: str = option("default", "Nickname of the LoRA adapter.")
+    lora_scale: float = option(1.0, "Strength the --lora-path adapter is merged with at start-up.")
     # Parallelism
     num_gpus: int = option(1, "Number of GPUs (rank processes; on a CPU, processes) to use, on all machines "
                            "together. Under torchrun the default is its WORLD_SIZE.",

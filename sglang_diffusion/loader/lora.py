@@ -1,16 +1,21 @@
-"""LoRA adapters on a diffusers pipeline: several loaded at once by nickname, merged into the
-weights on demand, and unmerged back to the original weights bit for bit.
+"""LoRA adapters at run time: several loaded at once by nickname (kept in host memory), merged
+into the weights on demand, switched between requests, and unmerged back to the original
+weights bit for bit.
 
-diffusers' `load_lora_weights` does the format conversion and injects peft layers; from then
-on this module drives peft's layer API directly, so that what runs is always one of two
-states:
-- unmerged: every LoRA layer disabled, so a forward is exactly the base layer's;
-- merged: the chosen adapters folded into the base weights (`merge`), their layers enabled
-  (a disabled merged layer would unmerge itself in its next forward).
-peft unmerges by subtracting the delta, which is not bit-exact in floating point; so the
-base weights of every layer are copied (to host memory) before a merge and copied back after.
+`LoraAdapters` is the state every pipeline's LoRA handle shares: what is loaded, what requests
+that name no adapter run with (`active`, set by set / merge / unmerge), and what the weights
+hold now (`merged`: a request that names its own adapters switches to them, and the next
+request switches again only if it needs something else). Two kinds of weights implement it:
+- `LoraManager` here, a diffusers pipeline: diffusers' `load_lora_weights` converts the file and
+  injects peft layers; from then on every LoRA layer is either disabled (a forward is exactly
+  the base layer's) or merged with its base weights copied to host memory first, so that
+  unmerging copies them back (peft's own unmerge subtracts the delta: not bit-exact);
+- `lora_native.NativeLoraManager`, our DiTs: the adapter's tensors stay in host memory and a
+  merge writes orig + sum(strength * delta) into the touched rows, originals kept likewise.
 
-The module-level functions are what `Engine.call` runs on every rank.
+A switch runs between requests (`Engine.call` and `Engine.generate` hold one lock), on every
+rank alike. The module-level functions are what `Engine.call` runs on every rank;
+`use_request_loras` is what a rank calls before a request.
 """
 
 from __future__ import annotations
@@ -35,74 +40,73 @@ class LoraSpec:
     strength: float = 1.0
 
 
-def _tuner_layers(module: torch.nn.Module):
-    from peft.tuners.tuners_utils import BaseTunerLayer
+class LoraAdapters:
+    """What a pipeline's LoRA handle keeps and how set / merge / unmerge / a request's adapters
+    change it. Subclasses hold the weights: `_load`, `_delete`, `_apply` (make the weights
+    exactly base + `specs`) and `_holds` (whether `spec` changes a component)."""
 
-    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
-
-
-class LoraManager:
-    def __init__(self, pipe, components: dict[str, torch.nn.Module]):
-        self.pipe, self.components = pipe, components
+    def __init__(self, components: list[str]):
+        self.component_names = components
         self.loaded: dict[str, str] = {}  # nickname -> path it was loaded from
-        self.merged: list[LoraSpec] = []  # what is folded into the weights now
+        self.active: list[LoraSpec] = []  # what requests naming no adapter run with
+        self.merged: list[LoraSpec] = []  # what the weights hold now
         self.last: list[LoraSpec] = []  # the last set, which merge() re-applies after an unmerge
-        self._originals: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     # -- operations ------------------------------------------------------------------------
     def set(self, specs: list[LoraSpec]) -> dict:
         """Load what is not loaded yet and merge exactly `specs`. On any failure the adapters
         this call loaded are dropped and the weights are as they were before it."""
         self._check_specs(specs)
-        previous, fresh = list(self.merged), []
-        self.unmerge()
+        previous, fresh = self.merged, []
         try:
+            if any(s.nickname not in self.loaded for s in specs):
+                self._switch([])  # adapters load onto the base weights
             for spec in specs:
                 if spec.nickname not in self.loaded:
                     self._load(spec.nickname, spec.path)
+                    self.loaded[spec.nickname] = spec.path
                     fresh.append(spec.nickname)
-            self._merge(specs)
+            self._switch([replace(s, path=None) for s in specs])
         except Exception:
-            self.unmerge()
             for nickname in fresh:
                 self._delete(nickname)
-            if previous:
-                self._merge(previous)
+                self.loaded.pop(nickname, None)
+            self._apply(previous)  # loading and deleting peft layers disables the merged ones
+            self.merged = previous
             raise
-        self.last = list(specs)
+        self.active = self.last = list(self.merged)
         return self.describe()
 
     def merge(self, target: str | None = None, strength: float | None = None) -> dict:
         """Merge the last set again (after an unmerge), optionally with another target or strength."""
         if not self.last:
             raise InvalidRequestError("no LoRA has been set: call set_lora first")
-        specs = [replace(s, path=None, target=target or s.target,
-                         strength=s.strength if strength is None else strength) for s in self.last]
+        specs = [replace(s, target=target or s.target, strength=s.strength if strength is None else strength)
+                 for s in self.last]
         self._check_specs(specs)
-        self.unmerge()
-        self._merge(specs)
-        self.last = specs
+        self._switch(specs)
+        self.active = self.last = specs
         return self.describe()
 
     def unmerge(self) -> dict:
         """Back to the original weights, bit for bit."""
-        for layer, (weight, bias) in self._originals.items():
-            if layer.merged:
-                layer.unmerge()
-            base = layer.get_base_layer()
-            base.weight.data.copy_(weight)
-            if bias is not None:
-                base.bias.data.copy_(bias)
-            layer.enable_adapters(False)
-        self._originals.clear()
-        self.merged = []
+        self._switch([])
+        self.active = []
         return self.describe()
+
+    def use(self, specs: list[LoraSpec] | None) -> None:
+        """Before a request: the weights it runs with (`specs`, or `active` when it names none)."""
+        wanted = self.active if specs is None else specs
+        if specs:
+            self._check_specs(specs)
+        if wanted != self.merged:
+            self._switch(wanted)
 
     def describe(self) -> dict:
         active: dict[str, list] = {}
-        for spec in self.merged:
+        for spec in self.active:
             for name in self._targets(spec.target):
-                if self._holds(name, spec.nickname):
+                if self._holds(name, spec):
                     active.setdefault(name, []).append(
                         {"nickname": spec.nickname, "path": self.loaded[spec.nickname], "merged": True,
                          "strength": spec.strength})
@@ -110,6 +114,18 @@ class LoraManager:
                 "active": active}
 
     # -- helpers ---------------------------------------------------------------------------
+    def _switch(self, specs: list[LoraSpec]) -> None:
+        """The weights to base + `specs`; if that fails, back to what they held."""
+        previous = self.merged
+        try:
+            self._apply(specs)
+        except Exception:
+            self._apply(previous)
+            raise
+        self.merged = list(specs)
+        if specs:
+            logger.info("LoRA merged: %s", ", ".join(f"{s.nickname} x{s.strength} on {s.target}" for s in specs))
+
     def _check_specs(self, specs: list[LoraSpec]) -> None:
         if not specs:
             raise InvalidRequestError("lora_nickname: give at least one adapter")
@@ -124,15 +140,42 @@ class LoraManager:
             if spec.path is not None and loaded_from is not None and spec.path != loaded_from:
                 raise InvalidRequestError(f"lora_nickname {spec.nickname!r} is already loaded from {loaded_from!r}: "
                                           "pick another nickname for another adapter")
-            if spec.target != ALL_TARGETS and spec.target not in self.components:
+            if spec.target != ALL_TARGETS and spec.target not in self.component_names:
                 raise InvalidRequestError(f"target {spec.target!r}: not a component of this pipeline "
-                                          f"(valid: {ALL_TARGETS}, {', '.join(self.components)})")
+                                          f"(valid: {ALL_TARGETS}, {', '.join(self.component_names)})")
 
     def _targets(self, target: str) -> list[str]:
-        return list(self.components) if target == ALL_TARGETS else [target]
+        return list(self.component_names) if target == ALL_TARGETS else [target]
 
-    def _holds(self, component: str, nickname: str) -> bool:
-        return any(nickname in layer.lora_A for layer in _tuner_layers(self.components[component]))
+    def _load(self, nickname: str, path: str) -> None:
+        raise NotImplementedError
+
+    def _delete(self, nickname: str) -> None:
+        raise NotImplementedError
+
+    def _apply(self, specs: list[LoraSpec]) -> None:
+        raise NotImplementedError
+
+    def _holds(self, component: str, spec: LoraSpec) -> bool:
+        raise NotImplementedError
+
+
+def _tuner_layers(module: torch.nn.Module):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+
+
+class LoraManager(LoraAdapters):
+    """A diffusers pipeline's adapters, as peft layers (see the module docstring)."""
+
+    def __init__(self, pipe, components: dict[str, torch.nn.Module]):
+        super().__init__(list(components))
+        self.pipe, self.components = pipe, components
+        self._originals: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def _holds(self, component: str, spec: LoraSpec) -> bool:
+        return any(spec.nickname in layer.lora_A for layer in _tuner_layers(self.components[component]))
 
     def _load(self, nickname: str, path: str) -> None:
         try:
@@ -140,8 +183,7 @@ class LoraManager:
         except Exception as e:  # diffusers raises OSError, ValueError, hub errors, ... for a bad adapter
             self._delete(nickname)
             raise ModelLoadError(f"lora_path {path!r}: cannot load a LoRA from it ({type(e).__name__}: {e})") from None
-        self.loaded[nickname] = path
-        if not any(self._holds(name, nickname) for name in self.components):
+        if not any(self._holds(name, LoraSpec(nickname)) for name in self.components):
             self._delete(nickname)
             raise ModelLoadError(f"lora_path {path!r}: none of its weights match a layer of this model")
         self._disable_all()
@@ -152,7 +194,6 @@ class LoraManager:
             for layer in _tuner_layers(module):
                 if nickname in layer.lora_A:
                     layer.delete_adapter(nickname)
-        self.loaded.pop(nickname, None)
         self._disable_all()
 
     def _disable_all(self) -> None:
@@ -160,7 +201,19 @@ class LoraManager:
             for layer in _tuner_layers(module):
                 layer.enable_adapters(False)
 
-    def _merge(self, specs: list[LoraSpec]) -> None:
+    def _restore(self) -> None:
+        for layer, (weight, bias) in self._originals.items():
+            if layer.merged:
+                layer.unmerge()
+            base = layer.get_base_layer()
+            base.weight.data.copy_(weight)
+            if bias is not None:
+                base.bias.data.copy_(bias)
+            layer.enable_adapters(False)
+        self._originals.clear()
+
+    def _apply(self, specs: list[LoraSpec]) -> None:
+        self._restore()
         for name, module in self.components.items():
             wanted = [s for s in specs if name in self._targets(s.target)]
             for layer in _tuner_layers(module):
@@ -176,11 +229,9 @@ class LoraManager:
                     layer.set_scale(s.nickname, s.strength)
                 with torch.no_grad():
                     layer.merge(adapter_names=[s.nickname for s in here])
-        self.merged = list(specs)
-        logger.info("LoRA merged: %s", ", ".join(f"{s.nickname} x{s.strength} on {s.target}" for s in specs))
 
 
-def _manager(pipeline) -> LoraManager:
+def _adapters(pipeline) -> LoraAdapters:
     manager = getattr(pipeline, "lora", None)
     if manager is None:
         info = pipeline.describe()
@@ -190,16 +241,55 @@ def _manager(pipeline) -> LoraManager:
 
 
 def set_loras(pipeline, specs: list[LoraSpec]) -> dict:
-    return _manager(pipeline).set(specs)
+    return _adapters(pipeline).set(specs)
 
 
 def merge_loras(pipeline, target: str | None, strength: float | None) -> dict:
-    return _manager(pipeline).merge(target, strength)
+    return _adapters(pipeline).merge(target, strength)
 
 
 def unmerge_loras(pipeline) -> dict:
-    return _manager(pipeline).unmerge()
+    return _adapters(pipeline).unmerge()
 
 
 def list_loras(pipeline) -> dict:
-    return _manager(pipeline).describe()
+    return _adapters(pipeline).describe()
+
+
+def lora_specs(nicknames: str | list[str], paths=None, targets=ALL_TARGETS, strengths=1.0) -> list[LoraSpec]:
+    """set_lora's arguments as specs: one nickname or several, each other argument one value for
+    all or a list of one per nickname."""
+    names = [nicknames] if isinstance(nicknames, str) else list(nicknames)
+
+    def per_adapter(value, what: str) -> list:
+        if not isinstance(value, list):
+            return [value] * len(names)
+        if len(value) != len(names):
+            raise InvalidRequestError(f"{what}: give one value per lora_nickname ({len(names)}), got {len(value)}")
+        return value
+
+    return [LoraSpec(name, path, target, float(strength)) for name, path, target, strength in
+            zip(names, per_adapter(paths, "lora_path"), per_adapter(targets, "target"),
+                per_adapter(strengths, "strength"))]
+
+
+def request_specs(nicknames: str | list[str] | None, strengths: float | list[float] | None) -> list[LoraSpec] | None:
+    """A request's `lora_adapters` / `lora_strength` as specs (None: it names none); one
+    strength for all, or one per adapter (default 1)."""
+    if nicknames is None:
+        if strengths is not None:
+            raise InvalidRequestError("lora_strength needs lora_nickname: the adapters it scales")
+        return None
+    return lora_specs(nicknames, strengths=1.0 if strengths is None else strengths)
+
+
+def use_request_loras(pipeline, params) -> None:
+    """Before a request, on every rank: switch to the adapters it names (`lora_adapters`,
+    `lora_strength`), or to the active ones when it names none."""
+    specs = request_specs(params.lora_adapters, params.lora_strength)
+    manager = getattr(pipeline, "lora", None)
+    if manager is None:
+        if specs:
+            _adapters(pipeline)  # the refusal naming the pipeline
+        return
+    manager.use(specs)

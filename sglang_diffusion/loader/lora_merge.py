@@ -1,11 +1,12 @@
-"""LoRA adapters merged into a native model's checkpoint at start-up (`--lora-path`).
+"""LoRA adapter files and what they change in a native model's checkpoint.
 
 The adapter is read (a .safetensors file, a folder holding one, or a Hugging Face id), its keys
-are matched to the checkpoint's layers, and each matched layer's weight gets
+are matched to the checkpoint's layers (`match_lora`), and each matched layer's weight gets
 
     W += strength * (alpha / rank) * B @ A        (bias += strength * scale * B.bias, or + diff_b)
 
-before the model is built from the checkpoint, so the running model has no LoRA layers at all.
+(`lora_deltas`). `lora_native` applies these to a running DiT's parameters (--lora-path at
+start-up and the run-time LoRA routes); `merge_lora` applies them to a checkpoint dict.
 
 Key layouts understood (the module path in the middle is matched against the checkpoint's own
 layer names, so any model's keys work, not a fixed list):
@@ -24,7 +25,12 @@ layer names, so any model's keys work, not a fixed list):
   stands for, each keeping the shared down matrix (`HUNYUAN_ORIGINAL`).
 - FLUX.1: BFL names (kohya `lora_unet_double_blocks_0_img_attn_qkv`, `diffusion_model.double_blocks.0.
   img_attn.qkv.lora_A`) with fused qkv / linear1 split as HunyuanVideo's, and XLabs
-  `double_blocks.0.processor.qkv_lora1.down.weight` / `up`.
+  `double_blocks.0.processor.qkv_lora1.down.weight` / `up`;
+- FLUX.2: the same BFL names (ai-toolkit `diffusion_model.*` with lora_A/B or lora_down/up, kohya
+  `lora_unet_*` with alpha), where `linear1` stays fused (diffusers' attn.to_qkv_mlp_proj),
+  `img_mlp.0` is ff.linear_in and the shared modulations are `double_stream_modulation_img.lin`, ...;
+  the layers outside the blocks (`img_in`, `txt_in`, `time_in.in_layer`, `final_layer.linear`, ...)
+  for FLUX.1 and FLUX.2.
 A file that cannot be read, or whose keys match no layer, is a ModelLoadError.
 """
 
@@ -69,25 +75,47 @@ WAN_ORIGINAL_NAMES = {
 }
 
 
-# Original HunyuanVideo and FLUX (BFL: kohya lora_unet_*, diffusion_model.*; XLabs processor.*)
-# block layers -> the diffusers modules they are, in output order (several for a fused layer;
-# "*" is the rest of the output features after the others' hidden_size each).
+# Original HunyuanVideo and FLUX.1 / FLUX.2 (BFL: kohya lora_unet_*, diffusion_model.* / ai-toolkit;
+# XLabs processor.*) layers -> the diffusers modules they are: candidates in order, the first
+# whose modules the checkpoint has wins (FLUX.2 keeps `linear1` fused as attn.to_qkv_mlp_proj,
+# FLUX.1 and HunyuanVideo split it). A candidate lists modules in output order (several for a
+# fused layer; "*" is the rest of the output features after the others' sizes).
 HUNYUAN_ORIGINAL_BLOCKS = {"double_blocks": "transformer_blocks", "single_blocks": "single_transformer_blocks"}
 HUNYUAN_ORIGINAL = {
-    "img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "img_attn_proj": ("attn.to_out.0",),
-    "img_mlp_fc1": ("ff.net.0.proj",), "img_mlp_fc2": ("ff.net.2",), "img_mod_linear": ("norm1.linear",),
-    "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"), "txt_attn_proj": ("attn.to_add_out",),
-    "txt_mlp_fc1": ("ff_context.net.0.proj",), "txt_mlp_fc2": ("ff_context.net.2",),
-    "txt_mod_linear": ("norm1_context.linear",),
-    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp*"), "linear2": ("proj_out",),
-    "modulation_linear": ("norm.linear",),
-    # FLUX.1's own names for the layers that HunyuanVideo's differ in
-    "img_mlp_0": ("ff.net.0.proj",), "img_mlp_2": ("ff.net.2",), "img_mod_lin": ("norm1.linear",),
-    "txt_mlp_0": ("ff_context.net.0.proj",), "txt_mlp_2": ("ff_context.net.2",),
-    "txt_mod_lin": ("norm1_context.linear",), "modulation_lin": ("norm.linear",),
-    "processor_qkv_lora1": ("attn.to_q", "attn.to_k", "attn.to_v"), "processor_proj_lora1": ("attn.to_out.0",),
-    "processor_qkv_lora2": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-    "processor_proj_lora2": ("attn.to_add_out",),
+    "img_attn_qkv": (("attn.to_q", "attn.to_k", "attn.to_v"),), "img_attn_proj": (("attn.to_out.0",),),
+    "img_mlp_fc1": (("ff.net.0.proj",),), "img_mlp_fc2": (("ff.net.2",),), "img_mod_linear": (("norm1.linear",),),
+    "txt_attn_qkv": (("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),),
+    "txt_attn_proj": (("attn.to_add_out",),),
+    "txt_mlp_fc1": (("ff_context.net.0.proj",),), "txt_mlp_fc2": (("ff_context.net.2",),),
+    "txt_mod_linear": (("norm1_context.linear",),),
+    "linear1": (("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp*"), ("attn.to_qkv_mlp_proj",)),
+    "linear2": (("proj_out",), ("attn.to_out",)),
+    "modulation_linear": (("norm.linear",),),
+    # FLUX's own names for the layers that HunyuanVideo's differ in (FLUX.1's FeedForward, FLUX.2's)
+    "img_mlp_0": (("ff.net.0.proj",), ("ff.linear_in",)), "img_mlp_2": (("ff.net.2",), ("ff.linear_out",)),
+    "img_mod_lin": (("norm1.linear",),),
+    "txt_mlp_0": (("ff_context.net.0.proj",), ("ff_context.linear_in",)),
+    "txt_mlp_2": (("ff_context.net.2",), ("ff_context.linear_out",)),
+    "txt_mod_lin": (("norm1_context.linear",),), "modulation_lin": (("norm.linear",),),
+    "processor_qkv_lora1": (("attn.to_q", "attn.to_k", "attn.to_v"),),
+    "processor_proj_lora1": (("attn.to_out.0",),),
+    "processor_qkv_lora2": (("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),),
+    "processor_proj_lora2": (("attn.to_add_out",),),
+}
+# BFL names of the layers outside the blocks (dots as underscores), FLUX.1's then FLUX.2's.
+BFL_TOP_LEVEL = {
+    "img_in": ("x_embedder",), "txt_in": ("context_embedder",), "final_layer_linear": ("proj_out",),
+    "time_in_in_layer": ("time_text_embed.timestep_embedder.linear_1", "time_guidance_embed.timestep_embedder.linear_1"),
+    "time_in_out_layer": ("time_text_embed.timestep_embedder.linear_2", "time_guidance_embed.timestep_embedder.linear_2"),
+    "guidance_in_in_layer": ("time_text_embed.guidance_embedder.linear_1",
+                             "time_guidance_embed.guidance_embedder.linear_1"),
+    "guidance_in_out_layer": ("time_text_embed.guidance_embedder.linear_2",
+                              "time_guidance_embed.guidance_embedder.linear_2"),
+    "vector_in_in_layer": ("time_text_embed.text_embedder.linear_1",),
+    "vector_in_out_layer": ("time_text_embed.text_embedder.linear_2",),
+    "double_stream_modulation_img_lin": ("double_stream_modulation_img.linear",),
+    "double_stream_modulation_txt_lin": ("double_stream_modulation_txt.linear",),
+    "single_stream_modulation_lin": ("single_stream_modulation.linear",),
 }
 _HUNYUAN_ORIGINAL_KEY = re.compile(r"^(double_blocks|single_blocks)[._](\d+)[._](.+)$")
 
@@ -198,21 +226,25 @@ def _strip(module: str) -> tuple[str | None, str]:
     return target, module
 
 
-def _split_fused(path: str, layer: LoraLayer, state: dict[str, torch.Tensor]) -> dict[str, LoraLayer]:
+def _split_fused(path: str, layer: LoraLayer, shapes: dict[str, tuple[int, ...]]) -> dict[str, LoraLayer]:
     """An adapter layer (its module path, prefixes stripped) -> {module path: layer}: itself, or,
-    for an original HunyuanVideo block layer, the diffusers modules it stands for (a fused one
-    split along its output features)."""
+    for an original HunyuanVideo / FLUX layer, the diffusers modules it stands for (a fused one
+    split along its output features). `shapes`: the checkpoint's, by key."""
+    top = BFL_TOP_LEVEL.get(path.replace(".", "_"))
+    if top is not None:
+        return {next((m for m in top if f"{m}.weight" in shapes), path): layer}
     match = _HUNYUAN_ORIGINAL_KEY.match(path)
     original = match.group(3).replace(".", "_") if match else None
     if original not in HUNYUAN_ORIGINAL:
         return {path: layer}
     prefix = f"{HUNYUAN_ORIGINAL_BLOCKS[match.group(1)]}.{match.group(2)}"
-    modules = HUNYUAN_ORIGINAL[original]
+    modules = next((c for c in HUNYUAN_ORIGINAL[original]
+                    if all(f"{prefix}.{m.rstrip('*')}.weight" in shapes for m in c)), None)
+    if modules is None:
+        return {path: layer}  # no such block or layer: reported as unmatched
     if len(modules) == 1:
         return {f"{prefix}.{modules[0]}": layer}
-    if any(f"{prefix}.{m.rstrip('*')}.weight" not in state for m in modules):
-        return {path: layer}  # no such block: reported as unmatched
-    sizes = [state[f"{prefix}.{m}.weight"].shape[0] for m in modules if not m.endswith("*")]
+    sizes = [shapes[f"{prefix}.{m}.weight"][0] for m in modules if not m.endswith("*")]
     if modules[-1].endswith("*"):
         out_features = next(t.shape[0] for t in (layer.B, layer.diff, layer.diff_b, layer.B_bias) if t is not None)
         sizes.append(out_features - sum(sizes))
@@ -239,69 +271,85 @@ def _scale(lora: LoraFile, component: str, name: str, layer: LoraLayer) -> float
     return alpha / math.sqrt(rank) if meta.get("use_rslora") else alpha / rank
 
 
-def merge_lora(state: dict[str, torch.Tensor], lora: LoraFile, component: str = "transformer",
-               strength: float = 1.0) -> int:
-    """Merge `lora` into `state` (a checkpoint with diffusers keys) in place, for the layers whose
-    keys name `component`; keys naming no component are `transformer`'s (as diffusers loads them:
-    a Wan2.2 A14B LoRA reaches `transformer_2` only through `transformer_2.` keys). Returns how
-    many layers were changed."""
+@dataclass
+class MatchedLayer:
+    name: str  # as the file names it
+    path: str  # its module path, prefixes stripped (a part of a fused BFL layer: the diffusers module)
+    module: str  # the checkpoint module it changes
+    layer: LoraLayer
+
+
+def match_lora(shapes: dict[str, tuple[int, ...]], lora: LoraFile, component: str = "transformer",
+               unprefixed: str = "transformer") -> list[MatchedLayer]:
+    """The layers of `lora` that change a checkpoint with diffusers keys (`shapes`: key -> shape),
+    for the layers whose keys name `component`; keys naming no component are `unprefixed`'s: by
+    default `transformer`'s, as diffusers loads them (a Wan2.2 A14B LoRA reaches `transformer_2`
+    only through `transformer_2.` keys), or the component an adapter is aimed at (the low-noise
+    file of a Wan2.2 LoRA pair, set with target transformer_2). Layers that match nothing are
+    logged and left out."""
     by_alias = {}
-    for key in state:
+    for key in shapes:
         if key.endswith(".weight"):
             module = key[: -len(".weight")]
             for alias in _aliases(module):
                 by_alias.setdefault(alias, module)
-    merged, unmatched = 0, []
-    layers = []  # (name in the file, module path, layer)
+    matched, unmatched = [], []
     for name, layer in lora.layers.items():
         target, path = _strip(name)
-        if (target or "transformer") == component:
-            layers += [(name, *split) for split in _split_fused(path, layer, state).items()]
-    for name, path, layer in layers:
-        module = by_alias.get(path)
-        if module is None:
-            unmatched.append(name)
+        if (target or unprefixed) != component:
             continue
-        weight_key, bias_key = module + ".weight", module + ".bias"
-        weight = state[weight_key]
-        delta = None
-        if layer.A is not None and layer.B is not None:
-            scale = _scale(lora, component, path, layer)
-            a, b = layer.A.float(), layer.B.float()
-            delta = strength * scale * (b.flatten(1) @ a.flatten(1)).view(weight.shape)
-            if layer.B_bias is not None and bias_key in state:
-                state[bias_key] = (state[bias_key].float() + strength * scale * layer.B_bias.float()).to(
-                    state[bias_key].dtype)
-        elif (layer.A is None) != (layer.B is None):
-            raise ModelLoadError(f"lora_path {lora.path!r}: {name} has only one of its two LoRA matrices")
-        if layer.diff is not None:
-            delta = strength * layer.diff.float() + (0 if delta is None else delta)
-        if delta is not None:
-            if tuple(delta.shape) != tuple(weight.shape):
-                raise ModelLoadError(f"lora_path {lora.path!r}: {name} gives a {tuple(delta.shape)} update to "
-                                     f"{weight_key} of shape {tuple(weight.shape)}")
-            state[weight_key] = (weight.float() + delta).to(weight.dtype)
-        if layer.diff_b is not None and bias_key in state:
-            state[bias_key] = (state[bias_key].float() + strength * layer.diff_b.float()).to(state[bias_key].dtype)
-        merged += 1
+        for part, part_layer in _split_fused(path, layer, shapes).items():
+            module = by_alias.get(part)
+            if module is None:
+                unmatched.append(name)
+            else:
+                matched.append(MatchedLayer(name, part, module, part_layer))
     if unmatched:
         logger.warning("LoRA %s: %d of its layers match no layer of %s and are ignored (e.g. %s)", lora.path,
                        len(unmatched), component, ", ".join(unmatched[:3]))
-    return merged
+    return matched
 
 
-def lora_state_edit(args, component: str = "transformer"):
-    """`state_edit` for a native DiT's `from_pretrained` that merges --lora-path into the
-    checkpoint (None without one); an adapter none of whose weights match is a ModelLoadError."""
-    if not args.lora_path:
-        return None
-    lora = read_lora(args.lora_path)
+def lora_deltas(matched: list[MatchedLayer], shapes: dict[str, tuple[int, ...]], lora: LoraFile,
+                component: str = "transformer", strength: float = 1.0, device: torch.device | str = "cpu"):
+    """(checkpoint key, fp32 delta on `device`) of each matched layer's weight and bias, one
+    layer at a time (the deltas of a large model would not fit in memory at once):
 
-    def state_edit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        merged = merge_lora(state, lora, component=component)
-        logger.info("LoRA %r merged into the %s: %d layers", args.lora_nickname, component, merged)
-        if merged == 0:
-            raise ModelLoadError(f"lora_path {args.lora_path!r}: none of its weights match a layer of the {component}")
-        return state
+        W += strength * scale * B @ A (+ strength * diff),  bias += strength * (scale * B.bias + diff_b)
+    """
+    for m in matched:
+        layer, weight_key, bias_key = m.layer, m.module + ".weight", m.module + ".bias"
+        shape = tuple(shapes[weight_key])
+        delta, bias = None, None
+        if layer.A is not None and layer.B is not None:
+            scale = _scale(lora, component, m.path, layer)
+            a, b = layer.A.to(device, torch.float32), layer.B.to(device, torch.float32)
+            delta = strength * scale * (b.flatten(1) @ a.flatten(1))
+            if layer.B_bias is not None:
+                bias = strength * scale * layer.B_bias.to(device, torch.float32)
+        elif (layer.A is None) != (layer.B is None):
+            raise ModelLoadError(f"lora_path {lora.path!r}: {m.name} has only one of its two LoRA matrices")
+        if layer.diff is not None:
+            diff = strength * layer.diff.to(device, torch.float32)
+            delta = diff if delta is None else delta.view(diff.shape) + diff
+        if layer.diff_b is not None:
+            diff_b = strength * layer.diff_b.to(device, torch.float32)
+            bias = diff_b if bias is None else bias + diff_b
+        if delta is not None:
+            if delta.numel() != math.prod(shape):
+                raise ModelLoadError(f"lora_path {lora.path!r}: {m.name} gives a {tuple(delta.shape)} update to "
+                                     f"{weight_key} of shape {shape}")
+            yield weight_key, delta.reshape(shape)
+        if bias is not None and bias_key in shapes:
+            yield bias_key, bias
 
-    return state_edit
+
+def merge_lora(state: dict[str, torch.Tensor], lora: LoraFile, component: str = "transformer",
+               strength: float = 1.0) -> int:
+    """Merge `lora` into `state` (a checkpoint with diffusers keys) in place; returns how many
+    layers were changed."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    matched = match_lora(shapes, lora, component)
+    for key, delta in lora_deltas(matched, shapes, lora, component, strength):
+        state[key] = (state[key].float() + delta).to(state[key].dtype)
+    return len(matched)

@@ -117,7 +117,7 @@ class DiffusersBackendPipeline:
         if self.args.lora_path:
             if manager is None:
                 raise ConfigError(f"lora_path: {type(self.pipe).__name__} does not support LoRA adapters")
-            manager.set([LoraSpec(self.args.lora_nickname, self.args.lora_path)])
+            manager.set([LoraSpec(self.args.lora_nickname, self.args.lora_path, strength=self.args.lora_scale)])
         return manager
 
     def _modules(self):

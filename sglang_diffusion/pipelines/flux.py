@@ -63,4 +63,4 @@ def build_flux_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
                        patch=patch),
         DecodingStage(vae),
     ]
-    return native_pipeline(args, index, family, stages, device, backend, dit_dtype, groups)
+    return native_pipeline(args, index, family, stages, device, backend, dit_dtype, groups, dit)

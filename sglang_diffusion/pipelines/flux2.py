@@ -56,4 +56,4 @@ def build_flux2_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform
                        patch=patch),
         DecodingStage(vae),
     ]
-    return native_pipeline(args, index, family, stages, device, backend, dit_dtype, groups)
+    return native_pipeline(args, index, family, stages, device, backend, dit_dtype, groups, dit)

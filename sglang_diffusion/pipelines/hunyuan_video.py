@@ -121,4 +121,4 @@ def build_hunyuan_video_pipeline(args: ServerArgs, index: ModelIndex, platform: 
                        parallel=groups if groups.layout.world_size > 1 else None),
         DecodingStage(vae, sp=groups.sp if vae_sp else None),
     ]
-    return native_pipeline(args, index, family, stages, device, backend, dit_dtype, groups)
+    return native_pipeline(args, index, family, stages, device, backend, dit_dtype, groups, dit)

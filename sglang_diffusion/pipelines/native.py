@@ -1,6 +1,7 @@
-"""What the native pipeline builders share around their stages: the DiT loaded from its folder
-(with --lora-path merged), its attention backend and torch.compile, the parallel groups (SP and
-CFG over the DiT) and the first components, and the StagedPipeline with its info."""
+"""What the native pipeline builders share around their stages: the DiT loaded from its folder,
+its attention backend and torch.compile, the parallel groups (SP and
+CFG over the DiT) and the first components, and the StagedPipeline with its info and its
+run-time LoRA handle (--lora-path merged at start-up)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,9 @@ logger = logging.getLogger(__name__)
 
 
 def load_native_transformer(cls, args: ServerArgs, index: ModelIndex, dtype: torch.dtype, device: torch.device):
-    """`cls` (one of our dual- + single-stream DiTs) from the transformer folder or its
-    override, with --lora-path merged into its weights."""
-    from sglang_diffusion.loader.lora_merge import lora_state_edit
-
+    """`cls` (one of our dual- + single-stream DiTs) from the transformer folder or its override."""
     folder = component_folder("transformer", args, index)
-    model = cls.from_pretrained(folder, dtype=dtype, device=device, state_edit=lora_state_edit(args))
+    model = cls.from_pretrained(folder, dtype=dtype, device=device)
     c = model.config
     logger.info("transformer: native %s (%d double- + %d single-stream blocks, %d heads x %d, %s) from %s",
                 cls.__name__, c.num_layers, c.num_single_layers, c.num_attention_heads, c.attention_head_dim,
@@ -101,12 +99,22 @@ def video_pipeline_start(args: ServerArgs, index: ModelIndex, platform: Platform
     return family, dtypes, groups, vae, vae_sp, scheduler
 
 
-def native_pipeline(args: ServerArgs, index: ModelIndex, family, stages: list, device: torch.device,
-                    backend, dit_dtype: torch.dtype, groups) -> StagedPipeline:
-    """The StagedPipeline of a native builder, with what `info` reports and --lora-path's handle."""
-    from sglang_diffusion.pipelines.wan import NativeLora
+def native_lora(args: ServerArgs, index: ModelIndex, dits: dict):
+    """The run-time LoRA handle of a native pipeline's DiTs (component name -> our DiT), with
+    --lora-path merged at --lora-scale (target all)."""
+    from sglang_diffusion.loader.lora import LoraSpec
+    from sglang_diffusion.loader.lora_native import NativeLoraManager
 
+    manager = NativeLoraManager({name: (dit, component_folder(name, args, index)) for name, dit in dits.items()})
+    if args.lora_path:
+        manager.set([LoraSpec(args.lora_nickname, args.lora_path, strength=args.lora_scale)])
+    return manager
+
+
+def native_pipeline(args: ServerArgs, index: ModelIndex, family, stages: list, device: torch.device,
+                    backend, dit_dtype: torch.dtype, groups, dit) -> StagedPipeline:
+    """The StagedPipeline of a native builder over one DiT, with what `info` reports and its LoRA handle."""
     info = {"attention_backend": backend.name, "dit_dtype": str(dit_dtype).removeprefix("torch."),
             "lora": args.lora_path, "parallel": groups.layout.describe()}
     return StagedPipeline(index.class_name, family, stages, device, info=info,
-                          lora=NativeLora(args) if args.lora_path else None)
+                          lora=native_lora(args, index, {"transformer": dit}))

@@ -23,6 +23,7 @@ from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.loader.components import component_dtypes, load_component
 from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
 from sglang_diffusion.models.vaes.wan import accelerate_wan_vae
+from sglang_diffusion.pipelines.native import native_lora
 from sglang_diffusion.pipelines.native import dit_parallel_groups, prepare_dit
 from sglang_diffusion.pipelines.stages.base import StagedPipeline
 from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
@@ -61,13 +62,11 @@ def norm_rescaled_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) ->
 
 
 def load_qwen_image_transformer(args: ServerArgs, index: ModelIndex, dtype: torch.dtype, device: torch.device):
-    from sglang_diffusion.loader.lora_merge import lora_state_edit
     from sglang_diffusion.models.dits.qwen_image import QwenImageTransformer2DModel
 
     override = args.component_paths.get("transformer")
     folder = resolve_component_path("transformer", override) if override else index.path / "transformer"
-    model = QwenImageTransformer2DModel.from_pretrained(folder, dtype=dtype, device=device,
-                                                        state_edit=lora_state_edit(args))
+    model = QwenImageTransformer2DModel.from_pretrained(folder, dtype=dtype, device=device)
     c = model.config
     logger.info("transformer: native Qwen-Image DiT (%d layers, %d heads x %d, %s) from %s", c.num_layers,
                 c.num_attention_heads, c.attention_head_dim, str(dtype).removeprefix("torch."), folder)
@@ -76,7 +75,6 @@ def load_qwen_image_transformer(args: ServerArgs, index: ModelIndex, dtype: torc
 
 def build_qwen_image_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
                               cfg_layout: str = "auto") -> StagedPipeline:
-    from sglang_diffusion.pipelines.wan import NativeLora
 
     family = detect_family(index.class_name, index.extras, index.path)
     device = platform.device
@@ -128,4 +126,4 @@ def build_qwen_image_pipeline(args: ServerArgs, index: ModelIndex, platform: Pla
     info = {"attention_backend": backend.name, "dit_dtype": str(dit_dtype).removeprefix("torch."),
             "lora": args.lora_path, "parallel": groups.layout.describe(), "image_input": edit is not None}
     return StagedPipeline(index.class_name, family, stages, device, info=info,
-                          lora=NativeLora(args) if args.lora_path else None)
+                          lora=native_lora(args, index, {"transformer": dit}))

@@ -22,6 +22,7 @@ from sglang_diffusion.layers.conv import use_onednn_conv3d
 from sglang_diffusion.loader.components import component_dtypes, load_component
 from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
 from sglang_diffusion.models.vaes.wan import accelerate_wan_vae
+from sglang_diffusion.pipelines.native import native_lora
 from sglang_diffusion.pipelines.stages.base import StagedPipeline
 from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
 from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
@@ -38,22 +39,11 @@ MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens: what Wan's DiT was trained with
 
 
 def load_wan_transformer(name: str, args: ServerArgs, index: ModelIndex, dtype: torch.dtype,
-                         device: torch.device, lora=None):
-    from sglang_diffusion.loader.lora_merge import merge_lora
+                         device: torch.device):
     from sglang_diffusion.models.dits.wan import WanTransformer3DModel
 
     folder = _component_folder(name, args, index)
-
-    def apply_lora(state):
-        if lora is not None:
-            merged = merge_lora(state, lora, component=name)
-            logger.info("LoRA %r merged into %s: %d layers", args.lora_nickname, name, merged)
-            if merged == 0 and name == "transformer":
-                raise ModelLoadError(f"lora_path {args.lora_path!r}: none of its weights match a layer of "
-                                     f"{name}")
-        return state
-
-    model = WanTransformer3DModel.from_pretrained(folder, dtype=dtype, device=device, state_edit=apply_lora)
+    model = WanTransformer3DModel.from_pretrained(folder, dtype=dtype, device=device)
     logger.info("%s: native Wan DiT (%d layers, %d heads x %d, %s) from %s", name, model.config.num_layers,
                 model.config.num_attention_heads, model.config.attention_head_dim,
                 str(dtype).removeprefix("torch."), folder)
@@ -102,15 +92,10 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
                         "from host memory")
         text_encoder.to(device)
 
-    # Our DiT(s), with the LoRA merged into their weights
-    lora = None
-    if args.lora_path:
-        from sglang_diffusion.loader.lora_merge import read_lora
-
-        lora = read_lora(args.lora_path)
-    experts = [load_wan_transformer("transformer", args, index, dit_dtype, device, lora)]
+    # Our DiT(s); --lora-path is merged into them by the LoRA handle (native_lora)
+    experts = [load_wan_transformer("transformer", args, index, dit_dtype, device)]
     if index.components.get("transformer_2", (None, None))[1] is not None:
-        experts.append(load_wan_transformer("transformer_2", args, index, dtypes["transformer_2"], device, lora))
+        experts.append(load_wan_transformer("transformer_2", args, index, dtypes["transformer_2"], device))
     config = experts[0].config
     backend_name, backend_options = attention_request(args.attention_backend, args.attention_backend_config,
                                                       args.mask_strategy_file_path)
@@ -167,28 +152,6 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
     ]
     info = {"attention_backend": backend.name, "dit_dtype": str(dit_dtype).removeprefix("torch."),
             "experts": len(experts), "lora": args.lora_path, "parallel": groups.layout.describe()}
+    names = ("transformer", "transformer_2")
     return StagedPipeline(index.class_name, family, stages, device, info=info,
-                          lora=NativeLora(args) if args.lora_path else None)
-
-
-class NativeLora:
-    """The LoRA state of a native pipeline: merged at start-up into the DiT's weights. The
-    runtime LoRA operations (the server's set/merge/unmerge routes) need per-layer adapters,
-    which the native DiT does not keep; they answer with a clear error."""
-
-    def __init__(self, args: ServerArgs):
-        self.nickname, self.path = args.lora_nickname, args.lora_path
-
-    def describe(self) -> dict:
-        return {"loaded_adapters": [{"nickname": self.nickname, "path": self.path}],
-                "active": {"transformer": [{"nickname": self.nickname, "path": self.path, "merged": True,
-                                            "strength": 1.0}]}}
-
-    def _refuse(self, *args, **kwargs):
-        from sglang_diffusion.errors import InvalidRequestError
-
-        raise InvalidRequestError("LoRA changes at run time are not supported on the native (sglang) backend: "
-                                  "the adapter given with --lora-path is merged at start-up "
-                                  "(use --backend diffusers for run-time LoRA switching)")
-
-    set = merge = unmerge = _refuse
+                          lora=native_lora(args, index, dict(zip(names, experts))))

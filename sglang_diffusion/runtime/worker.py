@@ -22,6 +22,7 @@ from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.config.support import check_pipeline_supported
 from sglang_diffusion.errors import SGLangDiffusionError
+from sglang_diffusion.loader.lora import use_request_loras
 from sglang_diffusion.pipelines.hooks import StepHooks
 from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.platform import Platform
@@ -60,6 +61,7 @@ class RankWorker:
 
         Rank 0 logs the resolved request before its first step, then the steps' progress."""
         start = time.perf_counter()
+        use_request_loras(self.pipeline, params)
         if self.rank != 0:
             self.pipeline.generate(params, hooks)
             return None

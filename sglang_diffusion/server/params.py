@@ -113,6 +113,7 @@ class ParamsBuilder:
         given = dict(width=width, height=height, negative_prompt=req.negative_prompt, num_inference_steps=steps,
                      guidance_scale=req.guidance_scale, seed=req.seed, prompt=req.prompt,
                      enable_teacache=req.enable_teacache, teacache_thresh=req.teacache_thresh,
+                     lora_adapters=req.lora_nickname, lora_strength=req.lora_strength,
                      **{name: getattr(req, name) for name in SAMPLING_OPTIONS})
         values = {k: v for k, v in given.items() if v is not None}
         if req.resolution is not None:  # the pipeline maps it to the model's own size (checked above)

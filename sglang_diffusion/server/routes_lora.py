@@ -1,5 +1,7 @@
 """LoRA management: `POST /v1/set_lora`, `POST /v1/merge_lora_weights`,
-`POST /v1/unmerge_lora_weights`, `GET /v1/list_loras`.
+`POST /v1/unmerge_lora_weights`, `GET /v1/list_loras`, on native pipelines and the diffusers
+backend alike (`loader.lora`). A generation request may also name its adapters (lora_nickname,
+lora_strength): the engine switches to them for it.
 
 The work runs on every rank through `Engine.call`, queued behind the generations already
 waiting (so a generation never sees half-merged weights). An adapter comes from a Hugging Face
@@ -10,11 +12,12 @@ which leaves the weights as they were.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 
-from sglang_diffusion.loader.lora import LoraSpec, list_loras, merge_loras, set_loras, unmerge_loras
+from sglang_diffusion.loader.lora import list_loras, lora_specs, merge_loras, set_loras, unmerge_loras
 from sglang_diffusion.loader.resolve import is_repo_id
 from sglang_diffusion.server.errors import APIError, error_responses
 from sglang_diffusion.server.forms import openapi_body, read_body
@@ -22,15 +25,6 @@ from sglang_diffusion.server.schemas import LoraMergeRequest, LoraSetRequest
 from sglang_diffusion.server.state import ServerState
 
 router = APIRouter(prefix="/v1", tags=["lora"], responses=error_responses(422))
-
-
-def _per_adapter(value, count: int, name: str) -> list:
-    if not isinstance(value, list):
-        return [value] * count
-    if len(value) != count:
-        raise APIError(422, f"{name}: give one value per lora_nickname ({count}), got {len(value)}", param=name,
-                       code="invalid_value")
-    return value
 
 
 def allowed_lora_path(path: str, lora_dirs: list[str]) -> str:
@@ -62,13 +56,8 @@ async def _on_engine(request: Request, fn, *args) -> dict:
 async def set_lora(request: Request) -> dict:
     state: ServerState = request.app.state.server
     body, _ = await read_body(request, LoraSetRequest, allow_form=False)
-    nicknames = body.lora_nickname if isinstance(body.lora_nickname, list) else [body.lora_nickname]
-    count = len(nicknames)
-    paths = _per_adapter(body.lora_path, count, "lora_path")
-    specs = [LoraSpec(nickname, None if path is None else allowed_lora_path(path, state.args.lora_dirs),
-                      target, strength)
-             for nickname, path, target, strength in zip(nicknames, paths, _per_adapter(body.target, count, "target"),
-                                                          _per_adapter(body.strength, count, "strength"))]
+    specs = [replace(spec, path=None if spec.path is None else allowed_lora_path(spec.path, state.args.lora_dirs))
+             for spec in lora_specs(body.lora_nickname, body.lora_path, body.target, body.strength)]
     return {"status": "ok", **await _on_engine(request, set_loras, specs)}
 
 

@@ -44,6 +44,10 @@ def _numeric(annotation) -> bool:
     return bool not in args and any(_numeric(a) for a in args if a is not type(None))
 
 
+Strength = Field(ge=-MAX_LORA_STRENGTH, le=MAX_LORA_STRENGTH)
+Nickname = Annotated[str, Field(min_length=1, max_length=128, pattern=r"\S")]
+
+
 class GenerationOptions(RequestBody):
     """What every generation route takes besides the prompt."""
 
@@ -65,6 +69,11 @@ class GenerationOptions(RequestBody):
                                          "DiT's blocks on steps whose timestep embedding barely changed.")
     teacache_thresh: float | None = Field(None, ge=0, description="TeaCache's threshold (default: the model's "
                                           "calibrated one; higher is faster).")
+    lora_nickname: Nickname | Annotated[list[Nickname], Field(min_length=1)] | None = Field(
+        None, description="LoRA adapter(s) for this request, by the nicknames set_lora loaded them under "
+        "(default: the adapters set on the server).")
+    lora_strength: Annotated[float, Strength] | list[Annotated[float, Strength]] | None = Field(
+        None, description="Strength of each of lora_nickname's adapters (one for all, or one each; default 1).")
     guidance_scale_2: float | None = Field(None, ge=0, le=MAX_GUIDANCE_SCALE, description="Guidance scale of the "
                                            "low-noise expert (Wan2.2 A14B).")
     true_cfg_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE_SCALE, description="Classifier-free guidance "
@@ -119,10 +128,6 @@ class VideoCreateRequest(GenerationOptions):
     num_frames: int | None = Field(None, ge=1, description="Number of frames.")
     input_reference: InputReference | None = Field(
         None, description="Image-to-video: the first frame, as an uploaded file (multipart) or a data: URL.")
-
-
-Strength = Field(ge=-MAX_LORA_STRENGTH, le=MAX_LORA_STRENGTH)
-Nickname = Annotated[str, Field(min_length=1, max_length=128, pattern=r"\S")]
 
 
 class LoraSetRequest(RequestBody):

@@ -116,7 +116,7 @@ def write_tiny_lora(model: Path, path: Path, seed: int, rank: int = 2) -> Path:
     state = {}
     with safe_open(model / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as f:
         for key in f.keys():
-            if key.endswith(("attn.to_q.weight", "attn.to_k.weight", "attn.to_v.weight")):
+            if key.endswith((".to_q.weight", ".to_k.weight", ".to_v.weight")):
                 out_features, in_features = f.get_slice(key).get_shape()
                 module = key.removesuffix(".weight")
                 state[f"transformer.{module}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator)

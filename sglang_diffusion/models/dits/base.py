@@ -82,3 +82,9 @@ class NativeDiT(nn.Module):
 
         load_checkpoint(self, state, dtype=dtype, device=device, key_map=self.key_map, fused=self.fused,
                         where=where)
+
+    def checkpoint_slices(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, int, int]]:
+        """checkpoint key -> (our parameter, rows) for run-time LoRA (`checkpoint.checkpoint_slices`)."""
+        from sglang_diffusion.models.dits.checkpoint import checkpoint_slices
+
+        return checkpoint_slices(self, shapes, self.key_map, self.fused)

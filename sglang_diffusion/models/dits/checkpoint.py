@@ -31,6 +31,43 @@ def _fused_sources(fused: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, in
     return dict(sorted(pairs, key=lambda pair: -len(pair[0])))
 
 
+def _fused_target(name: str, params, sources: dict[str, tuple[str, int]]) -> tuple[str | None, int, str]:
+    """(our fused parameter that the (renamed) checkpoint tensor `name` is a part of, its index,
+    the module path before the part's suffix), or (None, -1, ""): the longest suffix whose fused
+    parameter exists here (FLUX: a single-stream block's "attn.to_q" joins the block's
+    to_qkv_mlp, a double-stream block's joins attn.to_qkv)."""
+    module, _, leaf = name.rpartition(".")
+    for suffix, (ours, index) in sources.items():
+        prefix = module[: len(module) - len(suffix)]
+        if (module == suffix or module.endswith("." + suffix)) and f"{prefix}{ours}.{leaf}" in params:
+            return f"{prefix}{ours}.{leaf}", index, prefix
+    return None, -1, ""
+
+
+def checkpoint_slices(model: nn.Module, shapes: dict[str, tuple[int, ...]], key_map: dict[str, str] | None = None,
+                      fused: dict[str, tuple[str, ...]] | None = None) -> dict[str, tuple[str, int, int]]:
+    """Where each checkpoint tensor lives in the loaded model: checkpoint key -> (our parameter,
+    first row, end row); a fused parameter holds its parts stacked along dim 0, in order.
+    `shapes` are the checkpoint's (key -> shape); keys that no parameter holds are left out.
+    Run-time LoRA changes the rows of one checkpoint tensor in place through this."""
+    params = dict(model.named_parameters())
+    sources = _fused_sources(fused or {})
+    renamed = {rename(key, key_map or {}): key for key in shapes}
+    out = {}
+    for name, key in renamed.items():
+        rows = shapes[key][0] if shapes[key] else 1
+        fused_name, index, prefix = _fused_target(name, params, sources)
+        if fused_name is None:
+            if name in params:
+                out[key] = (name, 0, rows)
+            continue
+        leaf = name.rpartition(".")[2]
+        parts = fused[fused_name.rsplit(".", 2)[-2]]
+        start = sum(shapes[renamed[f"{prefix}{part}.{leaf}"]][0] for part in parts[:index])
+        out[key] = (fused_name, start, start + rows)
+    return out
+
+
 def load_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], *, dtype: torch.dtype,
                     device: torch.device | str = "cpu", key_map: dict[str, str] | None = None,
                     fused: dict[str, tuple[str, ...]] | None = None, keep_in_fp32: tuple[str, ...] = (),
@@ -43,18 +80,12 @@ def load_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], *, dtype: 
     unused = []
     for key, tensor in state.items():
         name = rename(key, key_map or {})
-        module, _, leaf = name.rpartition(".")
-        for suffix, (ours, index) in sources.items():
-            # the longest suffix whose fused parameter exists here (FLUX: a single-stream block's
-            # "attn.to_q" joins the block's to_qkv_mlp, a double-stream block's joins attn.to_qkv)
-            fused_name = f"{module[: len(module) - len(suffix)]}{ours}.{leaf}"
-            if (module == suffix or module.endswith("." + suffix)) and fused_name in params:
-                parts.setdefault(fused_name, {})[index] = tensor
-                break
+        fused_name, index, _ = _fused_target(name, params, sources)
+        if fused_name is not None:
+            parts.setdefault(fused_name, {})[index] = tensor
+        elif name not in params:
+            unused.append(key)
         else:
-            if name not in params:
-                unused.append(key)
-                continue
             mapped[name] = tensor
     for name, pieces in parts.items():
         count = len(fused[name.rsplit(".", 2)[-2]])

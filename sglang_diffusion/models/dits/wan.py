@@ -575,6 +575,12 @@ class WanTransformer3DModel(nn.Module):
                                      f"parameters without weights: {', '.join(missing[:8])}" if missing else ""])))
         self.load_state_dict(mapped, strict=True, assign=True)
 
+    def checkpoint_slices(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, int, int]]:
+        """checkpoint key -> (our parameter, rows) for run-time LoRA (`checkpoint.checkpoint_slices`)."""
+        from sglang_diffusion.models.dits.checkpoint import checkpoint_slices
+
+        return checkpoint_slices(self, shapes, KEY_MAP)
+
 
 def _bound(block: WanTransformerBlock, kv: CrossKV, mod: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
            seq) -> Block:
