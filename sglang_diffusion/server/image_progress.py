@@ -38,7 +38,7 @@ class ProgressBoard:
         self._lock = threading.Lock()
 
     def start(self, progress_id: str) -> Progress:
-        if not _ID.match(progress_id):
+        if not _ID.fullmatch(progress_id):
             raise APIError(400, f"{HEADER}: 8 to 64 letters, digits, '-' or '_', got {progress_id[:80]!r}",
                            param=HEADER, code="invalid_value")
         with self._lock:

@@ -213,3 +213,13 @@ def test_image_list_gives_the_stored_images_newest_first(image_server):
     listed = requests.get(image_server.v1 + "/images?limit=2", headers=AUTH, timeout=30).json()["data"]
     assert [item["url"] for item in listed] == urls[::-1]
     assert requests.get(image_server.v1 + "/images", timeout=30).status_code == 401  # behind the key like all /v1
+
+
+def test_recent_results_are_shown_again_when_clicked(browser, image_server):
+    open_page(browser, image_server, key=API_KEY)
+    thumbs = until(browser, lambda: len(found := browser.find_elements(By.CSS_SELECTOR, "#recent img")) >= 2 and found)
+    for thumb in (thumbs[-1], thumbs[0], thumbs[-1]):  # each stays showable after another was shown
+        thumb.click()
+        until(browser, lambda: browser.execute_script(
+            "const shown = document.querySelector('#result img');"
+            "return shown && shown.src === arguments[0].src && shown.complete && shown.naturalWidth > 0", thumb))

@@ -12,7 +12,7 @@ const $ = (id) => document.getElementById(id);
 const page = {
   video: false,       // what the model makes, from /model_info's task
   busy: null,         // the generation in flight: {cancel: () => void}
-  blobs: [],          // object URLs of the shown result, revoked when it is replaced
+  files: new Map(),   // served file URL -> its blob: URL, fetched once (a page session holds a few files)
 };
 
 class ApiError extends Error {
@@ -38,11 +38,18 @@ async function api(path, options = {}) {
 // A served file as a blob: URL (same-origin files need the key; a bucket's URL is used as it is).
 async function fileUrl(url) {
   if (new URL(url, location.href).origin !== location.origin) return url;
-  const response = await fetch(url, {headers: headers()});
-  if (!response.ok) throw new ApiError(response.status, `cannot fetch ${url}: ${response.status}`);
-  const blob = URL.createObjectURL(await response.blob());
-  page.blobs.push(blob);
-  return blob;
+  if (!page.files.has(url)) {
+    const response = await fetch(url, {headers: headers()});
+    if (!response.ok) throw new ApiError(response.status, `cannot fetch ${url}: ${response.status}`);
+    page.files.set(url, URL.createObjectURL(await response.blob()));
+  }
+  return page.files.get(url);
+}
+
+// The download name of a served file: its id (local .../img_<id>/content or a bucket's .../img_<id>.png).
+function fileName(url, extension) {
+  const id = url.match(/(img|video)_[0-9a-f]{32}/);
+  return (id ? id[0] : "output") + extension;
 }
 
 function askForKey() {
@@ -119,8 +126,8 @@ async function generateImage(body, signal) {
     const answer = await api("v1/images/generations", {
       method: "POST", signal, body: JSON.stringify({...body, response_format: "url"}),
       headers: {"Content-Type": "application/json", "X-Progress-Id": progressId}});
-    return {kind: "image", url: await fileUrl(answer.data[0].url), name: answer.data[0].url.split("/").at(-2) + ".png",
-            size: answer.size};
+    const url = answer.data[0].url;
+    return {kind: "image", url: await fileUrl(url), name: fileName(url, ".png"), size: answer.size};
   } finally {
     done = true;
     await poll;
@@ -155,7 +162,8 @@ async function generate(event) {
   const started = performance.now();
   try {
     const body = requestBody();
-    const result = page.video ? await generateVideo(body, controller.signal, (cancel) => { page.busy.cancel = cancel; })
+    const onJob = (cancel) => { page.busy.cancel = cancel; };  // a video job is cancelled by its id
+    const result = page.video ? await generateVideo(body, controller.signal, onJob)
                               : await generateImage(body, controller.signal);
     setProgress(100);
     show(result);
@@ -183,8 +191,6 @@ function show(result) {
   link.download = result.name;
   link.textContent = `Download ${result.name}`;
   link.hidden = false;
-  for (const old of page.blobs.filter((b) => b !== result.url)) URL.revokeObjectURL(old);
-  page.blobs = page.blobs.filter((b) => b === result.url);
 }
 
 // ---- recent results -----------------------------------------------------------------------
@@ -212,7 +218,7 @@ async function recentButton(item) {
     thumb.src = url;
     thumb.alt = item.id;
     button.append(thumb, when);
-    button.onclick = () => show({kind: "image", url, name: `${item.id}.png`, size: ""});
+    button.onclick = () => show({kind: "image", url, name: fileName(item.url, ".png"), size: ""});
   }
   return button;
 }
