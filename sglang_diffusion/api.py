@@ -2,7 +2,8 @@
 
     with DiffGenerator.from_pretrained("path/or/hf-id", dit_precision="fp32") as gen:
         result = gen.generate(prompt="a cat", num_inference_steps=4, return_frames=True)
-        result.frames[0]  # uint8 [F, H, W, 3], one array per output
+        result.frames[0]  # uint8 [F, H, W, 3]
+        results = gen.generate(prompt=["a cat", "a dog"], seed=[1, 2])  # four results, one per output
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ class DiffGenerator:
         """Start an engine for `model_path`; keyword arguments are ServerArgs fields (config-file keys)."""
         return cls(server_args_from_kwargs({"model_path": model_path, **server_args}))
 
-    def generate(self, **sampling_params) -> GenerationResult:
-        """Generate one request; keyword arguments are SamplingParams fields (config-file keys)."""
-        return self.engine.generate(sampling_params_from_kwargs(sampling_params))
+    def generate(self, **sampling_params) -> GenerationResult | list[GenerationResult]:
+        """Generate; keyword arguments are SamplingParams fields (config-file keys). One output:
+        its result; several (prompt or seed lists, prompt_path, num_outputs_per_prompt): a list
+        of results, one per output, by prompt, then seed, then output (batched where they fit,
+        `max_batch_size`)."""
+        results = self.engine.generate_all(sampling_params_from_kwargs(sampling_params))
+        outputs = [one for result in results for one in result.per_output()]
+        return outputs[0] if len(outputs) == 1 else outputs
 
     # -- LoRA adapters (on every rank, between requests; `loader.lora`) ----------------------
     def set_lora(self, lora_nickname: str | list[str], lora_path: str | list[str | None] | None = None,

@@ -47,8 +47,8 @@ def _add_fields(group, cls) -> None:
             continue
         if meta["choices"] and base is not list:
             kwargs["choices"] = meta["choices"]
-        if base is str and loading.takes_list(annotation):  # `str | list[str]`: the flag may be repeated
-            kwargs["action"] = "append"
+        if loading.takes_list(annotation):  # `str | list[str]`: several values, or the flag repeated
+            kwargs.update(action="extend", nargs="+")
         if base is list:
             kwargs["nargs"] = "+"
             kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}" if meta["choices"] else "VALUE"

@@ -1,4 +1,5 @@
-"""`sglang generate`: build the engine, run one request, write the output, print where it went."""
+"""`sglang generate`: build the engine, run the request (one per prompt and seed, batched where
+they fit), write the outputs, print where they went."""
 
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ def run(argv: Sequence[str]) -> int:
                           sampling=True)
     server_args, sampling = parse(parser, argv)
     configure_logging(server_args.log_level)
-    if not sampling.prompt:
-        raise ConfigError("prompt is required (--prompt or the config key prompt)")
+    if not sampling.prompt and sampling.prompt_path is None:
+        raise ConfigError("prompt is required (--prompt, --prompt-path or the config key prompt)")
     if server_args.model_path is None:
         server_args, sampling = use_demo_model(server_args, sampling)
     from sglang_diffusion.runtime.engine import Engine
@@ -56,6 +57,6 @@ def run(argv: Sequence[str]) -> int:
     with Engine(server_args) as engine:
         if engine.follower:  # another machine's (or torchrun rank's) rank 0 ran the request and wrote it
             return 0
-        result = engine.generate(sampling)
-    print(format_result(result))
+        results = engine.generate_all(sampling)
+    print("\n".join(format_result(result) for result in results))
     return 0

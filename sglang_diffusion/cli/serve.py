@@ -22,7 +22,7 @@ from sglang_diffusion.log import configure_logging
 
 logger = logging.getLogger("sglang_diffusion.cli")
 
-_PER_REQUEST = ("prompt", "image_path", "output_file_name")
+_PER_REQUEST = ("prompt", "prompt_path", "image_path", "output_file_name")
 
 
 def run(argv: Sequence[str]) -> int:
@@ -33,6 +33,8 @@ def run(argv: Sequence[str]) -> int:
     given = [name for name in _PER_REQUEST if getattr(defaults, name) is not None]
     if given:
         raise ConfigError(f"{', '.join(given)}: given per request to the server, not at start-up")
+    if isinstance(defaults.seed, list):
+        raise ConfigError(f"seed: the server's default is one seed, got {defaults.seed}")
     if not server_args.model_path:
         raise ConfigError("model_path is required (--model-path or the config key model_path)")
 

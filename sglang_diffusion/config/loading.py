@@ -44,16 +44,16 @@ def did_you_mean(key: str, candidates) -> str:
 
 
 def _base_type(annotation):
-    """`int | None` -> (int, True); `list` -> (list, False)."""
+    """`int | None` -> (int, True); `int | list[int]` -> (int, False); `list` -> (list, False)."""
     args = typing.get_args(annotation)
-    if type(None) in args:
+    if type(None) in args or takes_list(annotation):
         rest = [a for a in args if a is not type(None)]
-        return rest[0], True
+        return rest[0], type(None) in args
     return annotation, False
 
 
 def takes_list(annotation) -> bool:
-    """`str | list[str] | None`: a field that takes one value or several (a repeatable flag)."""
+    """`str | list[str] | None`, `int | list[int]`: a field that takes one value or several."""
     return any(typing.get_origin(a) is list for a in typing.get_args(annotation))
 
 
@@ -91,6 +91,9 @@ def coerce(key: str, value: Any, annotation, *, from_cli: bool, where: str) -> A
             return value
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if base is int:
+        if takes_list(annotation) and isinstance(value, list) and value:
+            items = [coerce(key, v, int, from_cli=from_cli, where=where) for v in value]
+            return items[0] if len(items) == 1 else items  # `int | list[int]`: one value stays an int
         if from_cli and isinstance(value, str):
             try:
                 return int(value)

@@ -16,7 +16,11 @@ from sglang_diffusion.errors import ConfigError
 
 @dataclass
 class SamplingParams:
-    prompt: str | None = option(None, "Text description of the image or video to generate.")
+    prompt: str | list[str] | None = option(
+        None, "Text description of the image or video to generate; several (`--prompt a b`, or a list) make one "
+        "request each.")
+    prompt_path: str | None = option(None, "A text file of prompts, one per line (after any --prompt).",
+                                     metavar="FILE")
     negative_prompt: str | None = option(None, "What to steer the generation away from.")
     image_path: str | list[str] | None = option(
         None, "Input image for image-to-video and image edits; repeat the flag (or give a list) for models that "
@@ -27,12 +31,13 @@ class SamplingParams:
     true_cfg_scale: float | None = option(None, "Classifier-free guidance scale, with a negative prompt, of "
                                           "guidance-distilled models whose guidance_scale is an embedding "
                                           "(FLUX.1); unset or 1: off.")
-    seed: int = option(1024, "Random seed; the same seed gives the same output.")
+    seed: int | list[int] = option(1024, "Random seed; the same seed gives the same output. Several "
+                                   "(`--seed 1 2`) make one request per prompt and seed.")
     height: int | None = option(None, "Height of the output in pixels (default: the model's).")
     width: int | None = option(None, "Width of the output in pixels (default: the model's).")
     num_frames: int | None = option(None, "Number of frames of a video (default: the model's).")
     fps: int | None = option(None, "Frames per second of a saved video (default: the model's, else 24).")
-    num_outputs_per_prompt: int = option(1, "Images or videos per prompt.")
+    num_outputs_per_prompt: int = option(1, "Images or videos per prompt and seed.")
     output_path: str = option("outputs/", "Directory the outputs are saved in.", metavar="DIR")
     output_file_name: str | None = option(
         None, "File name of the output (extension picks the format: .png/.jpg/.webp, .mp4); "
@@ -107,6 +112,10 @@ def validate_sampling_params(p: SamplingParams) -> None:
         if isinstance(p.lora_strength, list) and len(p.lora_strength) != count or count == 0:
             raise ConfigError(f"lora_strength: give one value, or one per adapter of lora_adapters ({count}), "
                               f"got {p.lora_strength!r}")
+    if isinstance(p.prompt, list) and (not p.prompt or not all(isinstance(t, str) and t.strip() for t in p.prompt)):
+        raise ConfigError(f"prompt: a list of prompts must hold at least one and no empty one, got {p.prompt!r}")
+    if isinstance(p.seed, list) and not p.seed:
+        raise ConfigError("seed: a list of seeds must hold at least one")
     if p.teacache_thresh is not None and p.teacache_thresh < 0:
         raise ConfigError(f"teacache_thresh must not be negative, got {p.teacache_thresh}")
     _validate_sampling_options(p)

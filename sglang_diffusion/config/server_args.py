@@ -156,6 +156,11 @@ class ServerArgs:
                                      default_factory=list, metavar="NAME")
     max_queue_size: int = option(16, "Requests waiting for the engine past which the server answers 429 "
                                  "with Retry-After (serve only).")
+    max_batch_size: int = option(1, "Most outputs one forward makes for requests that can share it (same size, "
+                                 "frames, steps, guidance, adapters...): concurrent server requests and several "
+                                 "prompts/seeds are batched up to this (1: no batching).")
+    batching_delay_ms: float = option(20.0, "Longest a request waits for compatible company before its batch runs "
+                                      "(with max_batch_size over 1).")
     max_upload_mb: int = option(20, "Largest request body (uploaded images included), in MiB (serve only).")
     max_resolution: int = option(4096, "Largest width or height a request may ask for, in pixels (serve only).")
     max_num_frames: int = option(1024, "Most video frames a request may ask for (serve only).")
@@ -235,8 +240,11 @@ def validate_server_args(args: ServerArgs) -> None:
             raise ConfigError(f"{name} must be at least 1, got {value}")
     if not 0 < args.port < 65536:
         raise ConfigError(f"port must be between 1 and 65535, got {args.port}")
-    for name in ("max_queue_size", "max_upload_mb", "max_resolution", "max_num_frames", "max_inference_steps",
-                 "max_upload_pixels", "max_prompt_chars", "max_prompt_tokens", "s3_url_expiry_s", "s3_max_attempts"):
+    if not 0 <= args.batching_delay_ms <= 60_000:
+        raise ConfigError(f"batching_delay_ms must be 0 to 60000, got {args.batching_delay_ms}")
+    for name in ("max_queue_size", "max_batch_size", "max_upload_mb", "max_resolution", "max_num_frames",
+                 "max_inference_steps", "max_upload_pixels", "max_prompt_chars", "max_prompt_tokens", "s3_url_expiry_s",
+                 "s3_max_attempts"):
         if getattr(args, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(args, name)}")
     for name in ("s3_connect_timeout_s", "s3_read_timeout_s"):

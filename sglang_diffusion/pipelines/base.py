@@ -19,11 +19,15 @@ class PipelineOutput:
     params: SamplingParams  # the resolved parameters the outputs were made with
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     cache: str | None = None  # what step caching did: block-steps computed and skipped
+    batch_size: int = 1  # outputs of the forward that made these (more than N when batched with others)
 
 
 class Pipeline(Protocol):
     family: Family | None
 
     def generate(self, params: SamplingParams, hooks: StepHooks | None = None) -> PipelineOutput: ...
+
+    def generate_batch(self, requests: list[SamplingParams], hooks: StepHooks | None = None) -> list[PipelineOutput]:
+        """Requests of one batch key (`runtime.batching`), one output each, in order."""
 
     def describe(self) -> dict: ...

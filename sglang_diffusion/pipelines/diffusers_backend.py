@@ -200,7 +200,11 @@ class DiffusersBackendPipeline:
         return {"pipeline": type(self.pipe).__name__, "backend": self.backend,
                 "family": self.family.name if self.family else None, "image_input": "image" in self._call_params,
                 "attention_backend": self._attention_backend or "diffusers default",
-                "cache_dit": self._cache_dit.describe() if self._cache_dit else None}
+                "cache_dit": self._cache_dit.describe() if self._cache_dit else None,
+                "batch_refusal": "a diffusers pipeline draws a batch's noise otherwise than each request alone"}
+
+    def generate_batch(self, requests: list[SamplingParams], hooks: StepHooks | None = None) -> list[PipelineOutput]:
+        return [self.generate(params, hooks) for params in requests]
 
     def _call_kwargs(self, params: SamplingParams, explicit: set[str]) -> dict:
         if params.enable_teacache:

@@ -10,6 +10,11 @@ Several machines: either the same command on each (`--nnodes N --node-rank i
 the others' engines follow, `start()` returning when node 0 stops), or torchrun, which starts
 every rank itself: this process is then one rank (rank 0 in-process takes the requests; `start()`
 of any other rank serves rank 0 until it stops). `follower` says that this engine takes none.
+
+Batching (`max_batch_size` over 1): requests that can share a forward run as one batch
+(`runtime.batching`): `generate` calls from several threads (the server's) meet in the
+`Batcher`, which waits up to `batching_delay_ms` for compatible company; `generate_all` (several
+prompts and seeds) plans its batches at once. Each request keeps its own prompt, seed and noise.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.config.support import check_supported
 from sglang_diffusion.distributed.launch import free_port, spawn_ranks
-from sglang_diffusion.errors import ConfigError, RankFailedError
+from sglang_diffusion.errors import ConfigError, InvalidRequestError, RankFailedError
 from sglang_diffusion.pipelines.hooks import StepHooks
 from sglang_diffusion.platform import Platform
+from sglang_diffusion.runtime.batching import Batcher, Pending, expand_requests, plan_batches
 from sglang_diffusion.runtime.result import GenerationResult
 from sglang_diffusion.runtime.worker import RankCall, RankWorker, rank_main
 
@@ -48,6 +54,17 @@ def _rebuild_error(rank: int, name: str, message: str, is_user_error: bool, tb: 
     return RankFailedError(f"rank {rank} failed: {name}: {message}\n{tb}")
 
 
+class AllCancelled:
+    """The cancel flag of a batch: set once every request in it is cancelled (a request that is
+    not cancellable, None, keeps the batch running)."""
+
+    def __init__(self, events: list[threading.Event | None]):
+        self.events = events
+
+    def is_set(self) -> bool:
+        return all(e is not None and e.is_set() for e in self.events)
+
+
 class Engine:
     def __init__(self, args: ServerArgs):
         self.args = args
@@ -58,9 +75,28 @@ class Engine:
         self._torchrun = False  # this process is rank 0 of a torchrun launch
         self.follower = False  # this engine served another node's rank 0 and takes no requests
         self.info: dict = {}
+        self.max_batch_size = 1  # outputs per forward, once started (1 where the pipeline cannot batch)
+        self._batcher: Batcher | None = None
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> "Engine":
+        self._launch()
+        if not self.follower:
+            self._start_batching()
+        return self
+
+    def _start_batching(self) -> None:
+        size, refusal = self.args.max_batch_size, self.info.get("batch_refusal")
+        if size > 1 and refusal:
+            logger.warning("max_batch_size %d: requests run one at a time on this pipeline (%s)", size, refusal)
+            size = 1
+        self.max_batch_size = size
+        if size > 1:
+            self._batcher = Batcher(self._run_pending, size, self.args.batching_delay_ms / 1000)
+            logger.info("batching compatible requests: up to %d outputs per forward, waiting at most %g ms for "
+                        "company", size, self.args.batching_delay_ms)
+
+    def _launch(self) -> "Engine":
         check_supported(self.args)
         if self.args.under_torchrun:
             return self._start_torchrun()
@@ -194,6 +230,9 @@ class Engine:
     def shutdown(self, kill: bool = False) -> None:
         """Stop the ranks: asked to finish (up to 10 s in all), or killed at once (`kill`: after a
         failure, when survivors may be blocked in a collective with a dead rank)."""
+        if self._batcher is not None:
+            batcher, self._batcher = self._batcher, None
+            batcher.stop()  # what waits for company runs first
         if self._torchrun:
             from sglang_diffusion.distributed.parallel_state import destroy_world
             from sglang_diffusion.runtime.worker import next_work
@@ -229,15 +268,52 @@ class Engine:
     # -- requests --------------------------------------------------------------------------
     def generate(self, params: SamplingParams, on_progress: Callable[[int, int], None] | None = None,
                  cancel: threading.Event | None = None) -> GenerationResult:
-        """Run one request. `on_progress(done, total)` is called after each denoising step;
-        setting `cancel` stops the request at the next step with `RequestCancelled`."""
+        """Run one request (one prompt and seed; see `generate_all` for several), batched with
+        concurrent compatible ones when batching is on. `on_progress(done, total)` is called
+        after each denoising step; setting `cancel` stops the request at the next step with
+        `RequestCancelled` (a batch stops once all its requests are cancelled)."""
+        if isinstance(params.prompt, list) or isinstance(params.seed, list) or params.prompt_path is not None:
+            raise InvalidRequestError("several prompts or seeds make several requests: use generate_all")
+        if self._batcher is not None:
+            return self._batcher.submit(params, on_progress, cancel).result()
+        return self._run_batch([params], on_progress, cancel)[0]
+
+    def generate_all(self, params: SamplingParams) -> list[GenerationResult]:
+        """One result per (prompt, seed) of `params` (`runtime.batching.expand_requests`), in
+        order, compatible requests batched up to `max_batch_size` outputs."""
+        requests = expand_requests(params)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for batch in plan_batches(requests, self.max_batch_size):
+            for i, result in zip(batch, self._run_batch([requests[i] for i in batch])):
+                results[i] = result
+        return results
+
+    def _run_pending(self, batch: list[Pending]) -> None:
+        """The Batcher's batch: run it, and settle each request's future."""
+        def on_progress(done: int, total: int) -> None:
+            for item in batch:
+                if item.on_progress is not None:
+                    item.on_progress(done, total)
+
+        try:
+            results = self._run_batch([item.params for item in batch], on_progress,
+                                      AllCancelled([item.cancel for item in batch]))
+        except BaseException as e:
+            for item in batch:
+                item.future.set_exception(e)
+            return
+        for item, result in zip(batch, results):
+            item.future.set_result(result)
+
+    def _run_batch(self, requests: list[SamplingParams], on_progress=None, cancel=None) -> list[GenerationResult]:
+        """Requests of one batch key through the ranks in one forward; one result each."""
         with self._lock:
             if self._torchrun:
-                return self._in_process_rank0(params, on_progress, cancel)
+                return self._in_process_rank0(requests, on_progress, cancel)
             if self._local is not None:
                 hooks = StepHooks(on_progress, cancel.is_set if cancel is not None else None)
-                return self._local.run(params, hooks)
-            return self._on_ranks(params, on_progress, cancel)
+                return self._local.run_batch(requests, hooks)
+            return self._on_ranks(requests, on_progress, cancel)
 
     def call(self, fn: Callable[..., T], *args) -> T:
         """Run `fn(pipeline, *args)` on every rank, between two requests, and return rank 0's
@@ -250,7 +326,7 @@ class Engine:
                 return fn(self._local.pipeline, *args)
             return self._on_ranks(RankCall(fn, args))
 
-    def _in_process_rank0(self, work: SamplingParams | RankCall, on_progress=None, cancel=None):
+    def _in_process_rank0(self, work: list[SamplingParams] | RankCall, on_progress=None, cancel=None):
         """torchrun: this process is rank 0; broadcast the work, run it here with the others."""
         from sglang_diffusion.runtime.worker import agreed_cancel, next_work, serve_work
 
@@ -263,7 +339,7 @@ class Engine:
             raise _rebuild_error(rank, name, message, is_user_error, tb)
         return result
 
-    def _on_ranks(self, work: SamplingParams | RankCall, on_progress=None, cancel=None):
+    def _on_ranks(self, work: list[SamplingParams] | RankCall, on_progress=None, cancel=None):
         """Broadcast one piece of work to the rank processes and wait for rank 0's answer."""
         if not self._procs:
             raise RuntimeError("Engine used before start() or after shutdown()")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,3 +24,16 @@ class GenerationResult:
     cache: str | None = None  # what step caching did: block-steps computed and skipped
     # when return_frames was asked for: one uint8 [F, H, W, 3] array per output (F == 1 for an image)
     frames: list[np.ndarray] | None = None
+    batch_size: int = 1  # outputs of the forward that made these (more than its own when batched with others)
+
+    @property
+    def num_outputs(self) -> int:
+        return max(len(self.files), len(self.frames or ()), 1)
+
+    def per_output(self) -> list["GenerationResult"]:
+        """One result per output (file and frames), the rest shared."""
+        if self.num_outputs == 1:
+            return [self]
+        return [dataclasses.replace(self, files=self.files[i:i + 1],
+                                    frames=self.frames[i:i + 1] if self.frames is not None else None)
+                for i in range(self.num_outputs)]

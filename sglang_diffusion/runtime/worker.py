@@ -56,20 +56,26 @@ class RankWorker:
     def describe(self) -> dict:
         return {**self.pipeline.describe(), "device": str(self.platform.device), "world_size": self.world_size}
 
-    def run(self, params: SamplingParams, hooks: StepHooks | None = None) -> GenerationResult | None:
-        """Generate; rank 0 saves and returns the result, other ranks return None.
+    def run_batch(self, requests: list[SamplingParams],
+                  hooks: StepHooks | None = None) -> list[GenerationResult] | None:
+        """Generate requests of one batch key (`runtime.batching`) in one forward; rank 0 saves and
+        returns one result per request, other ranks return None.
 
         Rank 0 logs the resolved request before its first step, then the steps' progress."""
         start = time.perf_counter()
-        use_request_loras(self.pipeline, params)
+        use_request_loras(self.pipeline, requests[0])  # the batch key includes the adapters
         if self.rank != 0:
-            self.pipeline.generate(params, hooks)
+            self.pipeline.generate_batch(requests, hooks)
             return None
         report = _Report(self, hooks or StepHooks())
         try:
-            out = self.pipeline.generate(params, report.hooks())
+            outs = self.pipeline.generate_batch(requests, report.hooks())
         finally:
             report.close()
+        return [self._result(out, start) for out in outs]
+
+    def _result(self, out, start: float) -> GenerationResult:
+        """Save one request's outputs (when asked); its result."""
         p = out.params
         fps = (p.fps or GENERIC_VIDEO_FPS) if out.is_video else None
         files = []
@@ -83,7 +89,7 @@ class RankWorker:
         return GenerationResult(files=files, prompt=p.prompt, seed=p.seed, height=h, width=w, num_frames=f,
                                 is_video=out.is_video, fps=fps, timings=out.timings, cache=out.cache,
                                 peak_memory_bytes=_peak_memory_bytes(self.platform),
-                                frames=list(out.frames) if p.return_frames else None)
+                                frames=list(out.frames) if p.return_frames else None, batch_size=out.batch_size)
 
 
 class _Report:
@@ -156,7 +162,7 @@ def serve_work(worker: RankWorker, work, hooks: StepHooks | None):
 
     result, status = None, None
     try:
-        result = work.run(worker) if isinstance(work, RankCall) else worker.run(work, hooks)
+        result = work.run(worker) if isinstance(work, RankCall) else worker.run_batch(work, hooks)
     except Exception as e:  # reported to the caller; the rank stays up for the next request
         status = _error_report(e)
     statuses = [None] * worker.world_size

@@ -17,6 +17,7 @@ from sglang_diffusion.runtime.result import GenerationResult
 _PREFIX = "sglang_diffusion_"
 # Generation times span tiny CPU models (tens of ms) to large video models (many minutes).
 _SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, float("inf"))
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 UNMATCHED = "unmatched"
 
@@ -33,6 +34,9 @@ class Metrics:
         Gauge(_PREFIX + "queue_capacity", "Requests that may wait before 429.", registry=r).set(queue_capacity)
         self.stage_seconds = Histogram(_PREFIX + "stage_seconds", "Seconds per pipeline stage of each generation "
                                        "(stage=total for the whole).", ["stage"], buckets=_SECONDS_BUCKETS, registry=r)
+        self.batch_size = Histogram(_PREFIX + "batch_size", "Outputs of the forward each generation ran in "
+                                    "(its own alone; more when batched with compatible requests, --max-batch-size).",
+                                    buckets=_BATCH_BUCKETS, registry=r)
         self.errors = Counter(_PREFIX + "generation_errors", "Generations that failed, by error.", ["error"],
                               registry=r)
         self.jobs = Counter(_PREFIX + "video_jobs_finished", "Video jobs finished, by outcome.", ["status"],
@@ -45,6 +49,7 @@ class Metrics:
     def observe_result(self, result: GenerationResult) -> None:
         for stage, seconds in result.timings.items():
             self.stage_seconds.labels(stage).observe(seconds)
+        self.batch_size.observe(result.batch_size)
 
     def observe_error(self, error: BaseException) -> None:
         self.errors.labels(type(error).__name__).inc()

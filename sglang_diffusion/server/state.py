@@ -213,7 +213,8 @@ def build_state(args: ServerArgs, defaults: SamplingParams, engine: Engine, s3: 
     else:
         logger.info("LoRA adapters may come from Hugging Face ids only (--lora-dirs allows local folders)")
     return ServerState(
-        args=args, engine=engine, queue=WorkQueue(args.max_queue_size, metrics.queue_depth.set), jobs=jobs,
+        args=args, engine=engine, jobs=jobs,
+        queue=WorkQueue(args.max_queue_size, metrics.queue_depth.set, workers=engine.max_batch_size),
         outputs=outputs, metrics=metrics, lock=lock, api_key=resolve_api_key(args),
         expiry=Expiry(jobs, outputs, output_ttl_s(args)),
         params=ParamsBuilder(args, defaults, family, args.model_path, count_tokens), family=family)

@@ -28,11 +28,12 @@ def test_same_seed_same_image_other_seed_different(flux):
     assert not np.array_equal(a, c)
 
 
-def test_several_outputs_per_prompt_each_frames_array(flux, tmp_path):
-    result = flux.generate(**{**FLUX_REQUEST, "save_output": True}, num_outputs_per_prompt=2,
-                           output_path=str(tmp_path))
-    assert len(result.frames) == 2 and len(result.files) == 2
-    assert all(p.exists() for p in result.files)
+def test_several_outputs_per_prompt_one_result_each(flux, tmp_path):
+    results = flux.generate(**{**FLUX_REQUEST, "save_output": True}, num_outputs_per_prompt=2,
+                            output_path=str(tmp_path))
+    assert len(results) == 2 and all(len(r.frames) == len(r.files) == 1 for r in results)
+    assert results[0].files != results[1].files and all(r.files[0].exists() for r in results)
+    assert not np.array_equal(results[0].frames[0], results[1].frames[0])
 
 
 def test_bad_request_is_refused_and_engine_keeps_serving(flux, tmp_path):

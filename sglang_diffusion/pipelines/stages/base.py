@@ -47,6 +47,7 @@ class GenerationState:
     frames: np.ndarray | None = None  # uint8 [B, F, H, W, 3]
     timings: dict[str, float] = field(default_factory=dict)
     cache_stats: Any = None  # a cache.stats.CacheStats when step caching ran
+    forward_outputs: int = 0  # outputs of the forward it ran in (more than its own when batched)
 
 
 _STATE_FIELDS = {f.name for f in fields(GenerationState)}
@@ -59,6 +60,9 @@ class Stage:
     name: ClassVar[str]
     reads: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()
+    # The first stage that runs once for a batch of requests, on their stacked state (the
+    # timesteps); it and every stage after it are per batch, the stages before it per request.
+    per_batch: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -71,6 +75,10 @@ class Stage:
     def describe(self) -> str:
         return self.name
 
+    def batch_refusal(self) -> str | None:
+        """Why requests cannot share this stage's forward (then each runs alone), or None."""
+        return None
+
 
 class StagedPipeline:
     """A native pipeline: components already loaded, a list of stages, the family's defaults."""
@@ -82,32 +90,62 @@ class StagedPipeline:
         self.name, self.family, self.stages, self.device = name, family, stages, device
         self.info = dict(info or {})
         self.lora = lora
+        self._split = next((i for i, s in enumerate(stages) if s.per_batch), len(stages))
         logger.info("%s stages: %s", name, " -> ".join(s.describe() for s in stages))
 
     def describe(self) -> dict:
         return {"pipeline": self.name, "backend": self.backend, "family": self.family.name if self.family else None,
-                **self.info}
+                "batch_refusal": self.batch_refusal(), **self.info}
+
+    def batch_refusal(self) -> str | None:
+        """Why requests of one batch key cannot share a forward here (they then run one at a time), or None."""
+        return next(filter(None, (s.batch_refusal() for s in self.stages)), None)
+
+    def _run_stages(self, state: GenerationState, stages: list[Stage]) -> None:
+        for stage in stages:
+            missing = [f for f in stage.reads if getattr(state, f) is None]
+            assert not missing, f"stage {stage.name} reads {missing}, which no earlier stage wrote"
+            if stage.name == "denoising":
+                state.hooks.before_steps(state.params)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            start = time.perf_counter()
+            stage(state)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            state.timings[stage.name] = state.timings.get(stage.name, 0.0) + time.perf_counter() - start
 
     def run(self, params: SamplingParams, hooks: StepHooks | None = None) -> GenerationState:
         """Every stage in order; the final state (latents and frames included)."""
-        state = GenerationState(params=params, hooks=hooks or StepHooks(), device=self.device)
+        return self.run_batch([params], hooks)[0]
+
+    def run_batch(self, requests: list[SamplingParams], hooks: StepHooks | None = None) -> list[GenerationState]:
+        """Requests that share a forward (equal batch keys, `runtime.batching`): each through the
+        per-request stages alone, then those whose states stack (`pipelines.batch`) through the
+        per-batch stages together. One final state per request, its own rows of the latents and
+        frames; outputs equal each request run alone up to float rounding."""
+        from sglang_diffusion.pipelines import batch
+
+        hooks = hooks or StepHooks()
+        states = [GenerationState(params=params, hooks=hooks, device=self.device) for params in requests]
         with torch.inference_mode():
-            for stage in self.stages:
-                missing = [f for f in stage.reads if getattr(state, f) is None]
-                assert not missing, f"stage {stage.name} reads {missing}, which no earlier stage wrote"
-                if stage.name == "denoising":
-                    state.hooks.before_steps(state.params)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                start = time.perf_counter()
-                stage(state)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                state.timings[stage.name] = state.timings.get(stage.name, 0.0) + time.perf_counter() - start
-        return state
+            for state in states:
+                self._run_stages(state, self.stages[:self._split])
+            for group in batch.stack_groups(states):
+                merged = batch.stack(group)
+                self._run_stages(merged, self.stages[self._split:])
+                batch.unstack(merged, group)
+                for state in group:
+                    state.forward_outputs = merged.batch_size
+        return states
 
     def generate(self, params: SamplingParams, hooks: StepHooks | None = None) -> PipelineOutput:
-        state = self.run(params, hooks)
+        return self.generate_batch([params], hooks)[0]
+
+    def generate_batch(self, requests: list[SamplingParams], hooks: StepHooks | None = None) -> list[PipelineOutput]:
+        """One output per request, in order (see `run_batch`)."""
         is_video = self.family.is_video if self.family else True
-        return PipelineOutput(frames=state.frames, is_video=is_video, params=state.params, timings=state.timings,
-                              cache=state.cache_stats.describe() if state.cache_stats is not None else None)
+        return [PipelineOutput(frames=state.frames, is_video=is_video, params=state.params, timings=state.timings,
+                               cache=state.cache_stats.describe() if state.cache_stats is not None else None,
+                               batch_size=state.forward_outputs)
+                for state in self.run_batch(requests, hooks)]

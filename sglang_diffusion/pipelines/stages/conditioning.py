@@ -5,7 +5,10 @@ the same three methods whatever the mode, so a family quirk lives here, not in t
 - `timestep(t, batch)`: the DiT's timestep, [B] or per token [B, S];
 - `finalize(latents)`: the latents the VAE decodes;
 - `context(model, state, negative)`: the DiT's per-request context of the prompt (or the
-  negative prompt), from what the text stages wrote.
+  negative prompt), from what the text stages wrote;
+- `cat(conditionings)`: the conditioning of a batch of requests (`pipelines.batch`), each
+  request's in order; what is not per output row (the reference images of requests that share
+  their input image, by the batch key) is taken from the first.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ class TextOnly:
     def context(self, model, state, negative: bool):
         embeds = state.negative_prompt_embeds if negative else state.prompt_embeds
         return model.encode_context(embeds, state.image_embeds)
+
+    def cat(self, conditionings: list["TextOnly"]) -> "TextOnly":
+        return self
 
 
 class PooledText(TextOnly):
@@ -69,6 +75,9 @@ class ChannelConcat(TextOnly):
     def model_input(self, latents: torch.Tensor) -> torch.Tensor:
         return torch.cat([latents, self.condition.to(latents.dtype)], dim=1)
 
+    def cat(self, conditionings: list["ChannelConcat"]) -> "ChannelConcat":
+        return ChannelConcat(torch.cat([c.condition for c in conditionings]))
+
 
 class FirstFrame(TextOnly):
     """Wan2.2 TI2V with an image: the first latent frame is the image's latents, kept clean
@@ -88,3 +97,6 @@ class FirstFrame(TextOnly):
 
     def finalize(self, latents: torch.Tensor) -> torch.Tensor:
         return self.model_input(latents)
+
+    def cat(self, conditionings: list["FirstFrame"]) -> "FirstFrame":
+        return FirstFrame(torch.cat([c.condition for c in conditionings]), self.mask, self.patch)

@@ -153,6 +153,11 @@ class DenoisingStage(Stage):
         cache = f", cache {self.caching.describe()}" if self.caching.cache_dit is not None else ""
         return f"{self.name}({experts}, cfg {cfg}{sp}{cache})"
 
+    def batch_refusal(self) -> str | None:
+        if self.caching.cache_dit is not None:
+            return "Cache-DiT decides which blocks to skip on a whole batch's residuals"
+        return None
+
     def _cfg_ranks(self) -> int:
         return self.parallel.cfg.size if self.parallel is not None else 1
 

@@ -56,6 +56,7 @@ class TimestepPreparationStage(Stage):
     name = "timestep_preparation"
     reads = ("params",)
     writes = ("timesteps",)
+    per_batch = True
 
     def __init__(self, scheduler):
         self.scheduler = scheduler
@@ -101,6 +102,7 @@ class FlowShiftTimestepStage(Stage):
     name = "timestep_preparation"
     reads = ("params", "latents")
     writes = ("timesteps",)
+    per_batch = True
 
     def __init__(self, scheduler, patch: tuple[int, int, int], empirical_mu: bool = False):
         self.scheduler, self.patch, self.empirical_mu = scheduler, tuple(patch), empirical_mu
