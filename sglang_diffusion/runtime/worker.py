@@ -27,6 +27,7 @@ from sglang_diffusion.pipelines.hooks import StepHooks
 from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.platform import Platform
 from sglang_diffusion.progress import Progress
+from sglang_diffusion.runtime.perf import RequestPerf
 from sglang_diffusion.runtime.result import GenerationResult
 from sglang_diffusion.storage.local import save_outputs
 
@@ -68,11 +69,17 @@ class RankWorker:
             self.pipeline.generate_batch(requests, hooks)
             return None
         report = _Report(self, hooks or StepHooks())
+        perf = RequestPerf.start(requests[0], self.platform.device)  # --perf-dump-path / --profile
         try:
-            outs = self.pipeline.generate_batch(requests, report.hooks())
+            outs = self.pipeline.generate_batch(requests, perf.watch(report.hooks()) if perf else report.hooks())
         finally:
             report.close()
-        return [self._result(out, start) for out in outs]
+            if perf:
+                perf.stop()
+        results = [self._result(out, start) for out in outs]
+        for result in results if perf else ():
+            perf.write(result, self.describe())
+        return results
 
     def _result(self, out, start: float) -> GenerationResult:
         """Save one request's outputs (when asked); its result."""
