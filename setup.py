@@ -17,6 +17,7 @@ import platform
 import sys
 from pathlib import Path
 
+import setuptools
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent.resolve()
@@ -147,4 +148,10 @@ def _native_build():
 
 
 ext_modules, cmdclass = _native_build()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass)
+# PEP 639's License-Expression with setuptools 77+; older ones (a system pip's, under
+# --no-build-isolation) know only the free-text License field.
+if int(setuptools.__version__.split(".")[0]) >= 77:
+    LICENSE = {"license_expression": "Apache-2.0"}
+else:
+    LICENSE = {"license": "Apache-2.0"}
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass, **LICENSE)

@@ -65,19 +65,61 @@ def resolve_model_path(model_path: str, revision: str | None = None) -> Path:
         read_model_index(local)  # fails clearly if it is not a diffusers folder
         return local
     tried = [f"a local folder ({local} does not exist)"]
-    if is_repo_id(model_path):
-        from diffusers import DiffusionPipeline
-
-        try:
-            folder = Path(DiffusionPipeline.download(model_path, revision=revision))
-        except Exception as e:  # hub errors come in many classes (offline, 404, auth, network)
-            tried.append(f"the Hugging Face id {model_path!r} ({type(e).__name__}: {_first_line(e)})")
-        else:
-            read_model_index(folder)
-            return folder
-    else:
+    if not is_repo_id(model_path):
         tried.append("not a Hugging Face id either")
-    raise ModelLoadError(f"cannot find model {model_path!r}: tried " + "; ".join(tried))
+        raise ModelLoadError(f"cannot find model {model_path!r}: tried " + "; ".join(tried))
+    import diffusers
+    from diffusers import DiffusionPipeline
+
+    verbosity = diffusers.logging.get_verbosity()
+    diffusers.logging.set_verbosity_error()  # its "Couldn't connect to the Hub" warning: our error says it all
+    try:
+        folder = Path(DiffusionPipeline.download(model_path, revision=revision))
+    except Exception as e:  # hub errors come in many classes (offline, 404, auth, network)
+        raise ModelLoadError(hub_failure(f"model {model_path!r}", model_path, e, tried)) from None
+    finally:
+        diffusers.logging.set_verbosity(verbosity)
+    read_model_index(folder)
+    return folder
+
+
+def hub_failure(what: str, repo_id: str, error: BaseException, tried: list[str]) -> str:
+    """Why `repo_id` could not be had from the Hugging Face Hub or its cache: what was tried (the
+    cache's folder, the Hub's address) and how to fix it. diffusers wraps the Hub's error (the
+    real cause) in an OSError that points to a stack trace the user never sees: the cause is
+    looked up in the chain."""
+    from huggingface_hub import constants, errors
+
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    names = {base.__name__ for e in chain for base in type(e).__mro__}  # the error classes, bases included
+    cache = f"the Hugging Face cache ({constants.HF_HUB_CACHE}: {repo_id} is not there, or not complete)"
+    download = f"hf download {repo_id}"
+    if constants.HF_HUB_OFFLINE or "OfflineModeIsEnabled" in names:
+        hub = "the Hub: not asked, HF_HUB_OFFLINE=1 forbids downloads"
+        fix = (f"unset HF_HUB_OFFLINE to download it, or download it where the Hub is reachable "
+               f"(`{download}`, then copy the cache) or pass a local diffusers folder")
+    elif "GatedRepoError" in names:
+        hub = f"{constants.ENDPOINT}/{repo_id}: a gated repository"
+        fix = f"accept its terms on {constants.ENDPOINT}/{repo_id} and log in (`hf auth login` or HF_TOKEN)"
+    elif "RepositoryNotFoundError" in names:
+        hub = f"{constants.ENDPOINT}: no repository {repo_id!r} (or a private one, without a login)"
+        fix = "check the id's spelling; for a private model log in (`hf auth login` or HF_TOKEN)"
+    elif "RevisionNotFoundError" in names:
+        hub = f"{constants.ENDPOINT}/{repo_id}: no such revision"
+        fix = "check --revision"
+    elif names & {"ConnectionError", "ConnectError", "Timeout", "TimeoutException", "ConnectTimeout",
+                  "ReadTimeout", "NetworkError"} or "LocalEntryNotFoundError" in names:
+        cause = next((e for e in reversed(chain) if not isinstance(e, errors.LocalEntryNotFoundError)), chain[-1])
+        hub = f"{constants.ENDPOINT}: unreachable ({_first_line(cause)})"
+        fix = (f"check the network (or HF_ENDPOINT / the proxy settings), or download it where the Hub is "
+               f"reachable (`{download}`, then copy the cache) or pass a local diffusers folder")
+    else:
+        cause = chain[-1]
+        hub = f"{constants.ENDPOINT}: {type(cause).__name__}: {_first_line(cause)}"
+        fix = f"pass a local diffusers folder, or see whether `{download}` works"
+    return f"cannot find {what}: tried {'; '.join([*tried, cache, hub])}. To fix: {fix}"
 
 
 def resolve_component_path(component: str, path: str) -> Path:
@@ -89,14 +131,15 @@ def resolve_component_path(component: str, path: str) -> Path:
                                  "give a complete component folder (config.json + safetensors)")
         return local
     tried = [f"a local folder ({local} does not exist)"]
-    if is_repo_id(path):
-        from huggingface_hub import snapshot_download
+    if not is_repo_id(path):
+        tried.append("not a Hugging Face id either")
+        raise ModelLoadError(f"cannot find component {component!r} at {path!r}: tried " + "; ".join(tried))
+    from huggingface_hub import snapshot_download
 
-        try:
-            return Path(snapshot_download(path))
-        except Exception as e:  # as above: many hub error classes
-            tried.append(f"the Hugging Face id {path!r} ({type(e).__name__}: {_first_line(e)})")
-    raise ModelLoadError(f"cannot find component {component!r} at {path!r}: tried " + "; ".join(tried))
+    try:
+        return Path(snapshot_download(path))
+    except Exception as e:  # as above: many hub error classes
+        raise ModelLoadError(hub_failure(f"component {component!r} at {path!r}", path, e, tried)) from None
 
 
 def component_folder(name: str, args, index: ModelIndex) -> Path:

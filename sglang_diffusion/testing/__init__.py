@@ -108,6 +108,11 @@ def _is_current(folder: pathlib.Path, stamp: dict) -> bool:
         return False
 
 
+def model_cache_dir() -> pathlib.Path:
+    """Where built models are kept: $XDG_CACHE_HOME (or ~/.cache)/sglang_diffusion/models."""
+    return pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "sglang_diffusion" / "models"
+
+
 def cached_model(family: str, preset: str = "tiny", cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
     """Build `family` at `preset` (seed 0) once into `cache_dir`/<family>-<preset> and return
     that folder. The default cache is $XDG_CACHE_HOME (or ~/.cache)/sglang_diffusion/models.
@@ -115,10 +120,7 @@ def cached_model(family: str, preset: str = "tiny", cache_dir: str | os.PathLike
     Safe across processes: each builds into a temporary folder beside the target and renames
     it into place; a process that loses the race uses the winner's folder."""
     _spec(family, preset)
-    if cache_dir is None:
-        cache_dir = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
-        cache_dir = cache_dir / "sglang_diffusion" / "models"
-    root = pathlib.Path(cache_dir)
+    root = pathlib.Path(cache_dir) if cache_dir is not None else model_cache_dir()
     target = root / f"{family}-{preset}"
     stamp = _stamp(family, preset)
     if _is_current(target, stamp):

@@ -51,7 +51,8 @@ def test_unknown_id_offline_names_everything_that_was_tried(tmp_path, monkeypatc
     with pytest.raises(ModelLoadError) as info:
         resolve_model_path("nobody/no-such-model")
     text = str(info.value)
-    assert "local folder" in text and "Hugging Face id 'nobody/no-such-model'" in text
+    assert "local folder" in text and f"the Hugging Face cache ({tmp_path}: nobody/no-such-model is not there" in text
+    assert "HF_HUB_OFFLINE=1 forbids downloads" in text and "To fix: unset HF_HUB_OFFLINE" in text
 
 
 def test_file_and_bad_index_are_clear_errors(tmp_path):
