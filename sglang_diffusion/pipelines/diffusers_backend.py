@@ -222,6 +222,10 @@ class DiffusersBackendPipeline:
                     raise InvalidRequestError(f"{field_name}: {type(self.pipe).__name__} does not take it")
                 continue
             kwargs[target] = value
+        if "max_area" in self._call_params and "height" in kwargs and "width" in kwargs:
+            # FluxKontextPipeline scales the size to max_area (1024 x 1024) at its aspect ratio:
+            # the requested size is the area, as on the native pipeline
+            kwargs["max_area"] = kwargs["height"] * kwargs["width"]
         if params.image_path is not None:
             if "image" not in self._call_params:
                 raise InvalidRequestError(f"image_path: {type(self.pipe).__name__} takes no input image")
