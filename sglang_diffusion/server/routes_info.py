@@ -44,6 +44,7 @@ async def model_info(request: Request) -> dict:
         "parallel": {"num_gpus": args.num_gpus, "tp_size": args.tp_size, "sp_degree": sp, "ulysses_degree": ulysses,
                      "ring_degree": ring, "cfg_degree": args.cfg_degree},
         "cloud_storage": args.cloud_storage_type, "max_queue_size": args.max_queue_size,
+        "image_input": state.takes_image(),  # true: takes an input image (edits, image-to-video); null: unknown
         "defaults": {name: state.params.default(name) for name in SAMPLING_DEFAULTS},
         "limits": {"max_resolution": args.max_resolution, "max_inference_steps": args.max_inference_steps,
                    "max_num_frames": args.max_num_frames, "max_prompt_chars": args.max_prompt_chars},

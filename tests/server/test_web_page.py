@@ -1,7 +1,8 @@
-"""The web page at `/` in a real headless Chromium (selenium): the API key field, an image and a
-video generated on tiny models and shown at their size, the live progress bar and cancel of both,
-the recent results and the LoRA adapters; and the routes the page adds for images (their live
-progress by X-Progress-Id, the list of stored ones)."""
+"""The web page at `/` in a real headless Chromium (selenium): the API key field, an image, an
+edit of an uploaded image and a video generated on tiny models (native FLUX.2 and Wan2.1) and
+shown at their size, the live progress bar and cancel of both kinds, the recent results and the
+LoRA adapters; and the routes the page adds for images (their live progress by X-Progress-Id,
+the list of stored ones)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 
 import pytest
 import requests
+from PIL import Image
 
 from tests.server.conftest import API_KEY, start_server, write_tiny_lora
 
@@ -44,13 +46,14 @@ def browser():
 
 @pytest.fixture(scope="module")
 def image_server(tiny_model, tmp_path_factory):
-    """Tiny FLUX.1 on the diffusers backend (runtime LoRA), behind an API key."""
+    """Tiny FLUX.2 on the native pipeline (text to image, edits of reference images, runtime
+    LoRA), behind an API key."""
     root = tmp_path_factory.mktemp("web-image")
     (root / "loras").mkdir()
-    server = start_server(tiny_model("flux.1"), root / "out", "--backend", "diffusers", "--api-key", API_KEY,
-                          "--num-inference-steps", 2, "--width", 32, "--height", 32, "--lora-dirs", root / "loras")
+    server = start_server(tiny_model("flux.2"), root / "out", "--api-key", API_KEY, "--num-inference-steps", 2,
+                          "--width", 32, "--height", 32, "--lora-dirs", root / "loras")
     server.loras = root / "loras"
-    server.model = tiny_model("flux.1")
+    server.model = tiny_model("flux.2")
     yield server
     server.stop()
 
@@ -116,6 +119,7 @@ def test_page_asks_for_the_key_then_shows_an_image_of_the_requested_size(browser
     assert status(browser) == "this server needs its API key"
     assert browser.find_element(By.ID, "kind").text == "image"
     assert not browser.find_element(By.ID, "num-frames").is_displayed()  # frames are for video models
+    assert browser.find_element(By.ID, "image").is_displayed()  # FLUX.2 takes reference images
     open_page(browser, image_server, key=API_KEY)
     fill(browser, prompt="a red fox", width=64, height=48, steps=2, seed=7)
     browser.find_element(By.ID, "generate").click()
@@ -125,6 +129,18 @@ def test_page_asks_for_the_key_then_shows_an_image_of_the_requested_size(browser
     link = browser.find_element(By.ID, "download")
     assert link.get_attribute("href").startswith("blob:") and link.get_attribute("download").endswith(".png")
     until(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#recent img"))  # this server's stored images
+
+
+def test_page_edits_an_uploaded_image_on_a_model_that_takes_one(browser, image_server, tmp_path):
+    picture = tmp_path / "input.png"
+    Image.new("RGB", (80, 64), (200, 40, 10)).save(picture)
+    open_page(browser, image_server, key=API_KEY)
+    browser.find_element(By.ID, "image").send_keys(str(picture))
+    fill(browser, prompt="make it blue", width=64, height=48, steps=2)
+    browser.find_element(By.ID, "generate").click()
+    image = result(browser, "img")
+    assert browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image) == [64, 48]
+    assert '"POST /v1/images/edits HTTP/1.1" 200' in image_server.log()
 
 
 def test_image_progress_bar_moves_and_cancel_stops_the_request(browser, image_server):
@@ -157,6 +173,7 @@ def test_page_lists_merged_lora_adapters_and_unmerges_them(browser, image_server
 def test_page_plays_a_video_of_the_requested_size(browser, video_server):
     open_page(browser, video_server)
     assert not browser.find_element(By.ID, "api-key").is_displayed()  # no key on this server
+    assert not browser.find_element(By.ID, "image").is_displayed()  # a text-to-video model
     assert browser.find_element(By.ID, "kind").text == "video"
     fill(browser, prompt="a red fox", width=48, height=32, **{"num-frames": 5}, steps=2)
     browser.find_element(By.ID, "generate").click()

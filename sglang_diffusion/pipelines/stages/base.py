@@ -89,6 +89,9 @@ class StagedPipeline:
                  info: dict | None = None, lora=None):
         self.name, self.family, self.stages, self.device = name, family, stages, device
         self.info = dict(info or {})
+        validation = next((s for s in stages if s.name == "input_validation"), None)
+        if validation is not None:  # told to clients (/model_info): whether edits / image-to-video apply
+            self.info.setdefault("image_input", validation.image != "none")
         self.lora = lora
         self._split = next((i for i, s in enumerate(stages) if s.per_batch), len(stages))
         logger.info("%s stages: %s", name, " -> ".join(s.describe() for s in stages))

@@ -1,7 +1,9 @@
 // The web page of `sglang serve`: a client of the server's own routes, nothing more.
-// Images: POST v1/images/generations (response_format url) with an X-Progress-Id of our choosing,
-// polled at v1/images/progress/{id}; cancel aborts the request (the server stops at the next step).
-// Videos: POST v1/videos, polled at v1/videos/{id}; cancel is DELETE v1/videos/{id}.
+// Images: POST v1/images/generations (v1/images/edits with an input image; response_format url)
+// with an X-Progress-Id of our choosing, polled at v1/images/progress/{id}; cancel aborts the
+// request (the server stops at the next step).
+// Videos: POST v1/videos (input_reference: the input image), polled at v1/videos/{id}; cancel is
+// DELETE v1/videos/{id}.
 // Files are fetched with the API key (when the server has one) and shown from blob: URLs.
 "use strict";
 
@@ -11,6 +13,7 @@ const $ = (id) => document.getElementById(id);
 
 const page = {
   video: false,       // what the model makes, from /model_info's task
+  takesImage: false,  // whether it takes an input image (edits, image-to-video)
   busy: null,         // the generation in flight: {cancel: () => void}
   files: new Map(),   // served file URL -> its blob: URL, fetched once (a page session holds a few files)
 };
@@ -80,6 +83,8 @@ async function loadModel() {
   $("model").textContent = name + (info.pipeline ? ` \u00b7 ${info.pipeline} on ${info.device}` : "");
   $("kind").textContent = page.video ? "video" : "image";
   $("frames-field").hidden = !page.video;
+  page.takesImage = info.image_input === true || ["i2v", "ti2v", "i2i"].includes(info.task);
+  $("image-field").hidden = !page.takesImage;
   const defaults = info.defaults || {}, limits = info.limits || {};
   const fields = {width: "width", height: "height", "num-frames": "num_frames", steps: "num_inference_steps",
                   seed: "seed", guidance: "guidance_scale"};
@@ -107,6 +112,18 @@ function requestBody() {
   return body;
 }
 
+// A request body as JSON, or as multipart when it carries the input image (as the field `field`).
+function encoded(body, field) {
+  const image = page.takesImage ? $("image").files[0] : undefined;
+  if (!image) return {body: JSON.stringify(body), headers: {"Content-Type": "application/json"}, image: false};
+  const form = new FormData();
+  for (const [name, value] of Object.entries(body)) {
+    if (value !== undefined) form.append(name, value);
+  }
+  form.append(field, image);
+  return {body: form, headers: {}, image: true};
+}
+
 async function generateImage(body, signal) {
   const progressId = randomId();
   let done = false;
@@ -123,9 +140,10 @@ async function generateImage(body, signal) {
     }
   })();
   try {
-    const answer = await api("v1/images/generations", {
-      method: "POST", signal, body: JSON.stringify({...body, response_format: "url"}),
-      headers: {"Content-Type": "application/json", "X-Progress-Id": progressId}});
+    const request = encoded({...body, response_format: "url"}, "image");
+    const route = request.image ? "v1/images/edits" : "v1/images/generations";
+    const answer = await api(route, {method: "POST", signal, body: request.body,
+                                     headers: {...request.headers, "X-Progress-Id": progressId}});
     const url = answer.data[0].url;
     return {kind: "image", url: await fileUrl(url), name: fileName(url, ".png"), size: answer.size};
   } finally {
@@ -135,8 +153,8 @@ async function generateImage(body, signal) {
 }
 
 async function generateVideo(body, signal, setCancel) {
-  let job = await api("v1/videos", {method: "POST", signal, body: JSON.stringify(body),
-                                    headers: {"Content-Type": "application/json"}});
+  const request = encoded(body, "input_reference");
+  let job = await api("v1/videos", {method: "POST", signal, body: request.body, headers: request.headers});
   setCancel(() => api(`v1/videos/${job.id}`, {method: "DELETE"}).catch((e) => say(e.message, true)));
   while (!["completed", "failed", "expired"].includes(job.status)) {
     setProgress(job.progress);
