@@ -82,3 +82,12 @@ def test_image_to_video_requests_sharing_their_image_batch(pipeline, tmp_path):
     assert [s.forward_outputs for s in batched] == [2, 2]
     for one, together in zip(alone, batched):
         assert rel_err(one.latents, together.latents) <= TOLERANCE
+
+
+def test_cache_dit_and_the_diffusers_backend_refuse_batching_with_a_reason(tiny_model, pipeline):
+    model = str(tiny_model("flux.1"))
+    assert pipeline("flux.1").describe()["batch_refusal"] is None
+    cached = build_pipeline(ServerArgs(model_path=model, enable_cache_dit=True), Platform.current())
+    assert "Cache-DiT" in cached.describe()["batch_refusal"]
+    diffusers = build_pipeline(ServerArgs(model_path=model, backend="diffusers"), Platform.current())
+    assert "diffusers" in diffusers.describe()["batch_refusal"]
