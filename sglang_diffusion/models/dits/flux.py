@@ -22,6 +22,12 @@ as one fused op, QK-norm and RoPE as ours.
 
 Forward is laid out as embed -> double-stream blocks -> single-stream blocks -> final, the
 block protocol step caching wraps.
+
+Sequence parallelism (`seq`, a `distributed.sharding.SequenceShard` over the image tokens and
+Kontext's reference tokens after them): each rank holds its shard of those and the whole text;
+the RoPE tables keep the text rows and this shard's rows (`MMDiT.shard_tables`); every attention,
+double- or single-stream, runs as `Attention.joint` (the shard's queries over all image keys
+and the text), so the text stream comes out the same on every rank.
 """
 
 from __future__ import annotations

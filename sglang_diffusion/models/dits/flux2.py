@@ -14,7 +14,8 @@ map). The math is diffusers' `transformer_flux2.py`, in the same order:
     RoPE: 4 axes (t, h, w, l) of each token's ids, theta 2000; text ids (0, 0, 0, l)
 
 As in our FLUX.1 DiT, what a request fixes (text projection, guidance embedding, reference
-image tokens, RoPE tables) is computed once per request in `encode_context`.
+image tokens, RoPE tables) is computed once per request in `encode_context`, and sequence
+parallelism splits the image and reference tokens and keeps the text on every rank.
 """
 
 from __future__ import annotations

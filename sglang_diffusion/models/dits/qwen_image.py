@@ -20,7 +20,9 @@ What differs from diffusers is where the work goes: the text projection (and, fo
 reference latents' projection) runs once per request (`encode_context`), RoPE tables once per
 shape, the timestep's SiLU once per step, and norm + modulation + gated residual run as one
 fused op. Latents come in and go out unpacked, [B, C, 1, H, W] (the VAE's layout; `patch_size`
-reads (1, p, p)), so the denoising loop treats them as it treats Wan's.
+reads (1, p, p)), so the denoising loop treats them as it treats Wan's. Under sequence
+parallelism (`seq`) the [image, reference] tokens are split over the ranks and the text stays
+on every rank (`JointAttention` with `seq`; padded text still masked by its key bias).
 """
 
 from __future__ import annotations
