@@ -187,8 +187,10 @@ class Batcher:
                             item.future.set_exception(e)
 
     def stop(self) -> None:
-        """Run what is waiting, then stop the thread."""
+        """Run what is waiting, then stop the thread (waiting for it, unless called from it: an
+        engine that fails inside a batch shuts itself down from this thread)."""
         with self._wake:
             self._stopped = True
             self._wake.notify()
-        self._thread.join()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()

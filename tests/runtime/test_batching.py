@@ -111,3 +111,25 @@ def test_a_request_cancelled_while_waiting_never_runs():
         gone.result(timeout=5)
     assert run.batches[0][1] == ["kept"]
     batcher.stop()
+
+
+def test_a_batch_that_stops_its_batcher_settles_and_the_rest_still_runs():
+    """An engine that fails inside a batch shuts down (stopping the batcher) from the batcher's thread."""
+    holder, ran, both_in = {}, [], threading.Event()
+
+    def run(batch) -> None:
+        ran.append([item.params.prompt for item in batch])
+        if len(ran) == 1:
+            both_in.wait(5)
+            holder["batcher"].stop()
+        for item in batch:
+            item.future.set_result(item.params.prompt)
+
+    holder["batcher"] = batcher = Batcher(run, max_outputs=1, delay_s=0.0)
+    first, second = batcher.submit(SamplingParams(prompt="a")), batcher.submit(SamplingParams(prompt="b"))
+    both_in.set()
+    assert (first.result(timeout=5), second.result(timeout=5)) == ("a", "b")
+    batcher.stop()
+    assert ran == [["a"], ["b"]]
+    with pytest.raises(RuntimeError, match="stopped"):
+        batcher.submit(SamplingParams(prompt="c"))
