@@ -44,6 +44,9 @@ async def model_info(request: Request) -> dict:
         "parallel": {"num_gpus": args.num_gpus, "tp_size": args.tp_size, "sp_degree": sp, "ulysses_degree": ulysses,
                      "ring_degree": ring, "cfg_degree": args.cfg_degree},
         "cloud_storage": args.cloud_storage_type, "max_queue_size": args.max_queue_size,
+        # outputs per forward for compatible requests (1: one at a time, and why when batching was asked for)
+        "batching": {"max_batch_size": state.engine.max_batch_size, "batching_delay_ms": args.batching_delay_ms,
+                     "refused": info.get("batch_refusal") if args.max_batch_size > 1 else None},
         "image_input": state.takes_image(),  # true: takes an input image (edits, image-to-video); null: unknown
         "defaults": {name: state.params.default(name) for name in SAMPLING_DEFAULTS},
         "limits": {"max_resolution": args.max_resolution, "max_inference_steps": args.max_inference_steps,

@@ -42,5 +42,7 @@ def test_concurrent_requests_are_batched_equal_alone_and_counted(tiny_model, tmp
         count = float(re.search(r"^sglang_diffusion_batch_size_count (\S+)$", metrics, re.M)[1])
         total = float(re.search(r"^sglang_diffusion_batch_size_sum (\S+)$", metrics, re.M)[1])
         assert (count, total) == (6, 3 * 3 + 3 * 1)
+        info = requests.get(server.url + "/model_info", timeout=10).json()
+        assert info["batching"] == {"max_batch_size": 4, "batching_delay_ms": 1500.0, "refused": None}
     finally:
         server.stop()
