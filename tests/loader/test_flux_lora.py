@@ -1,7 +1,8 @@
 """FLUX.1 LoRA layouts merged into our DiT at start-up (`--lora-path`), against diffusers'
 `load_lora_weights` + `fuse_lora` of the same file: diffusers/peft, kohya `lora_unet_*` (alpha),
 XLabs `double_blocks.*.processor.*`; the BFL `diffusion_model.*` layout (fused qkv and linear1)
-against the same adapter written in diffusers' names."""
+against the same adapter written in diffusers' names; the same merged at run time into the
+rows of our fused q/k/v(/MLP) parameters, two adapters at once, unmerged bit for bit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from sglang_diffusion.loader.lora import LoraSpec
 from sglang_diffusion.loader.lora_merge import merge_lora, read_lora
+from sglang_diffusion.loader.lora_native import NativeLoraManager
 from sglang_diffusion.models.dits.flux import FluxTransformer2DModel
 
 RANK, DIM, MLP = 2, 32, 128  # the tiny FLUX.1 transformer (2 heads x 16)
@@ -70,16 +73,20 @@ def inputs():
                 img_ids=image_ids(4, 4), txt_ids=torch.zeros(6, 3), guidance=torch.tensor([3.5]))
 
 
+def forward(model, kw):
+    context = model.encode_context(kw["encoder_hidden_states"], kw["pooled_projections"], kw["guidance"],
+                                   kw["txt_ids"])
+    with torch.no_grad():
+        return model.forward_tokens(kw["hidden_states"], kw["timestep"], context,
+                                    *model.rope(kw["txt_ids"], kw["img_ids"]))
+
+
 def ours(folder, lora_path, kw):
     lora = read_lora(str(lora_path))
     merged = []
     model = FluxTransformer2DModel.from_pretrained(
         folder / "transformer", state_edit=lambda s: (merged.append(merge_lora(s, lora)), s)[1])
-    context = model.encode_context(kw["encoder_hidden_states"], kw["pooled_projections"], kw["guidance"],
-                                   kw["txt_ids"])
-    with torch.no_grad():
-        return model.forward_tokens(kw["hidden_states"], kw["timestep"], context,
-                                    *model.rope(kw["txt_ids"], kw["img_ids"])), merged[0]
+    return forward(model, kw), merged[0]
 
 
 def diffusers(folder, lora_path, kw):
@@ -129,3 +136,23 @@ def test_bfl_layout_splits_fused_layers_like_the_diffusers_names(tiny_model, tmp
     assert merged == 7
     assert rel_err(ours(folder, tmp_path / "split.safetensors", inputs)[0], bfl) <= TOL
     assert rel_err(diffusers(folder, tmp_path / "split.safetensors", inputs), bfl) <= TOL
+
+
+def test_run_time_merge_of_two_adapters_equals_the_checkpoint_merge_and_unmerges_bit_for_bit(tiny_model, tmp_path,
+                                                                                             inputs):
+    """kohya's fused img_attn_qkv / linear1 land in the rows of our to_qkv / to_qkv_mlp parameters."""
+    folder = tiny_model("flux.1")
+    kohya = kohya_file(tmp_path / "kohya.safetensors", torch.Generator().manual_seed(3))
+    peft = peft_file(tmp_path / "peft.safetensors", torch.Generator().manual_seed(5))
+    model = FluxTransformer2DModel.from_pretrained(folder / "transformer")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    manager = NativeLoraManager({"transformer": (model, folder / "transformer")})
+    manager.set([LoraSpec("kohya", str(kohya), strength=0.7), LoraSpec("peft", str(peft), strength=-0.4)])
+    state_merged = FluxTransformer2DModel.from_pretrained(
+        folder / "transformer", state_edit=lambda s: (merge_lora(s, read_lora(str(kohya)), strength=0.7),
+                                                      merge_lora(s, read_lora(str(peft)), strength=-0.4), s)[2])
+    assert rel_err(forward(state_merged, inputs), forward(model, inputs)) <= TOL
+    manager.unmerge()
+    assert all(torch.equal(base[k], v) for k, v in model.state_dict().items())
+    manager.use([LoraSpec("kohya", strength=0.7), LoraSpec("peft", strength=-0.4)])  # a request's adapters
+    assert rel_err(forward(state_merged, inputs), forward(model, inputs)) <= TOL

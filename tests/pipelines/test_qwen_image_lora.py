@@ -1,8 +1,9 @@
 """--lora-path on the native Qwen-Image pipeline: a diffusers/peft LoRA (written by diffusers), and
 the same adapter in the layouts Qwen-Image LoRAs ship in (Lightning-style `lora_down`/`lora_up`
 with `.alpha` on diffusers module names, `diffusion_model.`-prefixed `lora_A`/`lora_B`, kohya
-underscores), merged at start-up (before q/k/v are fused), give diffusers' pipeline after its
-`load_lora_weights` of the peft file."""
+underscores), merged at start-up into the rows of our fused q/k/v, give diffusers' pipeline after its
+`load_lora_weights` of the peft file; unmerged at run time it is the base again, and a request
+naming the adapter gets it back."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs
+from sglang_diffusion.loader.lora import use_request_loras
 from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.platform import Platform
 
@@ -96,3 +98,8 @@ def test_merged_lora_equals_diffusers_load_lora_weights(layout, model, expected,
     assert rel_err(want, ours) <= 1e-4
     assert rel_err(want, plain) > 1e-2  # the LoRA changes the output
     assert pipe.lora.describe()["active"]["transformer"][0]["merged"] is True
+    pipe.lora.unmerge()  # at run time: the base weights, then the adapter again for a request naming it
+    assert rel_err(plain, pipe.run(SamplingParams(**REQUEST)).latents) <= 1e-4
+    params = SamplingParams(**REQUEST, lora_adapters="default")
+    use_request_loras(pipe, params)
+    assert torch.equal(pipe.run(params).latents, ours)
