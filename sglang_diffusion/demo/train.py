@@ -1,0 +1,423 @@
+"""Train the demo model from nothing: the VAE, then the DiT and the text encoder together.
+
+    python -m sglang_diffusion.demo.train --output-dir demo-model [--work-dir demo-work]
+
+Phases, each resumable from its checkpoint in the work folder (run the same command again
+after a stop):
+
+1. `init`: the diffusers folder with seeded random weights (`folder.write_initial_folder`).
+2. `vae`: AutoencoderKLWan on random crops of short synthetic clips (flat colours are local,
+   and a convolutional VAE does not care where in the frame an edge is), L1 + MSE. The decoder
+   sees the posterior mean plus a fixed small noise (so that it tolerates the DiT's errors) and
+   a small penalty keeps the mean near unit scale: the posterior's own variance starts at 1 and,
+   with a KL weight small enough not to blur, takes thousands of steps to shrink.
+3. `latents`: the trained encoder's latents (posterior means) of a fixed set of full-size
+   17-frame videos and 1-frame images of the training scenes, and their per-channel mean and
+   std, which go into the VAE config (latents_mean / latents_std) as Wan's do.
+4. `dit`: the Wan DiT and the UMT5 encoder on those latents with the rectified-flow objective
+   of the pipeline's scheduler (UniPC, flow_prediction, shift `FLOW_SHIFT`): x_t = (1 - s) x0 +
+   s noise at timestep 1000 s, the target noise - x0; the prompt dropped to "" 10% of the time
+   for classifier-free guidance. Held-out scenes (`world.held_out`) are never drawn.
+5. `save`: every trained component saved over the folder, the loss curve as loss_curve.png and
+   what was done in training.json.
+
+Deterministic under the config's seed: each sample is drawn from its own generator
+(`world.scene_rng(seed, index)`) and each step's noise from a generator seeded by the step,
+so a resumed run continues exactly where the stopped one was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sglang_diffusion.demo import folder as demo_folder
+from sglang_diffusion.demo import world
+
+CONFIG_PATH = pathlib.Path(__file__).with_name("train_config.json")
+PAD_LENGTH = 512  # the pipelines pad prompt embeddings to 512 tokens with zeros
+
+
+@dataclass(frozen=True)
+class VaeStage:
+    """`steps` steps on `frames`-frame crops; the learning rate follows a warm-up + cosine
+    schedule over `schedule_steps` (>= steps: a stage may stop part-way down its schedule)."""
+
+    steps: int
+    schedule_steps: int
+    frames: int
+    batch: int
+    lr: float
+    warmup_steps: int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int
+    vae_stages: tuple[VaeStage, ...]
+    vae_crop: int
+    vae_latent_noise: float
+    vae_latent_penalty: float
+    num_videos: int
+    num_images: int
+    video_frames: int
+    size: int
+    dit_steps: int
+    dit_batch: int
+    dit_image_batch: int
+    dit_image_every: int
+    dit_lr: float
+    text_dropout: float
+    warmup_steps: int  # the DiT's
+    checkpoint_every: int
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        values = json.loads(pathlib.Path(path).read_text())
+        names = {f.name for f in fields(cls)}
+        if set(values) != names:
+            raise SystemExit(f"{path}: keys {sorted(set(values) ^ names)} are missing or unknown")
+        values["vae_stages"] = tuple(VaeStage(**stage) for stage in values["vae_stages"])
+        return cls(**values)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """[F, H, W, 3] uint8 -> [3, F, H, W] in [-1, 1]."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+
+
+def random_scene(rng: np.random.Generator, scenes: list[world.Scene]) -> world.Scene:
+    return scenes[rng.integers(len(scenes))]
+
+
+def save_checkpoint(path: pathlib.Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+class Progress:
+    def __init__(self, phase: str, total: int, start: int):
+        self.phase, self.total, self.start, self.t0 = phase, total, start, time.time()
+
+    def report(self, step: int, loss: float) -> None:
+        done = step + 1 - self.start
+        elapsed = time.time() - self.t0
+        eta = elapsed / max(done, 1) * (self.total - step - 1)
+        log(f"{self.phase} step {step + 1}/{self.total} loss {loss:.4f} ({elapsed / max(done, 1):.2f} s/step, "
+            f"eta {eta / 60:.1f} min)")
+
+
+# ---------------------------------------------------------------------------------------- 2. VAE
+def vae_batch(config: TrainConfig, stage: int, step: int) -> torch.Tensor:
+    """[B, 3, F, crop, crop] random crops of random training clips."""
+    spec, scenes, clips = config.vae_stages[stage], world.training_scenes(), []
+    for j in range(spec.batch):
+        rng = world.scene_rng(config.seed * 7 + 1 + 10 * stage, step * spec.batch + j)
+        layout = world.place(random_scene(rng, scenes), config.size, config.size, spec.frames, rng)
+        frames = world.render(layout, spec.frames)
+        y, x = rng.integers(0, config.size - config.vae_crop + 1, size=2)
+        clips.append(to_tensor(frames[:, y:y + config.vae_crop, x:x + config.vae_crop]))
+    return torch.stack(clips)
+
+
+def train_vae(config: TrainConfig, vae, work: pathlib.Path) -> list[float]:
+    """The stages in turn (5-frame clips first: one first frame and one 4-frame chunk; then
+    9 frames, so that the causal cache also carries a chunk into the next)."""
+    ckpt_path = work / "vae.pt"
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_stages[0].lr, weight_decay=0.0)
+    done, losses = 0, []
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        vae.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        done, losses = ckpt["step"], ckpt["losses"]
+        log(f"vae: resumed at step {done}")
+    vae.train()
+    total, first = sum(s.steps for s in config.vae_stages), 0
+    progress = Progress("vae", total, done)
+    for stage, spec in enumerate(config.vae_stages):
+        for step in range(max(0, done - first), spec.steps):
+            overall = first + step
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, spec.schedule_steps, spec.lr, spec.warmup_steps)
+            x = vae_batch(config, stage, step)  # [B, 3, F, h, w]
+            mean = vae.encode(x).latent_dist.mean  # [B, C, T, h, w]
+            noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + overall))
+            recon = vae.decode(mean + config.vae_latent_noise * noise).sample
+            loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + config.vae_latent_penalty * mean.pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+            if (overall + 1) % 10 == 0 or overall + 1 == total:
+                progress.report(overall, float(np.mean(losses[-10:])))
+            if (overall + 1) % config.checkpoint_every == 0 or overall + 1 == total:
+                save_checkpoint(ckpt_path, dict(model=vae.state_dict(), optimizer=optimizer.state_dict(),
+                                                step=overall + 1, losses=losses))
+        first += spec.steps
+    vae.eval()
+    return losses
+
+
+# ------------------------------------------------------------------------------------ 3. latents
+def dataset_scenes(config: TrainConfig, scenes: list[world.Scene], count: int, frames: int, stream: int):
+    """`count` (layout, prompt) pairs: every training scene in turn, each at a random place."""
+    order = np.random.default_rng([config.seed, stream]).permutation(len(scenes))
+    items = []
+    for i in range(count):
+        rng = world.scene_rng(config.seed * 7 + stream, i)
+        layout = world.place(scenes[order[i % len(scenes)]], config.size, config.size, frames, rng)
+        items.append(layout)
+    return items
+
+
+@torch.no_grad()
+def encode_latents(config: TrainConfig, vae, work: pathlib.Path, scenes: list[world.Scene]) -> dict:
+    path = work / "latents.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    from sglang_diffusion.models.vaes.wan import accelerate_wan_vae
+
+    fast = type(vae).from_config(vae.config).eval()
+    fast.load_state_dict(vae.state_dict())
+    accelerate_wan_vae(fast)
+    data = {}
+    for kind, count, frames, stream in (("videos", config.num_videos, config.video_frames, 2),
+                                        ("images", config.num_images, 1, 3)):
+        layouts = dataset_scenes(config, scenes, count, frames, stream)
+        latents, t0 = [], time.time()
+        for i in range(0, count, 8):
+            clips = torch.stack([to_tensor(world.render(l, frames)) for l in layouts[i:i + 8]])
+            latents.append(fast.encode(clips).latent_dist.mean)
+            if (i // 8 + 1) % 10 == 0:
+                log(f"latents: {kind} {i + len(clips)}/{count} ({time.time() - t0:.0f} s)")
+        data[kind] = torch.cat(latents)  # [N, C, T, h, w]
+        data[kind + "_prompts"] = [l.scene.prompt() for l in layouts]
+    both = torch.cat([data["videos"].transpose(1, 2).flatten(0, 1), data["images"].transpose(1, 2).flatten(0, 1)])
+    data["mean"] = both.mean(dim=(0, 2, 3))  # [C]
+    data["std"] = both.std(dim=(0, 2, 3))
+    save_checkpoint(path, data)
+    log(f"latents: {len(data['videos'])} videos, {len(data['images'])} images encoded")
+    return data
+
+
+# ---------------------------------------------------------------------------------------- 4. DiT
+class PaddedTextAttention:
+    """Cross-attention over a prompt padded with zero embeddings to 512 tokens, computed with
+    the padding collapsed into one slot: the padded tokens have identical keys and values, so
+    attending to n of them equals attending to one with log(n) added to its logit. Exact (to
+    float rounding) and about half the DiT's training cost. Training only; `bias` is set per
+    batch, [B, 1, 1, S]."""
+
+    def __init__(self):
+        self.bias = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)  # [B, H, S, D]
+        k = attn.norm_k(attn.to_k(encoder_hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        v = attn.to_v(encoder_hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias)
+        return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2)))
+
+
+def encode_prompts(text_encoder, tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings [B, L + 1, D] (each prompt's tokens, zeros after them, one zero slot standing
+    for its padding) and the attention bias [B, 1, 1, L + 1] that makes that slot count as
+    512 - length padded tokens and hides the zeros after a shorter prompt."""
+    ids = tokenizer(prompts, padding="longest", return_tensors="pt")
+    lengths = ids.attention_mask.sum(dim=1)  # [B]
+    states = text_encoder(ids.input_ids, ids.attention_mask).last_hidden_state  # [B, L, D]
+    states = states * ids.attention_mask[..., None]
+    states = torch.cat([states, states.new_zeros(states.shape[0], 1, states.shape[2])], dim=1)
+    positions = torch.arange(states.shape[1])[None]  # [1, L + 1]
+    bias = torch.where(positions < lengths[:, None], 0.0, -math.inf)
+    bias[torch.arange(len(prompts)), lengths] = torch.log((PAD_LENGTH - lengths).float())
+    return states, bias[:, None, None, :]
+
+
+def training_prompt(prompt: str, rng: np.random.Generator, dropout: float) -> str:
+    if rng.random() < dropout:
+        return ""
+    if rng.random() < 0.3:  # "a" and "an" are both fine before any colour
+        words = prompt.split()
+        words[0] = "an" if words[0] == "a" else "a"
+        return " ".join(words)
+    return prompt
+
+
+def sample_sigmas(u: torch.Tensor) -> torch.Tensor:
+    """Noise levels as the scheduler spaces them: uniform u pushed toward noise by the shift."""
+    shift = demo_folder.FLOW_SHIFT
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def train_dit(config: TrainConfig, transformer, text_encoder, tokenizer, data: dict, work: pathlib.Path):
+    ckpt_path = work / "dit.pt"
+    params = [*transformer.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.dit_lr, weight_decay=0.01)
+    start, losses = 0, []
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        transformer.load_state_dict(ckpt["transformer"])
+        text_encoder.load_state_dict(ckpt["text_encoder"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start, losses = ckpt["step"], ckpt["losses"]
+        log(f"dit: resumed at step {start}")
+    processors = []
+    for block in transformer.blocks:
+        processors.append(PaddedTextAttention())
+        block.attn2.set_processor(processors[-1])
+    mean, std = data["mean"][None, :, None, None, None], data["std"][None, :, None, None, None]
+    transformer.train()
+    text_encoder.train()
+    progress = Progress("dit", config.dit_steps, start)
+    for step in range(start, config.dit_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config.dit_steps, config.dit_lr, config.warmup_steps)
+        rng = np.random.default_rng([config.seed, 4, step])
+        kind, batch = ("images", config.dit_image_batch) if step % config.dit_image_every == 3 else \
+            ("videos", config.dit_batch)
+        index = rng.choice(len(data[kind]), size=batch, replace=False)
+        x0 = (data[kind][index] - mean) / std  # [B, C, T, h, w]
+        prompts = [training_prompt(data[kind + "_prompts"][i], rng, config.text_dropout) for i in index]
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        noise = torch.randn(x0.shape, generator=gen)
+        sigma = sample_sigmas(torch.rand(batch, generator=gen))[:, None, None, None, None]
+        x_t = (1 - sigma) * x0 + sigma * noise
+        states, bias = encode_prompts(text_encoder, tokenizer, prompts)
+        for p in processors:
+            p.bias = bias
+        pred = transformer(x_t, sigma.flatten() * 1000, states, return_dict=False)[0]
+        loss = F.mse_loss(pred, noise - x0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % 10 == 0 or step + 1 == config.dit_steps:
+            progress.report(step, float(np.mean(losses[-10:])))
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.dit_steps:
+            save_checkpoint(ckpt_path, dict(transformer=transformer.state_dict(), optimizer=optimizer.state_dict(),
+                                            text_encoder=text_encoder.state_dict(), step=step + 1, losses=losses))
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    for block in transformer.blocks:
+        block.attn2.set_processor(WanAttnProcessor())
+    transformer.eval()
+    text_encoder.eval()
+    return losses
+
+
+# --------------------------------------------------------------------------------------- 5. save
+def plot_losses(curves: dict[str, list[float]], path: pathlib.Path) -> None:
+    """One panel per phase: the loss per step (light) and its running mean over 20 (dark), log y."""
+    from PIL import Image, ImageDraw
+
+    width, height, pad = 640, 240, 40
+    image = Image.new("RGB", (width, height * len(curves)), "white")
+    draw = ImageDraw.Draw(image)
+    for row, (name, values) in enumerate(curves.items()):
+        top = row * height
+        logs = np.log10(np.maximum(np.asarray(values, dtype=np.float64), 1e-8))
+        smooth = np.convolve(logs, np.ones(20) / 20, mode="valid") if len(logs) >= 20 else logs
+        lo, hi = float(logs.min()), float(logs.max()) + 1e-9
+
+        def xy(i, v, n=len(logs)):
+            return pad + (width - 2 * pad) * i / max(1, n - 1), top + pad + (height - 2 * pad) * (hi - v) / (hi - lo)
+
+        draw.rectangle([pad, top + pad, width - pad, top + height - pad], outline="black")
+        draw.line([xy(i, v) for i, v in enumerate(logs)], fill=(170, 190, 230))
+        offset = len(logs) - len(smooth)
+        draw.line([xy(i + offset, v) for i, v in enumerate(smooth)], fill=(20, 40, 160), width=2)
+        draw.text((pad, top + 10), f"{name} loss (log10 {lo:.2f} .. {hi:.2f}), {len(values)} steps, "
+                                   f"last 20 mean {np.mean(values[-20:]):.4f}", fill="black")
+    image.save(path)
+
+
+def train(config: TrainConfig, output_dir: pathlib.Path, work: pathlib.Path) -> pathlib.Path:
+    import diffusers
+    import transformers
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    work.mkdir(parents=True, exist_ok=True)
+    timings = json.loads((work / "timings.json").read_text()) if (work / "timings.json").exists() else {}
+
+    def timed(phase, fn):
+        t0 = time.time()
+        result = fn()
+        timings[phase] = timings.get(phase, 0.0) + time.time() - t0
+        (work / "timings.json").write_text(json.dumps(timings, indent=2))
+        return result
+
+    init = work / "init"
+    if not (init / "model_index.json").exists():
+        shutil.rmtree(init, ignore_errors=True)
+        demo_folder.write_initial_folder(init, config.seed)
+    scenes = world.training_scenes()
+    log(f"training on {len(scenes)} of {len(world.all_scenes())} scenes ({len(world.held_out_scenes())} held out)")
+    vae = diffusers.AutoencoderKLWan.from_pretrained(init / "vae")
+    vae_losses = timed("vae", lambda: train_vae(config, vae, work))
+    data = timed("latents", lambda: encode_latents(config, vae, work, scenes))
+    transformer = diffusers.WanTransformer3DModel.from_pretrained(init / "transformer")
+    text_encoder = transformers.UMT5EncoderModel.from_pretrained(init / "text_encoder", dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(init / "tokenizer")
+    dit_losses = timed("dit", lambda: train_dit(config, transformer, text_encoder, tokenizer, data, work))
+
+    staging = output_dir.with_name(output_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(init, staging)
+    vae.register_to_config(latents_mean=data["mean"].tolist(), latents_std=data["std"].tolist())
+    vae.save_pretrained(staging / "vae")
+    transformer.save_pretrained(staging / "transformer")
+    text_encoder.save_pretrained(staging / "text_encoder")
+    plot_losses({"vae": vae_losses, "dit": dit_losses}, staging / "loss_curve.png")
+    (staging / "training.json").write_text(json.dumps(dict(
+        config=asdict(config), seconds=timings, final_vae_loss=float(np.mean(vae_losses[-20:])),
+        final_dit_loss=float(np.mean(dit_losses[-20:])), torch=torch.__version__, diffusers=diffusers.__version__,
+        transformers=transformers.__version__, threads=torch.get_num_threads()), indent=2) + "\n")
+    shutil.rmtree(output_dir, ignore_errors=True)
+    staging.rename(output_dir)
+    log(f"saved the demo model to {output_dir} (vae {timings['vae'] / 60:.1f} min, latents "
+        f"{timings['latents'] / 60:.1f} min, dit {timings['dit'] / 60:.1f} min)")
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sglang_diffusion.demo.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--output-dir", required=True, help="where the trained diffusers folder goes")
+    parser.add_argument("--work-dir", default=None, help="checkpoints and cached latents (default: <output-dir>.work)")
+    parser.add_argument("--config", default=str(CONFIG_PATH), help="training configuration (JSON)")
+    args = parser.parse_args(argv)
+    output = pathlib.Path(args.output_dir).resolve()
+    work = pathlib.Path(args.work_dir).resolve() if args.work_dir else output.with_name(output.name + ".work")
+    train(TrainConfig.load(args.config), output, work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
