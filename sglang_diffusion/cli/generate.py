@@ -8,6 +8,7 @@ import logging
 from typing import Sequence
 
 from sglang_diffusion.cli.args import build_parser, parse
+from sglang_diffusion.cli.settings import effective_settings
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import ConfigError
@@ -52,6 +53,9 @@ def run(argv: Sequence[str]) -> int:
         raise ConfigError("prompt is required (--prompt, --prompt-path or the config key prompt)")
     if server_args.model_path is None:
         server_args, sampling = use_demo_model(server_args, sampling)
+    settings = effective_settings(server_args.model_path, sampling)
+    if settings:
+        logger.info("will generate: %s", settings)
     from sglang_diffusion.runtime.engine import Engine
 
     with Engine(server_args) as engine:

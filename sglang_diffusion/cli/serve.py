@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from sglang_diffusion.cli.args import build_parser, parse
+from sglang_diffusion.cli.generate import use_demo_model
+from sglang_diffusion.cli.settings import effective_settings
 from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.log import configure_logging
 
@@ -35,8 +37,11 @@ def run(argv: Sequence[str]) -> int:
         raise ConfigError(f"{', '.join(given)}: given per request to the server, not at start-up")
     if isinstance(defaults.seed, list):
         raise ConfigError(f"seed: the server's default is one seed, got {defaults.seed}")
-    if not server_args.model_path:
-        raise ConfigError("model_path is required (--model-path or the config key model_path)")
+    if not server_args.model_path:  # as `sglang generate`: the demo model, with its sizes as the defaults
+        server_args, defaults = use_demo_model(server_args, defaults)
+    settings = effective_settings(server_args.model_path, defaults)
+    if settings:
+        logger.info("defaults of every request: %s", settings)
 
     import uvicorn
 

@@ -24,6 +24,11 @@ class Family:
     def is_video(self) -> bool:
         return self.task not in ("t2i", "i2i")
 
+    @property
+    def makes_images(self) -> bool:
+        """Whether it makes an image from a prompt: image models, and text-to-video models as one frame."""
+        return not self.is_video or self.task in ("t2v", "ti2v")
+
 
 WAN_RESOLUTIONS = {"480p": (480, 832)}  # Wan's 480p training size (16:9 would be 848)
 

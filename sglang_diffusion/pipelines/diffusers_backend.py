@@ -201,6 +201,9 @@ class DiffusersBackendPipeline:
                 "family": self.family.name if self.family else None, "image_input": "image" in self._call_params,
                 "attention_backend": self._attention_backend or "diffusers default",
                 "cache_dit": self._cache_dit.describe() if self._cache_dit else None,
+                **{f"{key}_dtype": str(module.dtype).removeprefix("torch.") for key, module in
+                   (("dit", getattr(self.pipe, "transformer", None) or getattr(self.pipe, "unet", None)),
+                    ("vae", getattr(self.pipe, "vae", None))) if module is not None and hasattr(module, "dtype")},
                 "batch_refusal": "a diffusers pipeline draws a batch's noise otherwise than each request alone"}
 
     def generate_batch(self, requests: list[SamplingParams], hooks: StepHooks | None = None) -> list[PipelineOutput]:

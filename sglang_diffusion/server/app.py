@@ -53,8 +53,8 @@ def _openapi(app: FastAPI, state: ServerState):
 
 
 def _unserved_prefixes(state: ServerState) -> tuple[str, ...]:
-    if state.family is not None and state.family.is_video:
-        return ("/v1/images",)
+    if state.family is not None and state.family.is_video:  # a text-to-video model makes images as one frame
+        return ("/v1/images/edits",) if state.family.makes_images else ("/v1/images",)
     hidden = ("/v1/videos",) if state.family is not None else ()
     return hidden + (("/v1/images/edits",) if state.takes_image() is False else ())
 

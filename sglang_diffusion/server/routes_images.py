@@ -26,9 +26,14 @@ _GENERATION_ERRORS = error_responses(404, 409, 422, 429)
 
 
 def check_makes_images(state: ServerState) -> None:
-    if state.family is not None and state.family.is_video:
+    if state.family is not None and not state.family.makes_images:
         raise APIError(422, f"{state.model_id} makes videos: use POST /v1/videos", param="model",
                        code="unsupported_by_model")
+
+
+def _one_frame(state: ServerState) -> dict:
+    """What an image request sets on a text-to-video model: one frame."""
+    return {"num_frames": 1} if state.family is not None and state.family.is_video else {}
 
 
 async def _store(state: ServerState, request: Request, content: bytes, output_format: str) -> str:
@@ -50,7 +55,7 @@ async def _store(state: ServerState, request: Request, content: bytes, output_fo
 
 
 async def _respond(state: ServerState, request: Request, result: GenerationResult, body: ImageOptions) -> dict:
-    if result.is_video:
+    if result.num_frames != 1:
         raise APIError(422, f"{state.model_id} makes videos: use POST /v1/videos", param="model",
                        code="unsupported_by_model")
     data = []
@@ -72,7 +77,8 @@ async def create_images(request: Request) -> dict:
     state: ServerState = request.app.state.server
     body, _ = await read_body(request, ImageGenerationRequest, allow_form=False)
     check_makes_images(state)
-    params = state.params.sampling(body, num_outputs_per_prompt=body.n, return_frames=True, save_output=False)
+    params = state.params.sampling(body, num_outputs_per_prompt=body.n, return_frames=True, save_output=False,
+                                   **_one_frame(state))
     async with state.answering():
         result = await state.generate(params, request, request.headers.get(image_progress.HEADER))
         return await _respond(state, request, result, body)

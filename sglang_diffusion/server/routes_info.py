@@ -40,7 +40,8 @@ async def model_info(request: Request) -> dict:
         "model": state.model_id, "served_model_names": state.params.served_names, "task": state.family.task if state.family else None,
         "family": info.get("family"), "pipeline": info.get("pipeline"), "backend": info.get("backend"),
         "attention_backend": info.get("attention_backend"), "device": info.get("device"),
-        "dit_precision": args.dit_precision, "vae_precision": args.vae_precision,
+        # what the model runs in (a requested bf16 may run as fp32 where it is slower), not what was asked
+        "dit_precision": _precision(info.get("dit_dtype")), "vae_precision": _precision(info.get("vae_dtype")),
         "parallel": {"num_gpus": args.num_gpus, "tp_size": args.tp_size, "sp_degree": sp, "ulysses_degree": ulysses,
                      "ring_degree": ring, "cfg_degree": args.cfg_degree},
         "cloud_storage": args.cloud_storage_type, "max_queue_size": args.max_queue_size,
@@ -52,3 +53,7 @@ async def model_info(request: Request) -> dict:
         "limits": {"max_resolution": args.max_resolution, "max_inference_steps": args.max_inference_steps,
                    "max_num_frames": args.max_num_frames, "max_prompt_chars": args.max_prompt_chars},
     }
+
+
+def _precision(dtype: str | None) -> str | None:
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype)

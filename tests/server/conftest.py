@@ -50,13 +50,14 @@ class ServerProcess:
             raise AssertionError(f"the server did not stop within {timeout} s:\n{self.log()[-4000:]}") from None
 
 
-def start_server(model: Path, output_path: Path, *args, env: dict | None = None) -> ServerProcess:
-    """`sglang serve` with the model, waiting until /health answers (the model is loaded by then)."""
+def start_server(model: Path | None, output_path: Path, *args, env: dict | None = None) -> ServerProcess:
+    """`sglang serve` with the model (None: no --model-path, the demo model), waiting until
+    /health answers (the model is loaded by then)."""
     port = free_port()
     output_path.mkdir(parents=True, exist_ok=True)
     log_path = output_path.parent / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "sglang_diffusion", "serve", "--model-path", str(model), "--host", "127.0.0.1",
-           "--port", str(port), "--output-path", str(output_path), *map(str, args)]
+    cmd = [sys.executable, "-m", "sglang_diffusion", "serve", *(["--model-path", str(model)] if model else []),
+           "--host", "127.0.0.1", "--port", str(port), "--output-path", str(output_path), *map(str, args)]
     with open(log_path, "w") as log:
         # One intra-op thread: tiny models gain nothing from more, and on a small shared machine two
         # spinning torch thread pools (server and test process) made generations 5-15x slower.

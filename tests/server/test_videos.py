@@ -118,7 +118,15 @@ def test_bad_video_requests(server):
     assert post({"prompt": "x", "num_frames": 100000}).status_code == 400
     refused = post({"prompt": "x", "input_reference": {"image_url": "data:image/png;base64,AAAA"}})
     assert refused.status_code == 422 and "no input image" in refused.json()["error"]["message"]
-    assert requests.post(server.v1 + "/images/generations", json={"prompt": "x"}, timeout=10).status_code == 422
+    # a text-to-video model makes an image as its one-frame video; it edits none
+    image = requests.post(server.v1 + "/images/generations", json={"prompt": "x", "size": "32x48"}, timeout=120)
+    assert image.status_code == 200, image.text
+    assert Image.open(io.BytesIO(base64.b64decode(image.json()["data"][0]["b64_json"]))).size == (32, 48)
+    edit = requests.post(server.v1 + "/images/edits", files={"image": ("a.png", b"x")}, data={"prompt": "x"},
+                         timeout=10)
+    assert edit.status_code == 422 and "no input image" in edit.json()["error"]["message"]
+    doc = requests.get(server.url + "/openapi.json", timeout=10).json()["paths"]
+    assert "/v1/images/generations" in doc and "/v1/images/edits" not in doc
     not_ready = requests.get(server.v1 + "/videos/video_" + "0" * 32, timeout=10)
     assert not_ready.status_code == 404
 

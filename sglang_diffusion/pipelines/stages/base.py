@@ -98,7 +98,13 @@ class StagedPipeline:
 
     def describe(self) -> dict:
         return {"pipeline": self.name, "backend": self.backend, "family": self.family.name if self.family else None,
-                "batch_refusal": self.batch_refusal(), **self.info}
+                "batch_refusal": self.batch_refusal(), "vae_dtype": self._vae_dtype(), **self.info}
+
+    def _vae_dtype(self) -> str | None:
+        """The dtype the decoding stage's VAE runs in (the DiT's is the builders' `dit_dtype`)."""
+        vae = next((getattr(s, "vae", None) for s in self.stages if s.name == "decoding"), None)
+        dtype = getattr(vae, "dtype", None)
+        return str(dtype).removeprefix("torch.") if dtype is not None else None
 
     def batch_refusal(self) -> str | None:
         """Why requests of one batch key cannot share a forward here (they then run one at a time), or None."""
