@@ -100,6 +100,16 @@ class ParamsBuilder:
                                f"{SIZE_MULTIPLE} pixels", param="size", code="unsupported_size")
         return width, height
 
+    @staticmethod
+    def check_options(req: GenerationOptions) -> None:
+        """Combinations of schema-valid fields that do not go together: 422, naming them."""
+        if req.orientation is not None and req.resolution is None:
+            raise APIError(422, "orientation applies to a resolution shortcut: give resolution too",
+                           param="orientation", code="invalid_value")
+        if req.output_quality is not None and req.output_compression is not None:
+            raise APIError(422, "give output_quality or output_compression, not both", param="output_compression",
+                           code="invalid_value")
+
     def sampling(self, req: GenerationOptions, **server_set) -> SamplingParams:
         """The request's parameters over the server's defaults; `server_set` are the fields the
         server itself decides (output handling, inputs)."""
@@ -110,6 +120,7 @@ class ParamsBuilder:
             raise APIError(400, f"num_inference_steps {steps} is over the server's limit of "
                            f"{self.args.max_inference_steps}", param="num_inference_steps", code="invalid_value")
         width, height = self.size(req)
+        self.check_options(req)
         given = dict(width=width, height=height, negative_prompt=req.negative_prompt, num_inference_steps=steps,
                      guidance_scale=req.guidance_scale, seed=req.seed, prompt=req.prompt,
                      enable_teacache=req.enable_teacache, teacache_thresh=req.teacache_thresh,
