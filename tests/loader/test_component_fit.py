@@ -5,7 +5,6 @@ naming it and the entries that disagree, before any weight is read."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
