@@ -3,7 +3,8 @@
 On a terminal: a tqdm bar. Anywhere else (a log file, a CI job, a notebook cell, a pipe), a bar
 would be one unreadable line or nothing, so progress is a log line instead: at most one every
 `interval_s` seconds, plus one when the loop ends, each with step i/N, the time so far and the
-time left at the rate so far ("denoising: step 12/30, 24.1 s, ETA 36.2 s").
+time left at the rate so far ("denoising: step 12/30, 24.1 s, ETA 36.2 s"). Nothing at all
+where the log is above INFO (`--log-level warning`, the ranks other than 0).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class Progress:
         self.start = self._last_log = time.monotonic()
         self.done = 0
         self._bar = None
-        if _is_terminal(self.stream):
+        self.quiet = not logger.isEnabledFor(logging.INFO)
+        if not self.quiet and _is_terminal(self.stream):
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=what, unit=unit, file=self.stream, dynamic_ncols=True)
@@ -49,6 +51,8 @@ class Progress:
             return
         self.done = done
         now = time.monotonic()
+        if self.quiet:
+            return
         if done == self.total or now - self._last_log >= self.interval_s:
             self._last_log = now
             logger.info("%s", self.line(now))
@@ -65,6 +69,9 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        elif self.total is None and self.done and not self.quiet:  # the count was open-ended: its end
+            logger.info("%s", self.line())
+            self.done = 0
 
     def __enter__(self) -> "Progress":
         return self

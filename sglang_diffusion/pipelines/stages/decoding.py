@@ -3,6 +3,7 @@ its tiles split across the sequence-parallel ranks), then to uint8 frames [B, F,
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 
@@ -14,6 +15,7 @@ from sglang_diffusion.distributed.parallel_state import RankGroup
 from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
 from sglang_diffusion.pipelines.stages.image_encoding import _latent_stats
+from sglang_diffusion.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -140,13 +142,49 @@ class DecodingStage(Stage):
             state.frames = _to_frames(video.unsqueeze(2))
             return
         latents = video_vae_latents(self.vae, latents)
-        if self.sp is not None:
-            from sglang_diffusion.distributed.vae_parallel import sp_decode
+        with tile_progress(self.vae, latents, whole=self.sp is None):  # SP ranks decode a share of the tiles
+            if self.sp is not None:
+                from sglang_diffusion.distributed.vae_parallel import sp_decode
 
-            video = sp_decode(self.vae, latents, self.sp)  # [B, 3, F, H, W] in [-1, 1], on every rank
-        else:
-            video = self.vae.decode(latents, return_dict=False)[0]  # [B, 3, F, H, W] in [-1, 1]
+                video = sp_decode(self.vae, latents, self.sp)  # [B, 3, F, H, W] in [-1, 1], on every rank
+            else:
+                video = self.vae.decode(latents, return_dict=False)[0]  # [B, 3, F, H, W] in [-1, 1]
         state.frames = _to_frames(video)
+
+
+@contextlib.contextmanager
+def tile_progress(vae, latents: torch.Tensor, whole: bool = True):
+    """With --vae-tiling: the tiles' progress (sglang_diffusion.progress), counted at the VAE
+    decoder's calls. AutoencoderKLWan's tiled decode calls its decoder once per spatial tile and
+    latent frame, so its count is known up front when this rank decodes them all (`whole`); for
+    other VAEs it is open-ended."""
+    decoder = getattr(vae, "decoder", None)
+    if not getattr(vae, "use_tiling", False) or not isinstance(decoder, torch.nn.Module):
+        yield
+        return
+    progress = Progress("vae tiles", _wan_tile_calls(vae, latents) if whole else None, unit="tile")
+    handle = decoder.register_forward_hook(lambda *_: progress.update(progress.done + 1))
+    try:
+        yield
+    finally:
+        handle.remove()
+        progress.close()
+
+
+def _wan_tile_calls(vae, latents: torch.Tensor) -> int | None:
+    """Decoder calls of AutoencoderKLWan's decode of `latents` [B, C, F', H', W'] with tiling on
+    (rows x columns of tiles x latent frames; one per frame when the latent fits one tile); None
+    for other VAEs."""
+    if type(vae).__name__ != "AutoencoderKLWan":
+        return None
+    ratio = vae.spatial_compression_ratio
+    frames, height, width = latents.shape[2:]
+    samples = latents.shape[0] if getattr(vae, "use_slicing", False) else 1  # slicing decodes one at a time
+    if height <= vae.tile_sample_min_height // ratio and width <= vae.tile_sample_min_width // ratio:
+        return frames * samples
+    rows = len(range(0, height, vae.tile_sample_stride_height // ratio))
+    cols = len(range(0, width, vae.tile_sample_stride_width // ratio))
+    return rows * cols * frames * samples
 
 
 def image_vae_latents(vae, latents: torch.Tensor) -> torch.Tensor:
