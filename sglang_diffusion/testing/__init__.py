@@ -36,7 +36,7 @@ _SPECS: dict[str, Callable[[str], PipelineSpec]] = {
     "flux.1-kontext": functools.partial(flux.pipeline_spec, class_name="FluxKontextPipeline"),
     "flux.2": flux2.pipeline_spec,
     "qwen-image": qwen_image.pipeline_spec,
-    **{name: functools.partial(qwen_image.pipeline_spec, class_name=cls) for name, cls in qwen_image.EDIT_PIPELINES.items()},
+    **{name: functools.partial(qwen_image.edit_spec, name) for name in qwen_image.EDIT_PIPELINES},
 }
 FAMILIES = tuple(_SPECS)
 

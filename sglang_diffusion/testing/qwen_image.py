@@ -1,8 +1,9 @@
 """Qwen-Image: QwenImagePipeline folders, `full` as Qwen/Qwen-Image (60-layer MMDiT, the
 last hidden state of Qwen2.5-VL-7B as text, the Wan-style 16-channel image VAE), and the
 editing models (`qwen-image-edit`: QwenImageEditPipeline, `qwen-image-edit-plus`:
-QwenImageEditPlusPipeline), which add the Qwen2-VL processor that feeds the input images to
-the vision tower."""
+QwenImageEditPlusPipeline, `qwen-image-edit-2511`: the same pipeline with a `zero_cond_t` DiT,
+whose reference tokens take the t = 0 modulation), which add the Qwen2-VL processor that feeds
+the input images to the vision tower."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from sglang_diffusion.testing.text_encoders import sized_config, text_dims
 from sglang_diffusion.testing.vision import CLIP_MEAN, CLIP_STD, wan_vae_config
 from sglang_diffusion.testing.writer import Asset, JsonFiles, PipelineSpec, Weights, dit_pipeline, flow_match_scheduler
 
-EDIT_PIPELINES = {"qwen-image-edit": "QwenImageEditPipeline", "qwen-image-edit-plus": "QwenImageEditPlusPipeline"}
+EDIT_PIPELINES = {"qwen-image-edit": "QwenImageEditPipeline", "qwen-image-edit-plus": "QwenImageEditPlusPipeline",
+                  "qwen-image-edit-2511": "QwenImageEditPlusPipeline"}
+ZERO_COND_T = ("qwen-image-edit-2511",)
 VISION_PATCH = 14
 
 
@@ -23,7 +26,7 @@ def qwen_image_scheduler() -> Asset:
     return flow_match_scheduler(max_image_seq_len=8192, max_shift=0.9, shift=1.0, shift_terminal=0.02)
 
 
-def transformer_config(preset: str, text_dim: int) -> dict:
+def transformer_config(preset: str, text_dim: int, zero_cond_t: bool = False) -> dict:
     size = by_preset(
         preset,
         tiny=dict(num_layers=2, num_attention_heads=2, attention_head_dim=16, axes_dims_rope=[4, 6, 6]),
@@ -37,6 +40,7 @@ def transformer_config(preset: str, text_dim: int) -> dict:
         **size,
         joint_attention_dim=text_dim,
         guidance_embeds=False,
+        **({"zero_cond_t": True} if zero_cond_t else {}),
     )
 
 
@@ -107,9 +111,14 @@ class _Qwen2VLProcessorFolder:
         JsonFiles({"preprocessor_config.json": image_processor}).save_pretrained(folder)
 
 
-def pipeline_spec(preset: str, class_name: str = "QwenImagePipeline") -> PipelineSpec:
+def edit_spec(family: str, preset: str) -> PipelineSpec:
+    return pipeline_spec(preset, EDIT_PIPELINES[family], zero_cond_t=family in ZERO_COND_T)
+
+
+def pipeline_spec(preset: str, class_name: str = "QwenImagePipeline", zero_cond_t: bool = False) -> PipelineSpec:
     qwen = _text_encoder(preset)
-    transformer = transformer_config(preset, text_dim=qwen[0].config["text_config"]["hidden_size"])
+    transformer = transformer_config(preset, text_dim=qwen[0].config["text_config"]["hidden_size"],
+                                     zero_cond_t=zero_cond_t)
     others = {}
     if class_name != "QwenImagePipeline":
         others["processor"] = Asset("transformers", "Qwen2VLProcessor", _Qwen2VLProcessorFolder)

@@ -2,10 +2,13 @@
 with true CFG on (a negative prompt) and off (none given, or scale 1), a non-square size, sizes
 rounded as diffusers rounds them; QwenImageEditPipeline with one input image and
 QwenImageEditPlusPipeline with two (diffusers given our torchvision-free Qwen2-VL processor,
-since its own needs torchvision); the registry picks them with backend auto; `sglang generate`."""
+since its own needs torchvision), and as Qwen-Image-Edit-2511 (the Edit-Plus pipeline on a
+zero_cond_t DiT); the registry picks them with backend auto; `sglang generate`, also with one
+input image on Qwen-Image-Edit."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -133,9 +136,12 @@ def input_images(tmp_path_factory) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family,cls,images", [("qwen-image-edit", "QwenImageEditPipeline", 1),
-                                               ("qwen-image-edit-plus", "QwenImageEditPlusPipeline", 2)])
+                                               ("qwen-image-edit-plus", "QwenImageEditPlusPipeline", 2),
+                                               ("qwen-image-edit-2511", "QwenImageEditPlusPipeline", 2)])
 def test_edit_matches_diffusers_with_the_same_seed(family, cls, images, tiny_model, input_images):
     folder = tiny_model(family)
+    zero_cond_t = json.loads((folder / "transformer" / "config.json").read_text()).get("zero_cond_t", False)
+    assert zero_cond_t == (family == "qwen-image-edit-2511")
     pipe = build_pipeline(ServerArgs(model_path=str(folder)), Platform.current())
     assert pipe.describe()["pipeline"] == cls and pipe.describe()["backend"] == "sglang"
     paths = input_images[:images]
@@ -176,16 +182,18 @@ def test_vl_processor_expands_each_image_to_its_merged_patches(tiny_model, input
 
 
 @pytest.mark.slow
-def test_generate_edit_plus_with_two_image_paths_natively_matches_the_diffusers_backend(tiny_model, input_images,
-                                                                                        tmp_path):
-    args = ("generate", "--model-path", tiny_model("qwen-image-edit-plus"), "--prompt", "put b in a",
-            "--image-path", input_images[0], "--image-path", input_images[1], "--height", 48, "--width", 64,
-            "--num-inference-steps", 2, "--seed", 3, "--output-file-name", "e.png")
+@pytest.mark.parametrize("family,cls,images", [("qwen-image-edit", "QwenImageEditPipeline", 1),
+                                               ("qwen-image-edit-plus", "QwenImageEditPlusPipeline", 2)])
+def test_generate_edit_with_image_paths_natively_matches_the_diffusers_backend(family, cls, images, tiny_model,
+                                                                               input_images, tmp_path):
+    paths = [a for path in input_images[:images] for a in ("--image-path", path)]
+    args = ("generate", "--model-path", tiny_model(family), "--prompt", "put b in a", *paths, "--height", 48,
+            "--width", 64, "--num-inference-steps", 2, "--seed", 3, "--output-file-name", "e.png")
     images, logs = {}, {}
     for backend in ("auto", "diffusers"):
         proc = run_cli(*args, "--backend", backend, "--output-path", tmp_path / backend)
         assert proc.returncode == 0, proc.stderr
         images[backend], logs[backend] = np.asarray(Image.open(tmp_path / backend / "e.png")), proc.stderr
-    assert "pipeline QwenImageEditPlusPipeline on sglang backend (family qwen-image-edit-plus)" in logs["auto"]
+    assert f"pipeline {cls} on sglang backend (family {family})" in logs["auto"]
     assert images["auto"].shape == (48, 64, 3)
     assert psnr(images["auto"], images["diffusers"]) >= MIN_PSNR
