@@ -77,6 +77,10 @@ def test_installed_wheel_serves_the_web_page_from_its_own_copy(venv):
     assert result.stdout.startswith("True ") and str(venv) in result.stdout
 
 
+def test_wheel_carries_the_demo_training_config(wheel):
+    assert "sglang_diffusion/demo/train_config.json" in zipfile.ZipFile(wheel).namelist()
+
+
 def test_installed_wheel_imports_the_triton_kernels_from_its_own_copy(venv):
     script = "import sglang_diffusion.triton_kernels.aot as m; print(m.__file__)"
     result = run([venv / "bin" / "python", "-c", script], cwd=venv)

@@ -1,12 +1,12 @@
 """The embedded demo model: a small Wan2.1 text-to-video model trained here on synthetic
-scenes of one flat-coloured shape on a flat background, shipped inside the package.
+scenes of one flat-coloured shape on a flat background, to be shipped inside the package
+(`MODEL_DIR`) as the default of `sglang generate` / `sglang serve`.
 
     from sglang_diffusion.demo import demo_model
-    demo = demo_model()       # DemoModel(path, sampling, description)
+    demo = demo_model()       # DemoModel(path, sampling, description); ModelLoadError until weights ship
 
-`sglang generate` and `sglang serve` use it when no --model-path is given (or with
-`--model-path demo`). `world.py` defines what it can draw, `folder.py` its diffusers folder,
-`train.py` how it was trained and `check.py` judges an output against its prompt.
+`world.py` defines what it can draw, `folder.py` its diffusers folder, `train.py` how it is
+trained and `check.py` judges an output against its prompt.
 """
 
 from __future__ import annotations

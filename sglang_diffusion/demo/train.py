@@ -52,7 +52,9 @@ PAD_LENGTH = 512  # the pipelines pad prompt embeddings to 512 tokens with zeros
 @dataclass(frozen=True)
 class VaeStage:
     """`steps` steps on `frames`-frame crops; the learning rate follows a warm-up + cosine
-    schedule over `schedule_steps` (>= steps: a stage may stop part-way down its schedule)."""
+    schedule over `schedule_steps` (>= steps: a stage may stop part-way down its schedule).
+    `decoder_only`: the encoder frozen (so the latents, and a DiT trained on them, stay valid);
+    `first_frame_weight`: the loss weight of frame 0, which the decoder draws on its own."""
 
     steps: int
     schedule_steps: int
@@ -60,6 +62,8 @@ class VaeStage:
     batch: int
     lr: float
     warmup_steps: int
+    decoder_only: bool = False
+    first_frame_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -160,15 +164,23 @@ def train_vae(config: TrainConfig, vae, work: pathlib.Path) -> list[float]:
     total, first = sum(s.steps for s in config.vae_stages), 0
     progress = Progress("vae", total, done)
     for stage, spec in enumerate(config.vae_stages):
+        for name, param in vae.named_parameters():
+            param.requires_grad_(not (spec.decoder_only and name.startswith(("encoder.", "quant_conv."))))
+        weights = torch.ones(spec.frames)
+        weights[0] = spec.first_frame_weight
+        weights = (weights / weights.mean())[None, None, :, None, None]  # [1, 1, F, 1, 1]
         for step in range(max(0, done - first), spec.steps):
             overall = first + step
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, spec.schedule_steps, spec.lr, spec.warmup_steps)
             x = vae_batch(config, stage, step)  # [B, 3, F, h, w]
-            mean = vae.encode(x).latent_dist.mean  # [B, C, T, h, w]
+            with torch.set_grad_enabled(not spec.decoder_only):
+                mean = vae.encode(x).latent_dist.mean  # [B, C, T, h, w]
             noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + overall))
             recon = vae.decode(mean + config.vae_latent_noise * noise).sample
-            loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + config.vae_latent_penalty * mean.pow(2).mean()
+            error = recon - x
+            loss = ((error.abs() * weights).mean() + (error.pow(2) * weights).mean()
+                    + config.vae_latent_penalty * mean.pow(2).mean())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -180,6 +192,8 @@ def train_vae(config: TrainConfig, vae, work: pathlib.Path) -> list[float]:
                 save_checkpoint(ckpt_path, dict(model=vae.state_dict(), optimizer=optimizer.state_dict(),
                                                 step=overall + 1, losses=losses))
         first += spec.steps
+    for param in vae.parameters():
+        param.requires_grad_(True)
     vae.eval()
     return losses
 
