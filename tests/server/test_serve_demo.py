@@ -20,11 +20,11 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
 
 
-def readme_curl(needle: str) -> str:
-    """The one curl line of the README's server block that contains `needle` (continuations joined)."""
+def readme_curl(pattern: str) -> str:
+    """The one curl line of the README's server block that `pattern` finds (continuations joined)."""
     block = next(b for b in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S) if "/v1/videos -H" in b)
-    lines = [line for line in block.replace("\\\n", " ").splitlines() if needle in line]
-    assert len(lines) == 1, (needle, lines)
+    lines = [line for line in block.replace("\\\n", " ").splitlines() if re.search(pattern, line)]
+    assert len(lines) == 1, (pattern, lines)
     return lines[0]
 
 
@@ -40,7 +40,7 @@ def curl(line: str, server, cwd: Path, **ids) -> str:
 def test_serve_without_model_path_answers_the_readme_curl_lines(serve, tmp_path):
     server = serve(None, tmp_path / "out", env={"OMP_NUM_THREADS": "2"})
 
-    info = json.loads(curl(readme_curl("/model_info"), server, tmp_path))
+    info = json.loads(curl(readme_curl("/model_info$"), server, tmp_path))
     assert info["pipeline"] == "WanPipeline" and info["dit_precision"] == info["vae_precision"] == "fp32", info
 
     answer = json.loads(curl(readme_curl("/v1/images/generations"), server, tmp_path))
@@ -48,9 +48,9 @@ def test_serve_without_model_path_answers_the_readme_curl_lines(serve, tmp_path)
     assert image.format == "PNG" and min(image.size) >= 32
 
     job = json.loads(curl(readme_curl("/v1/videos -H"), server, tmp_path))
+    poll = readme_curl(r"^curl -s localhost:30010/v1/videos/video_<id>$")
     deadline = time.monotonic() + 120
-    while (status := json.loads(curl(readme_curl("/v1/videos/video_<id> "), server, tmp_path, video=job["id"]))
-           )["status"] != "completed":
+    while (status := json.loads(curl(poll, server, tmp_path, video=job["id"])))["status"] != "completed":
         assert status["status"] in ("queued", "in_progress") and time.monotonic() < deadline, status
         time.sleep(0.5)
     curl(readme_curl("/content -L -o video.mp4"), server, tmp_path, video=job["id"])
