@@ -282,11 +282,11 @@ class MatchedLayer:
 def match_lora(shapes: dict[str, tuple[int, ...]], lora: LoraFile, component: str = "transformer",
                unprefixed: str = "transformer") -> list[MatchedLayer]:
     """The layers of `lora` that change a checkpoint with diffusers keys (`shapes`: key -> shape),
-    for the layers whose keys name `component`; keys naming no component are `unprefixed`'s: by
-    default `transformer`'s, as diffusers loads them (a Wan2.2 A14B LoRA reaches `transformer_2`
-    only through `transformer_2.` keys), or the component an adapter is aimed at (the low-noise
-    file of a Wan2.2 LoRA pair, set with target transformer_2). Layers that match nothing are
-    logged and left out."""
+    for the layers whose keys name `component`; keys naming no component or `transformer` are
+    `unprefixed`'s: by default `transformer`'s, as diffusers loads them (a Wan2.2 A14B LoRA
+    reaches `transformer_2` only through `transformer_2.` keys), or the component an adapter is
+    aimed at (the low-noise file of a Wan2.2 LoRA pair set with target transformer_2, as diffusers'
+    load_into_transformer_2). Layers that match nothing are logged and left out."""
     by_alias = {}
     for key in shapes:
         if key.endswith(".weight"):
@@ -296,7 +296,7 @@ def match_lora(shapes: dict[str, tuple[int, ...]], lora: LoraFile, component: st
     matched, unmatched = [], []
     for name, layer in lora.layers.items():
         target, path = _strip(name)
-        if (target or unprefixed) != component:
+        if (unprefixed if target in (None, "transformer") else target) != component:
             continue
         for part, part_layer in _split_fused(path, layer, shapes).items():
             module = by_alias.get(part)

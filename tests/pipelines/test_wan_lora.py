@@ -1,6 +1,7 @@
 """--lora-path on the native Wan pipeline: LoRAs in diffusers/peft, original-Wan and kohya/musubi
 key layouts, merged into our DiT at start-up, equal diffusers' pipeline after its
-`load_lora_weights` of the same file; unreadable or unmatched files are clear errors."""
+`load_lora_weights` of the same file; unreadable or unmatched files are clear errors; at run time
+an adapter aimed at Wan2.2's transformer_2 changes that expert only."""
 
 from __future__ import annotations
 
@@ -156,3 +157,24 @@ def test_bias_and_full_weight_deltas_are_added_as_they_are():
     assert merge_lora(second, lora, "transformer_2") == 1
     torch.testing.assert_close(second["proj_out.weight"], before["proj_out.weight"] + diff)
     assert torch.equal(second["blocks.0.attn1.to_q.weight"], before["blocks.0.attn1.to_q.weight"])
+
+
+@pytest.mark.slow
+def test_run_time_target_transformer_2_changes_only_the_low_noise_expert(tiny_model, tmp_path):
+    """Wan2.2 A14B: a LoRA file without component prefixes set with target transformer_2 (the
+    low-noise file of a pair) changes that expert only; unmerge restores both bit for bit."""
+    from sglang_diffusion.loader.lora import LoraSpec
+    from tests.server.conftest import write_tiny_lora
+
+    model = tiny_model("wan2.2-t2v-a14b")
+    pipe = build_pipeline(ServerArgs(model_path=str(model)), Platform.current())
+    experts = pipe.lora.models
+    base = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in experts.items()}
+    path = str(write_tiny_lora(model, tmp_path / "low_noise.safetensors", 1))
+    listed = pipe.lora.set([LoraSpec("low", path, target="transformer_2", strength=0.5)])
+    assert list(listed["active"]) == ["transformer_2"]
+    changed = {name: [k for k, v in m.state_dict().items() if not torch.equal(v, base[name][k])]
+               for name, m in experts.items()}
+    assert changed["transformer"] == [] and changed["transformer_2"]
+    pipe.lora.unmerge()
+    assert all(torch.equal(v, base[name][k]) for name, m in experts.items() for k, v in m.state_dict().items())
