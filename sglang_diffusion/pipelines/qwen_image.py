@@ -24,7 +24,7 @@ from sglang_diffusion.loader.components import component_dtypes, load_component
 from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
 from sglang_diffusion.models.vaes.wan import accelerate_wan_vae
 from sglang_diffusion.pipelines.native import native_lora
-from sglang_diffusion.pipelines.native import dit_parallel_groups, prepare_dit
+from sglang_diffusion.pipelines.native import dit_parallel_groups, native_lora, prepare_dit
 from sglang_diffusion.pipelines.stages.base import StagedPipeline
 from sglang_diffusion.pipelines.stages.decoding import DecodingStage, configure_vae
 from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
@@ -75,7 +75,6 @@ def load_qwen_image_transformer(args: ServerArgs, index: ModelIndex, dtype: torc
 
 def build_qwen_image_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
                               cfg_layout: str = "auto") -> StagedPipeline:
-
     family = detect_family(index.class_name, index.extras, index.path)
     device = platform.device
     dtypes = component_dtypes(args, index, platform)

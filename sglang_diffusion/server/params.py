@@ -109,6 +109,12 @@ class ParamsBuilder:
         if req.output_quality is not None and req.output_compression is not None:
             raise APIError(422, "give output_quality or output_compression, not both", param="output_compression",
                            code="invalid_value")
+        if req.lora_strength is not None:
+            names = req.lora_nickname
+            count = 0 if names is None else 1 if isinstance(names, str) else len(names)
+            if count == 0 or isinstance(req.lora_strength, list) and len(req.lora_strength) != count:
+                raise APIError(422, f"lora_strength: give one value, or one per adapter of lora_nickname ({count}), "
+                               f"got {req.lora_strength!r}", param="lora_strength", code="invalid_value")
 
     def sampling(self, req: GenerationOptions, **server_set) -> SamplingParams:
         """The request's parameters over the server's defaults; `server_set` are the fields the

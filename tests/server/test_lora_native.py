@@ -101,7 +101,7 @@ def test_a_request_naming_its_adapters_runs_with_them_and_the_next_one_without(s
     assert failed.status == "failed" and "not loaded" in failed.error.message
     bad = requests.post(f"{server.v1}/videos", json={"prompt": "x", "lora_nickname": "a", "lora_strength": [1, 2]},
                         timeout=30)
-    assert bad.status_code == 400 and "one per adapter" in bad.json()["error"]["message"]
+    assert bad.status_code == 422 and "one per adapter" in bad.json()["error"]["message"]
     assert np.array_equal(video(client), with_both)
     lora(server, "unmerge_lora_weights")
 

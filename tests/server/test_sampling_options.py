@@ -49,6 +49,8 @@ def test_flow_shift_changes_the_image_for_that_request_only(client):
     ({"resolution": "360p", "size": "32x32"}, 422, "give resolution or size"),
     ({"orientation": "portrait"}, 422, "orientation applies to a resolution shortcut"),
     ({"output_quality": 50, "output_compression": 50}, 422, "output_quality or output_compression, not both"),
+    ({"lora_strength": []}, 422, "lora_strength: give one value"),  # schema-valid; no adapter named
+    ({"lora_strength": 0.5}, 422, "one per adapter of lora_nickname (0)"),
     ({"boundary_ratio": 2}, 400, "boundary_ratio"),  # the schema's bound
     ({"guidance_rescale": 0.5}, 422, "guidance_rescale: FluxPipeline does not take it"),
     ({"boundary_ratio": 0.5}, 422, "boundary_ratio: FluxPipeline has no second expert"),
