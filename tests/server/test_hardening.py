@@ -400,7 +400,9 @@ def create_video(server, **body) -> dict:
 def test_video_server_documents_its_routes_without_security(video_server):
     doc = requests.get(video_server.url + "/openapi.json", timeout=10).json()
     assert "409" in doc["paths"]["/v1/videos/{video_id}/content"]["get"]["responses"]
-    assert "securitySchemes" not in doc.get("components", {}) and "/v1/images/generations" not in doc["paths"]
+    assert "securitySchemes" not in doc.get("components", {})
+    # a text-to-video model answers image requests as one frame, and takes no input image to edit
+    assert "/v1/images/generations" in doc["paths"] and "/v1/images/edits" not in doc["paths"]
     assert not any("security" in op for ops in doc["paths"].values() for op in ops.values())
 
 

@@ -14,10 +14,13 @@ from PIL import Image
 
 from sglang_diffusion.errors import ConfigError
 from sglang_diffusion.testing import FAMILIES, PRESETS, TINY_SAMPLING, build_model, cached_model, model_configs
+from sglang_diffusion.testing.qwen_image import EDIT_PIPELINES
 
 VIDEO_FAMILIES = ("wan2.1-t2v", "wan2.1-i2v", "wan2.2-t2v-a14b", "wan2.2-ti2v-5b", "hunyuanvideo")
 # Image edits encode their input at a 1024 x 1024 area whatever the output size: seconds even when tiny.
-EDIT_FAMILIES = ("qwen-image-edit", "qwen-image-edit-plus")
+EDIT_FAMILIES = tuple(EDIT_PIPELINES)  # qwen-image-edit, -edit-plus, -edit-2511 (Edit-Plus on a zero_cond_t DiT)
+# FLUX.1 Kontext takes an input image too, and scales its output to max_area (1024 x 1024 unless given).
+IMAGE_INPUT_FAMILIES = (*EDIT_FAMILIES, "flux.1-kontext")
 
 
 def _dit_index(class_name, encoders, transformer, vae, scheduler="FlowMatchEulerDiscreteScheduler", **others) -> dict:
@@ -59,6 +62,10 @@ REAL_MODEL_INDEX = {
     "flux.1": _dit_index(
         "FluxPipeline", [_CLIP_L, ("T5EncoderModel", "T5TokenizerFast")], "FluxTransformer2DModel", "AutoencoderKL"
     ),
+    "flux.1-kontext": _dit_index(
+        "FluxKontextPipeline", [_CLIP_L, ("T5EncoderModel", "T5TokenizerFast")], "FluxTransformer2DModel",
+        "AutoencoderKL"
+    ),
     "flux.2": _dit_index(
         "Flux2Pipeline",
         [("Mistral3ForConditionalGeneration", "PixtralProcessor")],
@@ -77,7 +84,7 @@ REAL_MODEL_INDEX = {
         "QwenImageTransformer2DModel",
         "AutoencoderKLQwenImage",
         processor=["transformers", "Qwen2VLProcessor"],
-    ) for family, cls in zip(EDIT_FAMILIES, ("QwenImageEditPipeline", "QwenImageEditPlusPipeline"))},
+    ) for family, cls in EDIT_PIPELINES.items()},
 }
 
 # The real transformers' config.json numbers.
@@ -101,6 +108,8 @@ REAL_TRANSFORMER = {
                        out_channels=16, joint_attention_dim=3584, guidance_embeds=False),
 }  # fmt: skip
 REAL_TRANSFORMER.update(dict.fromkeys(EDIT_FAMILIES, REAL_TRANSFORMER["qwen-image"]))  # the edits keep its DiT
+REAL_TRANSFORMER["qwen-image-edit-2511"] = {**REAL_TRANSFORMER["qwen-image"], "zero_cond_t": True}
+REAL_TRANSFORMER["flux.1-kontext"] = REAL_TRANSFORMER["flux.1"]  # FLUX.1 Kontext [dev]: FLUX.1-dev's architecture
 # Parameter counts of the real transformers (FLUX.1-dev: 11,901,408,320; Wan2.1-T2V-1.3B: 1.42B).
 REAL_TRANSFORMER_PARAMS = {"wan2.1-t2v": 1_418_996_800, "flux.1": 11_901_408_320}
 
@@ -137,8 +146,10 @@ def _load(path: pathlib.Path):
 
 def _generate(pipe, family: str) -> np.ndarray:
     kwargs = dict(TINY_SAMPLING[family])
-    if family == "wan2.1-i2v" or family in EDIT_FAMILIES:
+    if family == "wan2.1-i2v" or family in IMAGE_INPUT_FAMILIES:
         kwargs["image"] = Image.new("RGB", (kwargs["width"], kwargs["height"]), (200, 120, 40))
+    if family == "flux.1-kontext":
+        kwargs["max_area"] = kwargs["width"] * kwargs["height"]
     pipe.set_progress_bar_config(disable=True)
     out = pipe(
         prompt="a cat dancing on the beach", generator=torch.Generator().manual_seed(0), output_type="np", **kwargs
