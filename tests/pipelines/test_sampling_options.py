@@ -26,6 +26,7 @@ from sglang_diffusion.server.errors import APIError
 from sglang_diffusion.server.params import ParamsBuilder
 from sglang_diffusion.server.schemas import ImageGenerationRequest, VideoCreateRequest
 from tests.compare import psnr, rel_err
+from tests.pipelines.experts import expert_calls
 
 REQUEST = dict(prompt="a red fox in the snow", negative_prompt="blurry", height=64, width=64, num_frames=5,
                num_inference_steps=4, guidance_scale=5.0, seed=11)
@@ -195,24 +196,11 @@ def test_flow_shift_sets_the_sigmas_diffusers_scheduler_makes_with_that_shift(na
 def test_boundary_ratio_switches_to_transformer_2_at_the_right_step(native):
     pipe = native("wan2.2-t2v-a14b")
     stage = _stage(pipe, DenoisingStage)
-    calls = []
-
-    def recording(i, embed):  # every DiT pass embeds its timestep first
-        def wrapped(x, t, seq):
-            calls.append((i, float(t.flatten()[0])))
-            return embed(x, t, seq)
-        return wrapped
-
-    for i, expert in enumerate(stage.experts):
-        expert._embed = recording(i, expert._embed)
-    try:
+    with expert_calls(stage) as calls:
         request = dict(REQUEST, num_inference_steps=6)
         default = pipe.run(SamplingParams(**request))
         default_calls, calls[:] = list(calls), []
         moved = pipe.run(SamplingParams(**request, boundary_ratio=0.5))
-    finally:
-        for expert in stage.experts:
-            del expert._embed
     steps = [float(t) for t in moved.timesteps]
     first_low = next(i for i, t in enumerate(steps) if t < 500)  # 0.5 x 1000 training timesteps
     expected = [0 if i < first_low else 1 for i in range(len(steps))]  # one embedding a step, for both branches

@@ -20,6 +20,7 @@ from sglang_diffusion.pipelines.stages.base import StagedPipeline
 from sglang_diffusion.pipelines.stages.denoising import CfgLayout, DenoisingStage
 from sglang_diffusion.platform import Platform
 from tests.compare import psnr, rel_err
+from tests.pipelines.experts import expert_calls
 
 REQUEST = dict(prompt="a red fox in the snow", negative_prompt="blurry", height=64, width=64, num_frames=9,
                num_inference_steps=4, guidance_scale=5.0, seed=11)
@@ -131,21 +132,8 @@ def test_auto_cfg_layout_gives_the_same_output_on_every_request(native):
 def test_a14b_runs_high_noise_expert_above_boundary_and_low_noise_below(native):
     pipe = native("wan2.2-t2v-a14b")
     stage = _denoiser(pipe)
-    calls = []
-
-    def recording(i, embed):  # every DiT pass embeds its timestep first
-        def wrapped(x, t, seq):
-            calls.append((i, float(t.flatten()[0])))
-            return embed(x, t, seq)
-        return wrapped
-
-    for i, expert in enumerate(stage.experts):
-        expert._embed = recording(i, expert._embed)
-    try:
+    with expert_calls(stage) as calls:
         state = pipe.run(SamplingParams(**REQUEST))
-    finally:
-        for expert in stage.experts:
-            del expert._embed
     boundary = 0.875 * 1000
     assert stage.boundary_timestep == boundary
     assert {i for i, _ in calls} == {0, 1}  # both experts ran
