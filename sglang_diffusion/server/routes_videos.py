@@ -108,6 +108,7 @@ def _run_job(state: ServerState, job_id: str, params: SamplingParams, cancel: th
     if cancel.is_set():  # cancelled as the last step ended
         path.unlink(missing_ok=True)
         return _fail(state, job_id, CANCELLED, "cancelled after its last denoising step")
+    logger.info("video job %s: storing %s", job_id, path.name)
     state.outputs.publish(path, f"videos/{path.name}").future.add_done_callback(
         lambda upload: _finish(state, job_id, path, upload.result(), cancel))
 

@@ -411,7 +411,7 @@ def test_delete_during_the_upload_cancels_once_and_for_all(video_server):
     job = create_video(video_server, prompt="uploading")
     wait_video(video_server, job["id"], ("in_progress",))
     deadline = time.monotonic() + 30
-    while not list(video_server.output_path.joinpath("videos").glob(f"{job['id']}*")):  # written: now uploading
+    while f"video job {job['id']}: storing" not in video_server.log():  # left the engine: now uploading
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert requests.delete(video_server.v1 + f"/videos/{job['id']}", timeout=10).json()["cancelled"] is True
