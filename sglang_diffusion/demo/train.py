@@ -6,18 +6,30 @@ Phases, each resumable from its checkpoint in the work folder (run the same comm
 after a stop):
 
 1. `init`: the diffusers folder with seeded random weights (`folder.write_initial_folder`).
-2. `vae`: AutoencoderKLWan on random crops of short synthetic clips (flat colours are local,
-   and a convolutional VAE does not care where in the frame an edge is), L1 + MSE. The decoder
-   sees the posterior mean plus a fixed small noise (so that it tolerates the DiT's errors) and
-   a small penalty keeps the mean near unit scale: the posterior's own variance starts at 1 and,
-   with a KL weight small enough not to blur, takes thousands of steps to shrink.
+2. `vae`: AutoencoderKLWan on random crops of synthetic clips (flat colours are local, and a
+   convolutional VAE does not care where in the frame an edge is), 1-frame images first, then
+   short clips, then full 17-frame ones, L1 + MSE on the unclamped output (the pipeline's clamp
+   to [-1, 1] would stop the gradient of every saturated pixel). The decoder sees the posterior
+   mean plus a small noise relative to its spread (so that it tolerates the DiT's errors); the
+   posterior's own variance is not trained (a KL weight small enough not to blur would take
+   thousands of steps to shrink it). The learning rate is low (5e-5): nearly every convolution
+   feeds a channel RMS norm, which makes its output independent of the weights' scale, and with
+   weights initialised ~0.02 Adam's per-weight steps of 1e-4 and more turn them so fast that the
+   output stops depending on the input (measured: identity on 8 flat colours fails at 1e-3 and
+   is learnt at 3e-5).
+   `vae_gate`: the checker on reconstructions of held-out clips and images (full size), logged
+   and kept in the work folder: a DiT can only be as good as the VAE that draws its latents.
 3. `latents`: the trained encoder's latents (posterior means) of a fixed set of full-size
    17-frame videos and 1-frame images of the training scenes, and their per-channel mean and
    std, which go into the VAE config (latents_mean / latents_std) as Wan's do.
 4. `dit`: the Wan DiT and the UMT5 encoder on those latents with the rectified-flow objective
    of the pipeline's scheduler (UniPC, flow_prediction, shift `FLOW_SHIFT`): x_t = (1 - s) x0 +
    s noise at timestep 1000 s, the target noise - x0; the prompt dropped to "" 10% of the time
-   for classifier-free guidance. Held-out scenes (`world.held_out`) are never drawn.
+   for classifier-free guidance. Held-out scenes (`world.held_out`) are never drawn. The
+   learning rate is constant after its warm-up, so a run stopped at step n has the weights of a
+   run configured for n steps. Every `eval_every` steps the current weights are saved as a
+   folder and our own pipeline generates `eval_prompts` fixed prompts (a third held out), which
+   the checker scores (`eval` lines of the log).
 5. `save`: every trained component saved over the folder, the loss curve as loss_curve.png and
    what was done in training.json.
 
@@ -64,15 +76,15 @@ class VaeStage:
     warmup_steps: int
     decoder_only: bool = False
     first_frame_weight: float = 1.0
+    crop: int = 32
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int
     vae_stages: tuple[VaeStage, ...]
-    vae_crop: int
-    vae_latent_noise: float
-    vae_latent_penalty: float
+    vae_latent_noise: float  # times the batch's latent std
+    vae_gate_clips: int
     num_videos: int
     num_images: int
     video_frames: int
@@ -82,9 +94,12 @@ class TrainConfig:
     dit_image_batch: int
     dit_image_every: int
     dit_lr: float
+    text_lr_scale: float  # the text encoder's learning rate over the DiT's
     text_dropout: float
     warmup_steps: int  # the DiT's
     checkpoint_every: int
+    eval_every: int
+    eval_prompts: int
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainConfig:
@@ -100,10 +115,13 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
+def lr_at(step: int, total: int | None, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak over `total` steps (constant
+    when `total` is None)."""
     if step < warmup:
         return peak * (step + 1) / warmup
+    if total is None:
+        return peak
     progress = (step - warmup) / max(1, total - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -143,14 +161,27 @@ def vae_batch(config: TrainConfig, stage: int, step: int) -> torch.Tensor:
         rng = world.scene_rng(config.seed * 7 + 1 + 10 * stage, step * spec.batch + j)
         layout = world.place(random_scene(rng, scenes), config.size, config.size, spec.frames, rng)
         frames = world.render(layout, spec.frames)
-        y, x = rng.integers(0, config.size - config.vae_crop + 1, size=2)
-        clips.append(to_tensor(frames[:, y:y + config.vae_crop, x:x + config.vae_crop]))
+        y, x = rng.integers(0, config.size - spec.crop + 1, size=2)
+        clips.append(to_tensor(frames[:, y:y + spec.crop, x:x + spec.crop]))
     return torch.stack(clips)
 
 
+def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
+    """`vae.decode(z).sample` without its final clamp to [-1, 1]: [B, C, T, h, w] -> [B, 3, F, H, W]."""
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    frames = []
+    for i in range(z.shape[2]):  # one latent frame at a time through the causal cache, as diffusers decodes
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                  first_chunk=i == 0))
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)
+
+
 def train_vae(config: TrainConfig, vae, work: pathlib.Path) -> list[float]:
-    """The stages in turn (5-frame clips first: one first frame and one 4-frame chunk; then
-    9 frames, so that the causal cache also carries a chunk into the next)."""
+    """The stages in turn (1-frame images: the colours and shapes; 5-frame clips: one first
+    frame and one 4-frame chunk; 17 frames: the causal cache carrying chunks into the next)."""
     ckpt_path = work / "vae.pt"
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_stages[0].lr, weight_decay=0.0)
     done, losses = 0, []
@@ -177,10 +208,9 @@ def train_vae(config: TrainConfig, vae, work: pathlib.Path) -> list[float]:
             with torch.set_grad_enabled(not spec.decoder_only):
                 mean = vae.encode(x).latent_dist.mean  # [B, C, T, h, w]
             noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + overall))
-            recon = vae.decode(mean + config.vae_latent_noise * noise).sample
+            recon = decode_unclamped(vae, mean + config.vae_latent_noise * mean.detach().std() * noise)
             error = recon - x
-            loss = ((error.abs() * weights).mean() + (error.pow(2) * weights).mean()
-                    + config.vae_latent_penalty * mean.pow(2).mean())
+            loss = (error.abs() * weights).mean() + (error.pow(2) * weights).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -210,16 +240,58 @@ def dataset_scenes(config: TrainConfig, scenes: list[world.Scene], count: int, f
     return items
 
 
-@torch.no_grad()
-def encode_latents(config: TrainConfig, vae, work: pathlib.Path, scenes: list[world.Scene]) -> dict:
-    path = work / "latents.pt"
-    if path.exists():
-        return torch.load(path, weights_only=False)
+def inference_copy(vae):
+    """A copy of `vae` in eval mode with the CPU fast paths the pipeline uses."""
     from sglang_diffusion.models.vaes.wan import accelerate_wan_vae
 
     fast = type(vae).from_config(vae.config).eval()
     fast.load_state_dict(vae.state_dict())
     accelerate_wan_vae(fast)
+    return fast
+
+
+def to_pixels(video: torch.Tensor) -> np.ndarray:
+    """[3, F, H, W] in [-1, 1] -> [F, H, W, 3] uint8."""
+    return ((video.permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def accuracies(verdicts: list[dict[str, bool]]) -> dict[str, float]:
+    return {k: float(np.mean([v[k] for v in verdicts])) for k in verdicts[0]}
+
+
+@torch.no_grad()
+def vae_gate(config: TrainConfig, vae, work: pathlib.Path) -> dict:
+    """The checker's scores on VAE reconstructions of `vae_gate_clips` held-out scenes, as
+    17-frame videos and as images, at full size."""
+    from sglang_diffusion.demo.check import judge
+
+    path = work / "vae_gate.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    fast, scenes = inference_copy(vae), world.held_out_scenes()
+    order = np.random.default_rng([config.seed, 5]).permutation(len(scenes))
+    result = {}
+    for kind, frames in (("videos", config.video_frames), ("images", 1)):
+        verdicts = []
+        for i in range(config.vae_gate_clips):
+            layout = world.place(scenes[order[i % len(scenes)]], config.size, config.size, frames,
+                                 world.scene_rng(config.seed * 7 + 5, i))
+            clip = to_tensor(world.render(layout, frames))[None]
+            recon = fast.decode(fast.encode(clip).latent_dist.mean).sample[0]
+            verdicts.append(judge(to_pixels(recon), layout.scene).correct())
+        result[kind] = accuracies(verdicts)
+        log(f"vae gate, {kind} of {config.vae_gate_clips} held-out scenes reconstructed: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in result[kind].items()))
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+@torch.no_grad()
+def encode_latents(config: TrainConfig, vae, work: pathlib.Path, scenes: list[world.Scene]) -> dict:
+    path = work / "latents.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    fast = inference_copy(vae)
     data = {}
     for kind, count, frames, stream in (("videos", config.num_videos, config.video_frames, 2),
                                         ("images", config.num_images, 1, 3)):
@@ -290,10 +362,51 @@ def sample_sigmas(u: torch.Tensor) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-def train_dit(config: TrainConfig, transformer, text_encoder, tokenizer, data: dict, work: pathlib.Path):
+def eval_scenes(count: int) -> list[world.Scene]:
+    """The fixed scenes of the in-training evaluation: a third held out, the rest trained on."""
+    rng, held, train = np.random.default_rng(17), world.held_out_scenes(), world.training_scenes()
+    return ([held[i] for i in rng.permutation(len(held))[:count // 3]]
+            + [train[i] for i in rng.permutation(len(train))[:count - count // 3]])
+
+
+def evaluate(config: TrainConfig, folder: pathlib.Path) -> dict[str, float]:
+    """Our pipeline on the folder, at the demo's sampling, judged on `eval_scenes`."""
+    from sglang_diffusion.config.sampling_params import SamplingParams
+    from sglang_diffusion.config.server_args import ServerArgs
+    from sglang_diffusion.demo import DEMO_SAMPLING
+    from sglang_diffusion.demo.check import judge
+    from sglang_diffusion.pipelines.registry import build_pipeline
+    from sglang_diffusion.platform import Platform
+
+    threads = torch.get_num_threads()
+    pipe = build_pipeline(ServerArgs(model_path=str(folder)), Platform.current())
+    sampling = {k: v for k, v in DEMO_SAMPLING.items() if k != "fps"}
+    verdicts = []
+    for i, scene in enumerate(eval_scenes(config.eval_prompts)):
+        out = pipe.generate(SamplingParams(prompt=scene.prompt(), seed=i, save_output=False, **sampling))
+        verdicts.append(judge(out.frames[0], scene).correct())
+    torch.set_num_threads(threads)
+    return accuracies(verdicts)
+
+
+def save_folder(init: pathlib.Path, output_dir: pathlib.Path, vae, data: dict, transformer, text_encoder) -> None:
+    """The initial folder with the trained components saved over it."""
+    shutil.rmtree(output_dir, ignore_errors=True)
+    shutil.copytree(init, output_dir)
+    vae.register_to_config(latents_mean=data["mean"].tolist(), latents_std=data["std"].tolist())
+    vae.save_pretrained(output_dir / "vae")
+    transformer.save_pretrained(output_dir / "transformer")
+    text_encoder.save_pretrained(output_dir / "text_encoder")
+
+
+def train_dit(config: TrainConfig, transformer, text_encoder, tokenizer, data: dict, work: pathlib.Path,
+              eval_folder=None):
+    """`eval_folder(path)` writes the current weights as a folder at `path` (for the evaluation)."""
     ckpt_path = work / "dit.pt"
     params = [*transformer.parameters(), *text_encoder.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.dit_lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW([dict(params=list(transformer.parameters()), lr_scale=1.0),
+                                   dict(params=list(text_encoder.parameters()), lr_scale=config.text_lr_scale)],
+                                  lr=config.dit_lr, weight_decay=0.01)
     start, losses = 0, []
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False)
@@ -312,7 +425,7 @@ def train_dit(config: TrainConfig, transformer, text_encoder, tokenizer, data: d
     progress = Progress("dit", config.dit_steps, start)
     for step in range(start, config.dit_steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.dit_steps, config.dit_lr, config.warmup_steps)
+            group["lr"] = lr_at(step, None, config.dit_lr, config.warmup_steps) * group["lr_scale"]
         rng = np.random.default_rng([config.seed, 4, step])
         kind, batch = ("images", config.dit_image_batch) if step % config.dit_image_every == 3 else \
             ("videos", config.dit_batch)
@@ -338,6 +451,14 @@ def train_dit(config: TrainConfig, transformer, text_encoder, tokenizer, data: d
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.dit_steps:
             save_checkpoint(ckpt_path, dict(transformer=transformer.state_dict(), optimizer=optimizer.state_dict(),
                                             text_encoder=text_encoder.state_dict(), step=step + 1, losses=losses))
+        if eval_folder is not None and (step + 1) % config.eval_every == 0 and step + 1 < config.dit_steps:
+            t0 = time.time()
+            eval_folder(work / "eval-model")
+            scores = evaluate(config, work / "eval-model")
+            log(f"eval at dit step {step + 1}, {config.eval_prompts} prompts ({config.eval_prompts // 3} held out): "
+                + ", ".join(f"{k} {v:.0%}" for k, v in scores.items()) + f" ({time.time() - t0:.0f} s)")
+            with (work / "evals.jsonl").open("a") as f:
+                f.write(json.dumps(dict(step=step + 1, **scores)) + "\n")
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
     for block in transformer.blocks:
@@ -396,22 +517,20 @@ def train(config: TrainConfig, output_dir: pathlib.Path, work: pathlib.Path) -> 
     log(f"training on {len(scenes)} of {len(world.all_scenes())} scenes ({len(world.held_out_scenes())} held out)")
     vae = diffusers.AutoencoderKLWan.from_pretrained(init / "vae")
     vae_losses = timed("vae", lambda: train_vae(config, vae, work))
+    gate = timed("vae_gate", lambda: vae_gate(config, vae, work))
     data = timed("latents", lambda: encode_latents(config, vae, work, scenes))
     transformer = diffusers.WanTransformer3DModel.from_pretrained(init / "transformer")
     text_encoder = transformers.UMT5EncoderModel.from_pretrained(init / "text_encoder", dtype=torch.float32)
     tokenizer = transformers.AutoTokenizer.from_pretrained(init / "tokenizer")
-    dit_losses = timed("dit", lambda: train_dit(config, transformer, text_encoder, tokenizer, data, work))
+    dit_losses = timed("dit", lambda: train_dit(
+        config, transformer, text_encoder, tokenizer, data, work,
+        eval_folder=lambda path: save_folder(init, path, vae, data, transformer, text_encoder)))
 
     staging = output_dir.with_name(output_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(init, staging)
-    vae.register_to_config(latents_mean=data["mean"].tolist(), latents_std=data["std"].tolist())
-    vae.save_pretrained(staging / "vae")
-    transformer.save_pretrained(staging / "transformer")
-    text_encoder.save_pretrained(staging / "text_encoder")
+    save_folder(init, staging, vae, data, transformer, text_encoder)
     plot_losses({"vae": vae_losses, "dit": dit_losses}, staging / "loss_curve.png")
     (staging / "training.json").write_text(json.dumps(dict(
-        config=asdict(config), seconds=timings, final_vae_loss=float(np.mean(vae_losses[-20:])),
+        config=asdict(config), seconds=timings, vae_gate=gate, final_vae_loss=float(np.mean(vae_losses[-20:])),
         final_dit_loss=float(np.mean(dit_losses[-20:])), torch=torch.__version__, diffusers=diffusers.__version__,
         transformers=transformers.__version__, threads=torch.get_num_threads()), indent=2) + "\n")
     shutil.rmtree(output_dir, ignore_errors=True)
