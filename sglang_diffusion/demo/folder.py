@@ -5,9 +5,12 @@ a small Wan VAE, a small UMT5 encoder and a word-level tokenizer over the demo v
 which is where training starts; training then saves each trained component over it, so the
 shipped folder and a fresh build have the same layout.
 
-The VAE is Wan2.1's AutoencoderKLWan as it is, narrow (base 16 channels): 8x spatial and 4x
-temporal compression, so a 128x128, 17-frame video is a 16-channel 5 x 16 x 16 latent; the DiT
-reads it in 1x4x4 patches, 80 tokens: small enough to train and run in seconds on a CPU.
+The VAE is Wan2.1's AutoencoderKLWan as it is, narrow (base 16 channels): 8x spatial and 2x
+temporal compression (Wan's 4x makes each latent frame draw 4 frames of motion, which a VAE
+trained for minutes here did not learn), so a 128x128, 17-frame video is a 16-channel
+9 x 16 x 16 latent; the DiT reads it in 1x4x4 patches, 144 tokens: small enough to train and
+run in seconds on a CPU. (Not 1x: diffusers' WanPipeline then rounds every frame count up by
+one, `num_frames % 1 != 1`.)
 """
 
 from __future__ import annotations
@@ -45,9 +48,9 @@ VAE = dict(
     dim_mult=[1, 2, 4, 4],
     num_res_blocks=1,
     attn_scales=[],
-    temperal_downsample=[False, True, True],
+    temperal_downsample=[False, False, True],
     dropout=0.0,
-    scale_factor_temporal=4,
+    scale_factor_temporal=2,
     scale_factor_spatial=8,
 )
 
