@@ -10,7 +10,7 @@ import pytest
 
 from sglang_diffusion.demo.train import CONFIG_PATH
 
-pytestmark = pytest.mark.slow
+
 
 TINY = dict(
     vae_stages=[dict(steps=2, schedule_steps=2, frames=5, batch=1, lr=1e-4, warmup_steps=1),
@@ -29,6 +29,7 @@ def train(config, out, work):
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_tiny_training_writes_the_folder_and_resumes_to_the_same_weights(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**json.loads(CONFIG_PATH.read_text()), **TINY}))
@@ -49,3 +50,21 @@ def test_tiny_training_writes_the_folder_and_resumes_to_the_same_weights(tmp_pat
 
     pipe = diffusers.WanPipeline.from_pretrained(out)
     assert pipe.tokenizer("A red circle!").input_ids[:2] == pipe.tokenizer("a red circle").input_ids[:2]
+
+
+def test_unclamped_decode_is_diffusers_decode_before_its_clamp():
+    import diffusers
+    import torch
+
+    from sglang_diffusion.demo.train import decode_unclamped
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, attn_scales=[],
+                                     temperal_downsample=[True], scale_factor_temporal=2, scale_factor_spatial=2).eval()
+    z = torch.randn(1, 4, 3, 4, 4)
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(50)  # so that some outputs leave [-1, 1]
+        raw = decode_unclamped(vae, z)
+        clamped = vae.decode(z).sample
+    assert raw.shape == clamped.shape == (1, 3, 5, 8, 8) and raw.abs().max() > 1
+    torch.testing.assert_close(raw.clamp(-1, 1), clamped)
