@@ -10,14 +10,12 @@ import pytest
 
 from sglang_diffusion.demo.train import CONFIG_PATH
 
-
-
 TINY = dict(
     vae_stages=[dict(steps=2, schedule_steps=2, frames=5, batch=1, lr=1e-4, warmup_steps=1),
                 dict(steps=1, schedule_steps=1, frames=9, batch=1, lr=1e-4, warmup_steps=1, decoder_only=True,
                      first_frame_weight=4.0)],
-    num_videos=2, num_images=2, dit_steps=2, dit_batch=2, dit_image_batch=2, dit_image_every=2, warmup_steps=1,
-    checkpoint_every=1,
+    vae_gate_clips=1, num_videos=2, num_images=2, dit_steps=2, dit_batch=2, dit_image_batch=2, dit_image_every=2,
+    warmup_steps=1, checkpoint_every=1, eval_every=1, eval_prompts=1,
 )
 
 
@@ -36,6 +34,7 @@ def test_tiny_training_writes_the_folder_and_resumes_to_the_same_weights(tmp_pat
     out, work = tmp_path / "model", tmp_path / "work"
     log = train(config, out, work)
     assert "vae step 3/3" in log and "dit step 2/2" in log and "saved the demo model" in log
+    assert "vae gate, videos of 1 held-out scenes" in log and "eval at dit step 1, 1 prompts" in log
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "WanPipeline" and (out / "loss_curve.png").stat().st_size > 0
     vae_config = json.loads((out / "vae" / "config.json").read_text())
