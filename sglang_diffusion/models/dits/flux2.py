@@ -32,9 +32,9 @@ from sglang_diffusion.layers.attention import Attention
 from sglang_diffusion.layers.embeddings import TimestepEmbedding, timestep_features
 from sglang_diffusion.layers.joint_attention import JointAttention
 from sglang_diffusion.models.dits.base import DiTConfig, check_rope_axes, config_values
-from sglang_diffusion.models.dits.blocks import Block, BlockRunner, State, run_blocks
-from sglang_diffusion.models.dits.flux import (MMDiT, AdaLayerNormContinuous, _joined, joint_single_attention,
-                                              rope_tables)
+from sglang_diffusion.models.dits.blocks import Block, BlockRunner, run_blocks
+from sglang_diffusion.models.dits.flux import (MMDiT, AdaLayerNormContinuous, joint_single_attention, rope_tables,
+                                              single_stream_projection)
 from sglang_diffusion.ops.qk_norm import qk_rms_norm
 
 
@@ -154,13 +154,14 @@ class Flux2ParallelSelfAttention(nn.Module):
         self.eps = eps
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, length: int = 0,
-                seq=None) -> torch.Tensor:
-        """h [B, L + S, D] = [text, image] (normed) -> [B, L + S, D] (`length`: L, needed under `seq`)."""
+                seq=None, image_only: bool = False) -> torch.Tensor:
+        """h [B, L + S, D] = [text, image] (normed) -> [B, L + S, D] (`length`: L); `image_only`
+        (the last block): the S image rows alone (see `flux.FluxSingleTransformerBlock`)."""
         dim = h.shape[-1]
-        qkv, mlp = self.to_qkv_mlp_proj(h).split([3 * dim, 2 * self.mlp_dim], dim=-1)
-        q, k, v = qkv.unflatten(-1, (-1, self.head_dim)).chunk(3, dim=2)  # [B, S, H, D] each
+        qkv, mlp = single_stream_projection(self.to_qkv_mlp_proj, h, 3 * dim, length, image_only)
+        q, k, v = qkv.unflatten(-1, (-1, self.head_dim)).chunk(3, dim=2)  # [B, L + S, H, D] each
         q, k = qk_rms_norm(q, k, self.norm_q.weight, self.norm_k.weight, self.eps, across_heads=False)
-        out = joint_single_attention(self.attn, q, k, v, cos, sin, length, seq).flatten(2)  # [B, S, H*D]
+        out = joint_single_attention(self.attn, q, k, v, cos, sin, length, seq, image_only).flatten(2)
         # to_out of [out, SwiGLU(mlp)] as two GEMMs into one result: no concatenated copy
         y = F.linear(out, self.to_out.weight[:, :dim])
         y.view(-1, dim).addmm_(swiglu(mlp).view(-1, self.mlp_dim), self.to_out.weight[:, dim:].t())
@@ -174,9 +175,10 @@ class Flux2SingleTransformerBlock(nn.Module):
         self.attn = Flux2ParallelSelfAttention(config)
 
     def forward(self, s: torch.Tensor, mod: tuple, cos: torch.Tensor, sin: torch.Tensor, length: int = 0,
-                seq=None) -> torch.Tensor:
+                seq=None, image_only: bool = False) -> torch.Tensor:
         shift, scale, gate = mod
-        return torch.addcmul(s, gate, self.attn(self.norm(s, scale, shift), cos, sin, length, seq))
+        out = self.attn(self.norm(s, scale, shift), cos, sin, length, seq, image_only)
+        return torch.addcmul(s[:, length:] if image_only else s, gate, out)
 
 
 class Flux2TimestepGuidanceEmbeddings(nn.Module):
@@ -337,14 +339,10 @@ class Flux2Transformer2DModel(MMDiT):
         def double(block: Flux2TransformerBlock) -> Block:
             return lambda state: block(*state, mod_img, mod_txt, cos, sin, seq)
 
-        def single(block: Flux2SingleTransformerBlock) -> Block:
-            def step(state: State) -> State:
-                x, c = state
-                s = block(_joined(c, x), mod_single, cos, sin, c.shape[1], seq)  # [B, L + S, D]
-                return s[:, c.shape[1]:], s[:, :c.shape[1]]
-            return step
+        def single(block: Flux2SingleTransformerBlock, s: torch.Tensor, length: int, image_only: bool):
+            return block(s, mod_single, cos, sin, length, seq, image_only)
 
-        return [*map(double, self.transformer_blocks), *map(single, self.single_transformer_blocks)]
+        return self.block_steps(double, single)
 
     def final(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.proj_out(self.norm_out(x, emb))  # [B, S, C_out]
