@@ -10,6 +10,7 @@ import torch
 
 from sglang_diffusion.config.server_args import ServerArgs
 from sglang_diffusion.errors import ConfigError, ModelLoadError
+from sglang_diffusion.loader.native import native_loader
 from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
 from sglang_diffusion.platform import Platform
 
@@ -129,13 +130,17 @@ def _fit_to_pipeline(name: str, component, index: ModelIndex):
 
 def load_component(name: str, index: ModelIndex, args: ServerArgs, dtype: torch.dtype | None):
     """Component `name` of the model: from its `--<name>-path` override when given, else from the
-    model folder with model_index.json's class (diffusers or transformers)."""
+    model folder, with our class where `loader.native` has one for it, else with model_index.json's
+    class (diffusers or transformers)."""
     override = args.component_paths.get(name)
     if override:
         return load_component_override(name, override, index, dtype, args.trust_remote_code)
     library, cls_name = index.components.get(name, (None, None))
     if cls_name is None:
         raise ModelLoadError(f"{index.path}: model_index.json has no component {name!r}")
+    native = native_loader(cls_name, index.path / name)
+    if native is not None:
+        return native(index.path / name, **({"dtype": dtype} if dtype is not None else {}))
     cls = getattr(_import_library(library), cls_name, None)
     if cls is None:
         raise ModelLoadError(f"component {name!r}: {library} has no class {cls_name!r}")

@@ -19,6 +19,17 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = WEIGHTS_NAME + ".index.json"
 
 
+class ConfigDict(dict):
+    """A component's config read as diffusers' FrozenDict is: `config.key` or `config.get(key)`
+    (what the stages read from our schedulers and VAEs, as from diffusers')."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     try:

@@ -21,6 +21,7 @@ from sglang_diffusion.errors import ConfigError, ModelLoadError
 from sglang_diffusion.layers.conv import use_onednn_conv3d
 from sglang_diffusion.loader.components import component_dtypes, load_component
 from sglang_diffusion.loader.resolve import ModelIndex, resolve_component_path
+from sglang_diffusion.models.vaes import wan_decoder
 from sglang_diffusion.models.vaes.wan import accelerate_wan_vae
 from sglang_diffusion.pipelines.native import native_lora
 from sglang_diffusion.pipelines.stages.base import StagedPipeline
@@ -50,6 +51,19 @@ def load_wan_transformer(name: str, args: ServerArgs, index: ModelIndex, dtype: 
     return model
 
 
+def load_wan_vae(args: ServerArgs, index: ModelIndex, dtype: torch.dtype, *, encodes: bool, sp_size: int):
+    """Our decoder of AutoencoderKLWan (models/vaes/wan_decoder.py) when a decoder alone does the
+    request's work: nothing to encode (text-to-video), no tiling, slicing or split across SP
+    ranks, a folder it supports; else diffusers' class."""
+    from sglang_diffusion.loader.weights import read_config
+
+    simple = not (encodes or args.vae_tiling or args.vae_slicing or (args.vae_sp and sp_size > 1)
+                  or "vae" in args.component_paths)
+    if simple and wan_decoder.supports(read_config(index.path / "vae")):
+        return wan_decoder.WanVAEDecoder.from_pretrained(index.path / "vae", dtype=dtype)
+    return load_component("vae", index, args, dtype)
+
+
 def _component_folder(name: str, args: ServerArgs, index: ModelIndex):
     override = args.component_paths.get(name)
     return resolve_component_path(name, override) if override else index.path / name
@@ -69,10 +83,16 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
     heads = read_config(_component_folder("transformer", args, index)).get("num_attention_heads")
     groups = setup_parallel(args, num_heads=heads)
 
-    # Components from diffusers / transformers classes
-    vae = load_component("vae", index, args, dtypes["vae"]).to(device).eval()
+    image_to_video = index.class_name == "WanImageToVideoPipeline"
+    image_mode = "required" if image_to_video else ("optional" if index.extras.get("expand_timesteps") else "none")
+
+    # Components: ours where loader.native (and, for the VAE, load_wan_vae) has one, else diffusers / transformers
+    vae = load_wan_vae(args, index, dtypes["vae"], encodes=image_mode != "none", sp_size=groups.sp.size)
+    vae = vae.to(device).eval()
     vae_sp = configure_vae(vae, args, sp_size=groups.sp.size)
-    if platform.is_cpu:
+    if platform.is_cpu and isinstance(vae, wan_decoder.WanVAEDecoder):
+        vae.use_cpu_fast_paths()
+    elif platform.is_cpu:
         accelerate_wan_vae(vae)
     scheduler = load_component("scheduler", index, args, None)
     tokenizer = load_component("tokenizer", index, args, None)
@@ -124,8 +144,6 @@ def build_wan_pipeline(args: ServerArgs, index: ModelIndex, platform: Platform,
     expand_timesteps = bool(index.extras.get("expand_timesteps"))
     t_stride, s_stride = vae.config.scale_factor_temporal, vae.config.scale_factor_spatial
     patch = tuple(config.patch_size)
-    image_to_video = index.class_name == "WanImageToVideoPipeline"
-    image_mode = "required" if image_to_video else ("optional" if expand_timesteps else "none")
     if image_mode == "required" and not args.vae_config.load_encoder:
         raise ConfigError("vae_config.load_encoder=false: image-to-video needs the VAE encoder for its input image")
 

@@ -1,4 +1,4 @@
-"""Tensor-parallel T5 / UMT5 text encoders (transformers' classes, sharded in place) in gloo
+"""Tensor-parallel T5 / UMT5 text encoders (transformers' classes and our UMT5, sharded in place) in gloo
 processes: the same hidden states as the whole encoder on one process, at tp = 2 and 4; the
 layers alone; sizes that do not divide refused clearly."""
 
@@ -22,11 +22,25 @@ def _encoder(kind: str, heads: int = 4, vocab: int = 101):
     """A small random encoder, identical on every rank (seeded). vocab 101 splits unevenly."""
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    cls, config_cls = {"umt5": (UMT5EncoderModel, UMT5Config), "t5": (T5EncoderModel, T5Config)}[kind]
+    cls, config_cls = {"umt5": (UMT5EncoderModel, UMT5Config), "t5": (T5EncoderModel, T5Config),
+                       "native-umt5": (UMT5EncoderModel, UMT5Config)}[kind]
     config = config_cls(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=heads,
                         relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", dropout_rate=0.0)
     torch.manual_seed(0)
-    return cls(config).eval()
+    model = cls(config).eval()
+    if kind != "native-umt5":
+        return model
+    import tempfile
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from sglang_diffusion.models.text_encoders.umt5 import UMT5EncoderModel as NativeUMT5
+
+    with tempfile.TemporaryDirectory() as folder:  # our encoder from the same weights (save_pretrained writes on rank 0 only)
+        model.config.to_json_file(Path(folder) / "config.json")
+        save_file({k: v.clone() for k, v in model.state_dict().items()}, Path(folder) / "model.safetensors")
+        return NativeUMT5.from_pretrained(folder)
 
 
 def _inputs(vocab: int = 101):
@@ -66,10 +80,10 @@ def layers_case():
 
 
 @pytest.mark.parametrize("backend", backends(4))
-@pytest.mark.parametrize("kind", ["umt5", "t5"])
+@pytest.mark.parametrize("kind", ["umt5", "t5", "native-umt5"])
 def test_tp_text_encoder_matches_the_whole_encoder(pools, backend, kind):
     # tp=2 on 2 ranks; tp=4 on 4 ranks (one head each); tp=2 on 4 ranks (two TP groups)
-    for world, tp in ((2, 2), (4, 4), (4, 2)):
+    for world, tp in ((4, 2),) if kind == "native-umt5" else ((2, 2), (4, 4), (4, 2)):  # ours: the same sharder
         results = pools(backend).run(encoder_case, world, tp, kind)
         for rank, (err, heads, tp_ranks) in enumerate(results[:world]):
             assert err < TOL, (world, tp, rank, err)

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 _NORM_EPS = 1e-12  # F.normalize's
 
 
-def _channel_rms_forward(self, x: torch.Tensor) -> torch.Tensor:
+def channel_rms_forward(self, x: torch.Tensor) -> torch.Tensor:
     rows = x.movedim(1, -1) if self.channel_first else x
     if rows.is_contiguous() and rows.dtype in (torch.float32, torch.bfloat16, torch.float16):
         # channels innermost (channels-last activations): one fused pass over rows of C.
@@ -46,7 +46,7 @@ def _channel_rms_forward(self, x: torch.Tensor) -> torch.Tensor:
     return (xf * inv_norm).to(x.dtype) * self.scale * self.gamma + self.bias
 
 
-def _causal_conv_forward(self, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
+def causal_conv_forward(self, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
     """`WanCausalConv3d.forward` with the spatial zero padding done by the convolution itself
     instead of by a padded copy of every input (`F.pad`); the causal padding (past frames from
     the cache, else zeros) as diffusers does it."""
@@ -68,10 +68,10 @@ def accelerate_wan_vae(vae: torch.nn.Module) -> dict:
     norms = causal = 0
     for m in vae.modules():
         if isinstance(m, (WanRMS_norm, QwenImageRMS_norm)):
-            m.forward = types.MethodType(_channel_rms_forward, m)
+            m.forward = types.MethodType(channel_rms_forward, m)
             norms += 1
         elif isinstance(m, (WanCausalConv3d, QwenImageCausalConv3d)):
-            m.forward = types.MethodType(_causal_conv_forward, m)
+            m.forward = types.MethodType(causal_conv_forward, m)
             causal += 1
     done = {"conv3d_onednn": use_onednn_conv3d(vae, channels_last=True), "rms_norm": norms, "causal_conv": causal}
     logger.info("VAE CPU fast paths: %d Conv3d layers through oneDNN (channels-last, %d padding in the "

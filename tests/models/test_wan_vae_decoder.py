@@ -1,0 +1,63 @@
+"""The native Wan VAE decoder (models/vaes/wan_decoder.py) against diffusers' AutoencoderKLWan
+decode on the same random weights: Wan 2.1's VAE and one with Wan 2.2's 2x2 pixel patching (the
+demo model's), plain and with the CPU fast paths, fp32 and bf16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+
+from sglang_diffusion.models.vaes.wan_decoder import WanVAEDecoder, supports
+from sglang_diffusion.testing import cached_model
+
+PATCHED = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+               temperal_downsample=[False, True, True], in_channels=12, out_channels=12, patch_size=2,
+               scale_factor_temporal=4, scale_factor_spatial=16, latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+
+
+@pytest.fixture(scope="module", params=["wan2.1", "patched"])
+def folder(request, tmp_path_factory):
+    if request.param == "wan2.1":
+        ref = AutoencoderKLWan.from_pretrained(cached_model("wan2.1-t2v", "tiny") / "vae")
+    else:
+        ref = AutoencoderKLWan(**PATCHED)
+    with torch.no_grad():  # zero-initialised parts too: every weight must matter
+        for p in ref.parameters():
+            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+    path = tmp_path_factory.mktemp("vae")
+    ref.save_pretrained(path)
+    return path
+
+
+def _rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / a.float().norm()).item()
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_decodes_as_diffusers(folder, fast):
+    ref = AutoencoderKLWan.from_pretrained(folder).eval()
+    ours = WanVAEDecoder.from_pretrained(folder)
+    if fast:
+        assert ours.use_cpu_fast_paths() > 0
+    z = torch.randn(1, ref.config.z_dim, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = ref.decode(z).sample
+        got = ours.decode(z, return_dict=False)[0]
+    assert got.shape == expected.shape  # [1, 3, 9, H, W]: 1 + 4 * 2 frames
+    assert _rel(got, expected) <= 1e-5
+    assert ours.config.z_dim == ref.config.z_dim and ours.config.latents_mean == ref.config.latents_mean
+
+
+def test_bf16_decodes_as_diffusers_bf16(folder):
+    ref = AutoencoderKLWan.from_pretrained(folder, torch_dtype=torch.bfloat16).eval()
+    ours = WanVAEDecoder.from_pretrained(folder, dtype=torch.bfloat16)
+    z = torch.randn(1, ref.config.z_dim, 2, 4, 4, generator=torch.Generator().manual_seed(0)).bfloat16()
+    with torch.inference_mode():
+        assert _rel(ours.decode(z).sample, ref.decode(z).sample) <= 1e-3
+
+
+def test_only_the_wan21_decoder_is_native():
+    assert supports({"_class_name": "AutoencoderKLWan", "is_residual": False})
+    assert not supports({"_class_name": "AutoencoderKLWan", "is_residual": True})  # Wan 2.2 TI2V-5B
+    assert not supports({"_class_name": "AutoencoderKLQwenImage"})
