@@ -232,6 +232,14 @@ class ServerArgs:
         return self.enable_cache_dit or self.cache_dit_config is not None
 
 
+def _diffusers_attention_names() -> list[str]:
+    """diffusers' attention backends, asked for only where a name is not ours: importing diffusers
+    takes seconds, which a native request does not pay."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return [b.value for b in AttentionBackendName]
+
+
 def validate_server_args(args: ServerArgs) -> None:
     """Cross-field checks; each failure names the keys involved."""
     for name in ("num_gpus", "tp_size", "sp_degree", "ulysses_degree", "ring_degree"):
@@ -257,18 +265,18 @@ def validate_server_args(args: ServerArgs) -> None:
     if args.cloud_storage_type not in CLOUD_STORAGE_TYPES:
         raise ConfigError(f"cloud_storage_type (or SGLANG_CLOUD_STORAGE_TYPE): {args.cloud_storage_type!r} is "
                           f"not one of {', '.join(CLOUD_STORAGE_TYPES)}")
-    from diffusers.models.attention_dispatch import AttentionBackendName
-
     from sglang_diffusion.attention.selector import VALID_NAMES
 
-    diffusers_names = [b.value for b in AttentionBackendName]
-    valid = [*VALID_NAMES, *diffusers_names]
-    if args.attention_backend not in valid:
-        raise ConfigError(f"attention_backend: unknown backend {args.attention_backend!r} "
-                          f"(valid: {', '.join(valid)})")
-    if args.diffusers_attention_backend is not None and args.diffusers_attention_backend not in diffusers_names:
-        raise ConfigError(f"diffusers_attention_backend: unknown diffusers backend "
-                          f"{args.diffusers_attention_backend!r} (valid: {', '.join(diffusers_names)})")
+    if args.attention_backend not in VALID_NAMES:
+        valid = [*VALID_NAMES, *_diffusers_attention_names()]
+        if args.attention_backend not in valid:
+            raise ConfigError(f"attention_backend: unknown backend {args.attention_backend!r} "
+                              f"(valid: {', '.join(valid)})")
+    if args.diffusers_attention_backend is not None:
+        diffusers_names = _diffusers_attention_names()
+        if args.diffusers_attention_backend not in diffusers_names:
+            raise ConfigError(f"diffusers_attention_backend: unknown diffusers backend "
+                              f"{args.diffusers_attention_backend!r} (valid: {', '.join(diffusers_names)})")
     u, r = args.ulysses_degree, args.ring_degree
     if args.sp_degree is not None and (u is not None or r is not None):
         if (u or 1) * (r or 1) != args.sp_degree:

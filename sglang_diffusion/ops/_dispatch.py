@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -94,3 +94,31 @@ def choose(op: str, requested: Optional[str], why_not: dict[str, Optional[str]],
     if not torch.compiler.is_compiling():
         log_choice(op, "torch", "; ".join(f"not {k}: {v}" for k, v in why_not.items()) or detail)
     return "torch"
+
+
+class CustomOp:
+    """A `torch.library` custom op that an eager call bypasses: torch.compile (and export)
+    trace the registered op through its fake implementation, while an eager call runs the
+    Python function itself. The dispatcher's way into a Python custom op imports torch._dynamo
+    (with sympy and inductor's config) on its first call, a second or more of CPU that a
+    request run eagerly never needs."""
+
+    def __init__(self, fn, op):
+        self._fn, self.op = fn, op
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            return self.op(*args, **kwargs)
+        return self._fn(*args, **kwargs)
+
+    def register_fake(self, fn):
+        return self.op.register_fake(fn)
+
+
+def custom_op(name: str, *, mutates_args) -> Callable[[Callable], CustomOp]:
+    """`torch.library.custom_op(name, mutates_args=...)` as a `CustomOp`."""
+    def wrap(fn) -> CustomOp:
+        return CustomOp(fn, torch.library.custom_op(name, mutates_args=mutates_args)(fn))
+
+    return wrap

@@ -56,7 +56,7 @@ def _write(impl: str, out: torch.Tensor, x: torch.Tensor) -> None:
         _native.native_library().ops.gelu_tanh_out(out, x)
 
 
-@torch.library.custom_op("sglang_diffusion::gelu_tanh", mutates_args=())
+@_dispatch.custom_op("sglang_diffusion::gelu_tanh", mutates_args=())
 def _gelu_tanh_op(x: torch.Tensor, impl: Optional[str]) -> torch.Tensor:
     chosen = _choose(x, impl)
     if chosen == "torch":
@@ -71,7 +71,7 @@ def _(x, impl):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("sglang_diffusion::gelu_tanh_", mutates_args=("x",))
+@_dispatch.custom_op("sglang_diffusion::gelu_tanh_", mutates_args=("x",))
 def _gelu_tanh_inplace_op(x: torch.Tensor, impl: Optional[str]) -> None:
     chosen = _choose(x, impl)
     if chosen == "torch":

@@ -88,7 +88,7 @@ def _why_not(x: torch.Tensor) -> dict[str, Optional[str]]:
     return {"native": _dispatch.native_why_not(x.device, "permute_rows_out")}
 
 
-@torch.library.custom_op("sglang_diffusion::ulysses_permute", mutates_args=())
+@_dispatch.custom_op("sglang_diffusion::ulysses_permute", mutates_args=())
 def _ulysses_permute_op(x: torch.Tensor, world_size: int, kind: str, impl: Optional[str]) -> torch.Tensor:
     view, perm, out_shape = _plan(kind, x, world_size)
     if impl is None and x.device.type == "cpu":

@@ -114,7 +114,7 @@ def _run(impl: str, q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     return out, lse
 
 
-@torch.library.custom_op("sglang_diffusion::attention", mutates_args=())
+@_dispatch.custom_op("sglang_diffusion::attention", mutates_args=())
 def _attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, impl: Optional[str]
 ) -> tuple[torch.Tensor, torch.Tensor]:

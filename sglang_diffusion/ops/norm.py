@@ -79,10 +79,9 @@ def _check_shapes(target: torch.Tensor, **others: Optional[torch.Tensor]) -> Non
     for name, t in others.items():
         if t is None:
             continue
-        try:
-            broadcasts = torch.broadcast_shapes(t.shape, target.shape) == target.shape
-        except RuntimeError:
-            broadcasts = False
+        # by hand: torch.broadcast_shapes imports sympy (seconds of start-up) on its first call
+        shape, full = tuple(t.shape), tuple(target.shape)
+        broadcasts = len(shape) <= len(full) and all(d in (1, f) for d, f in zip(shape[::-1], full[::-1]))
         if not broadcasts:
             raise ValueError(
                 f"{name} of shape {tuple(t.shape)} does not broadcast to shape {tuple(target.shape)}"
@@ -123,7 +122,7 @@ def _why_not_triton(x: torch.Tensor, modulation: tuple[Optional[torch.Tensor], .
     return why_not
 
 
-@torch.library.custom_op("sglang_diffusion::norm_modulate", mutates_args=())
+@_dispatch.custom_op("sglang_diffusion::norm_modulate", mutates_args=())
 def _norm_modulate_op(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                       weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
                       norm_type: str, impl: Optional[str]) -> torch.Tensor:
@@ -150,7 +149,7 @@ def _(x, scale, shift, weight, bias, eps, norm_type, impl):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("sglang_diffusion::gated_residual_norm_modulate", mutates_args=())
+@_dispatch.custom_op("sglang_diffusion::gated_residual_norm_modulate", mutates_args=())
 def _gated_residual_norm_modulate_op(residual: torch.Tensor, x: torch.Tensor, gate: Optional[torch.Tensor],
                                      scale: torch.Tensor, shift: torch.Tensor, weight: Optional[torch.Tensor],
                                      bias: Optional[torch.Tensor], eps: float, norm_type: str,

@@ -83,7 +83,7 @@ def _run(impl, q, k, weight_q, weight_k, eps, across_heads):
     return q_out, k_out
 
 
-@torch.library.custom_op("sglang_diffusion::qk_rms_norm", mutates_args=())
+@_dispatch.custom_op("sglang_diffusion::qk_rms_norm", mutates_args=())
 def _qk_rms_norm_op(q: torch.Tensor, k: torch.Tensor, weight_q: Optional[torch.Tensor],
                     weight_k: Optional[torch.Tensor], eps: float, across_heads: bool,
                     impl: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,7 +112,7 @@ def _run(impl, q, k, cos, sin, interleaved):
     return q_out, k_out
 
 
-@torch.library.custom_op("sglang_diffusion::apply_rope", mutates_args=())
+@_dispatch.custom_op("sglang_diffusion::apply_rope", mutates_args=())
 def _rope_op(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool,
     impl: Optional[str],

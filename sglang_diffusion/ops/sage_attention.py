@@ -110,7 +110,7 @@ def _why_not(q: torch.Tensor) -> dict[str, Optional[str]]:
     return {"triton": triton}
 
 
-@torch.library.custom_op("sglang_diffusion::sage_attention", mutates_args=())
+@_dispatch.custom_op("sglang_diffusion::sage_attention", mutates_args=())
 def _sage_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, qk_quant_gran: str,
                        block_q: int, block_k: int, smooth_k: bool,
                        impl: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:

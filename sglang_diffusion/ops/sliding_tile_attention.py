@@ -310,7 +310,7 @@ def _run(impl: str, q, k, v, q_groups, kv_ranges, scale: float) -> tuple[torch.T
     return out, lse
 
 
-@torch.library.custom_op("sglang_diffusion::sliding_tile_attention", mutates_args=())
+@_dispatch.custom_op("sglang_diffusion::sliding_tile_attention", mutates_args=())
 def _sta_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_groups: torch.Tensor, kv_ranges: torch.Tensor,
     scale: float, impl: Optional[str],

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: `sglang generate --help` imports this module, and numpy costs it 0.1 s
+    import numpy as np
 
 
 @dataclass

@@ -54,11 +54,15 @@ TINY_SAMPLING: dict[str, dict] = {
 __all__ = ["FAMILIES", "PRESETS", "TINY_SAMPLING", "build_model", "cached_model", "model_configs", "pipeline_class"]
 
 
-def _spec(family: str, preset: str) -> PipelineSpec:
+def _check(family: str, preset: str) -> None:
     if family not in _SPECS:
         raise ConfigError(f"unknown model family {family!r}; valid families: {', '.join(FAMILIES)}")
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+
+
+def _spec(family: str, preset: str) -> PipelineSpec:
+    _check(family, preset)
     return _SPECS[family](preset)
 
 
@@ -85,9 +89,9 @@ _STAMP = ".sglang_diffusion_testing.json"
 
 def _stamp(family: str, preset: str) -> dict:
     """What a cached folder was built from: the factory's own source and the library
-    versions, so an edit to a config or an upgrade rebuilds it."""
-    import diffusers
-    import transformers
+    versions, so an edit to a config or an upgrade rebuilds it. The versions come from the
+    installed metadata: importing the libraries would cost the demo generation seconds."""
+    from importlib.metadata import version
 
     digest = hashlib.sha256()
     for source in sorted(pathlib.Path(__file__).parent.glob("*.py")):
@@ -96,8 +100,8 @@ def _stamp(family: str, preset: str) -> dict:
         family=family,
         preset=preset,
         factory=digest.hexdigest()[:16],
-        diffusers=diffusers.__version__,
-        transformers=transformers.__version__,
+        diffusers=version("diffusers"),
+        transformers=version("transformers"),
     )
 
 
@@ -119,7 +123,7 @@ def cached_model(family: str, preset: str = "tiny", cache_dir: str | os.PathLike
 
     Safe across processes: each builds into a temporary folder beside the target and renames
     it into place; a process that loses the race uses the winner's folder."""
-    _spec(family, preset)
+    _check(family, preset)  # not _spec: building the spec imports transformers (its tokenizers)
     root = pathlib.Path(cache_dir) if cache_dir is not None else model_cache_dir()
     target = root / f"{family}-{preset}"
     stamp = _stamp(family, preset)

@@ -189,7 +189,7 @@ def test_custom_op_has_a_fake_implementation():
     from sglang_diffusion.ops.sliding_tile_attention import _plan, _sta_op
 
     q_groups, kv_ranges = _plan(layout, ((1, 1, 1), (2, 2, 2)), 0)
-    torch.library.opcheck(_sta_op, (q, k, v, q_groups, kv_ranges, 0.25, "torch"),
+    torch.library.opcheck(_sta_op.op, (q, k, v, q_groups, kv_ranges, 0.25, "torch"),
                           test_utils=("test_schema", "test_faketensor"))
 
 

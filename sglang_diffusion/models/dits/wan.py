@@ -260,7 +260,8 @@ class WanTransformerBlock(nn.Module):
         # 3. Feed-forward
         self.norm3 = AdaNorm(dim, eps)
         self.ffn = FeedForward(dim, config.ffn_dim, activation="gelu_tanh")
-        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        # empty: the checkpoint fills it (a random init on the meta device imports torch._dynamo, seconds)
+        self.scale_shift_table = nn.Parameter(torch.empty(1, 6, dim))
 
     def forward(self, x: torch.Tensor, kv: CrossKV, mod: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, seq=None) -> torch.Tensor:
@@ -369,7 +370,7 @@ class WanTransformer3DModel(nn.Module):
         self.norm_out = AdaNorm(dim, config.eps)
         out_channels = config.out_channels or config.in_channels
         self.proj_out = nn.Linear(dim, out_channels * math.prod(config.patch_size))
-        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.scale_shift_table = nn.Parameter(torch.empty(1, 2, dim))  # filled by the checkpoint, as above
         self.sliding_tiles: SlidingTiles | None = None  # set by set_attention_backend(sliding_tile_attn)
 
     @property
