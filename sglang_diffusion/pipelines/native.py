@@ -83,10 +83,12 @@ def _first_components(args: ServerArgs, index: ModelIndex, platform: Platform, g
 
 def image_pipeline_start(args: ServerArgs, index: ModelIndex, platform: Platform, model: str):
     """What an image family's builder starts with: (family, component dtypes, the parallel
-    groups (`dit_parallel_groups`), the VAE on the device with --vae-tiling / slicing set, the
-    scheduler)."""
+    groups (`dit_parallel_groups`), the VAE on the device with --vae-tiling / slicing set and
+    channels-last on a CPU, the scheduler)."""
     groups = dit_parallel_groups(args, index, model)
     family, dtypes, vae, _, scheduler = _first_components(args, index, platform, groups)
+    if platform.is_cpu:  # Conv2d weights in oneDNN's own layout (NHWC, the activations follow):
+        vae.to(memory_format=torch.channels_last)  # no reorder per call; small FLUX.1 decode 15% faster
     return family, dtypes, groups, vae, scheduler
 
 
