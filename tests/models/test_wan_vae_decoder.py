@@ -1,6 +1,7 @@
 """The native Wan VAE decoder (models/vaes/wan_decoder.py) against diffusers' AutoencoderKLWan
 decode on the same random weights: Wan 2.1's VAE and one with Wan 2.2's 2x2 pixel patching (the
-demo model's), plain and with the CPU fast paths, fp32 and bf16."""
+demo model's first layout) and one with 2x temporal upsampling in the last block (its current one),
+plain and with the CPU fast paths, fp32 and bf16."""
 
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ from sglang_diffusion.testing import cached_model
 PATCHED = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
                temperal_downsample=[False, True, True], in_channels=12, out_channels=12, patch_size=2,
                scale_factor_temporal=4, scale_factor_spatial=16, latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+# the demo model's layout: 2x temporal, in the last upsampler only
+TEMPORAL_LAST = {**PATCHED, "temperal_downsample": [False, False, True], "in_channels": 3, "out_channels": 3,
+                 "patch_size": None, "scale_factor_temporal": 2, "scale_factor_spatial": 8}
 
 
-@pytest.fixture(scope="module", params=["wan2.1", "patched"])
+@pytest.fixture(scope="module", params=["wan2.1", "patched", "temporal-last"])
 def folder(request, tmp_path_factory):
     if request.param == "wan2.1":
         ref = AutoencoderKLWan.from_pretrained(cached_model("wan2.1-t2v", "tiny") / "vae")
     else:
-        ref = AutoencoderKLWan(**PATCHED)
+        ref = AutoencoderKLWan(**(PATCHED if request.param == "patched" else TEMPORAL_LAST))
     with torch.no_grad():  # zero-initialised parts too: every weight must matter
         for p in ref.parameters():
             p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
@@ -44,7 +48,7 @@ def test_decodes_as_diffusers(folder, fast):
     with torch.inference_mode():
         expected = ref.decode(z).sample
         got = ours.decode(z, return_dict=False)[0]
-    assert got.shape == expected.shape  # [1, 3, 9, H, W]: 1 + 4 * 2 frames
+    assert got.shape == expected.shape  # [1, 3, F, H, W]: 1 + 4 * 2 frames (1 + 2 * 2 at 2x temporal)
     assert _rel(got, expected) <= 1e-5
     assert ours.config.z_dim == ref.config.z_dim and ours.config.latents_mean == ref.config.latents_mean
 
