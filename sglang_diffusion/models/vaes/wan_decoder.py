@@ -247,6 +247,11 @@ class WanVAEDecoder(nn.Module):
         load_checkpoint(model, state, dtype=dtype, where=str(folder))
         return model.eval().requires_grad_(False)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype it decodes in, as diffusers' models report it (`/model_info` shows it)."""
+        return self.post_quant_conv.weight.dtype
+
     def use_cpu_fast_paths(self) -> int:
         """oneDNN channels-last Conv3d (wan.py's fast paths are this module's forwards already);
         returns how many convolutions were routed."""
