@@ -6,20 +6,24 @@ Phases, each resumable from its checkpoint in the work folder (run the same comm
 after a stop):
 
 1. `init`: the diffusers folder with seeded random weights (`folder.write_initial_folder`).
-2. `vae`: AutoencoderKLWan on random crops of synthetic clips (flat colours are local, and a
-   convolutional VAE does not care where in the frame an edge is), 1-frame images first, then
-   short clips, then full 17-frame ones, L1 + MSE on the unclamped output (the pipeline's clamp
-   to [-1, 1] would stop the gradient of every saturated pixel). The decoder sees the posterior
-   mean plus a small noise relative to its spread (so that it tolerates the DiT's errors); the
-   posterior's own variance is not trained (a KL weight small enough not to blur would take
-   thousands of steps to shrink it). Nearly every convolution feeds a channel RMS norm, which
-   makes its output independent of the weights' scale: with weights initialised ~0.02, Adam's
-   per-weight steps of 1e-4 and more turn them so fast that the output stops depending on the
-   input (measured: identity on 8 flat colours fails at 1e-3 and is learnt at 3e-5). So the
-   convolution and norm weights start `vae_init_scale` times larger (but the output convolutions),
-   which slows those turns down by the square of it and lets the rest learn at a higher rate
-   (measured on 5-frame crops: L1 0.37 after 150 steps at x4 and 1.5e-4, 0.57 at x1 and 6e-5).
-   Crops are taken around the shape (a random offset of up to a third of the crop), where the
+2. `vae`: AutoencoderKLWan made frame-independent (`make_frame_independent`): every causal
+   convolution looks at the current frame only, the encoder's temporal downsampling keeps the
+   second frame of each pair and the decoder's upsampling draws each latent frame twice, so a
+   17-frame video is the image VAE applied to frames 0, 2, .., 16 and each of those shown for two
+   frames. Motion then advances every other frame (the DiT still draws 9 positions), and the VAE
+   is trained on images alone: its temporal path, which minutes of video training here never made
+   stable (colours drifting across latent frames), has nothing left to learn. Training runs on
+   random crops of synthetic frames, small first, then the full frame, L1 + MSE on the unclamped
+   output (the pipeline's clamp to [-1, 1] would stop the gradient of every saturated pixel). The
+   decoder sees the posterior mean plus a small noise relative to its spread (so that it
+   tolerates the DiT's errors); the posterior's own variance is not trained (a KL weight small
+   enough not to blur would take thousands of steps to shrink it). Nearly every convolution feeds
+   a channel RMS norm, which makes its output independent of the weights' scale: with weights
+   initialised ~0.02, Adam's per-weight steps of 1e-4 and more turn them so fast that the output
+   stops depending on the input (measured: identity on 8 flat colours fails at 1e-3 and is learnt
+   at 3e-5). So the convolution and norm weights start `vae_init_scale` times larger (but the
+   output convolutions), which slows those turns down by the square of it and lets the rest learn
+   at a higher rate. Crops are taken around the shape (its centre anywhere in the crop), where the
    edges are.
    `vae_gate`: the checker on reconstructions of held-out clips and images (full size), logged
    and kept in the work folder: a DiT can only be as good as the VAE that draws its latents.
@@ -67,20 +71,16 @@ PAD_LENGTH = 512  # the pipelines pad prompt embeddings to 512 tokens with zeros
 
 @dataclass(frozen=True)
 class VaeStage:
-    """`steps` steps on `frames`-frame crops; the learning rate follows a warm-up + cosine
-    schedule over `schedule_steps` (>= steps: a stage may stop part-way down its schedule).
-    `decoder_only`: the encoder frozen (so the latents, and a DiT trained on them, stay valid);
-    `first_frame_weight`: the loss weight of frame 0, which the decoder draws on its own."""
+    """`steps` steps on `batch` crops of `crop` x `crop` pixels of single frames; the learning
+    rate follows a warm-up + cosine schedule over `schedule_steps` (>= steps: a stage may stop
+    part-way down its schedule)."""
 
     steps: int
     schedule_steps: int
-    frames: int
     batch: int
+    crop: int
     lr: float
     warmup_steps: int
-    decoder_only: bool = False
-    first_frame_weight: float = 1.0
-    crop: int = 32
 
 
 @dataclass(frozen=True)
@@ -159,18 +159,49 @@ class Progress:
 
 
 # ---------------------------------------------------------------------------------------- 2. VAE
+def make_frame_independent(vae) -> list:
+    """Turn AutoencoderKLWan into an image VAE applied frame by frame (see the module note):
+    the past taps of every causal convolution zeroed, and the temporal resampling convolutions
+    (`time_conv`) set to pick the current frame: the encoder's keeps the second frame of each
+    pair, the decoder's draws each latent frame twice. Returns the hooks that keep the zeroed
+    taps at zero under training (their gradients masked; `time_conv` is frozen)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    hooks = []
+    with torch.no_grad():
+        for name, module in vae.named_modules():
+            if not isinstance(module, WanCausalConv3d) or module.kernel_size[0] == 1:
+                continue
+            weight = module.weight  # [out, in, kt, kh, kw]; tap kt - 1 is the current frame
+            if name.endswith("time_conv"):
+                out, inp = weight.shape[:2]
+                weight.zero_()
+                eye = torch.eye(inp)
+                for first in range(0, out, inp):  # decoder: [2C, C], both frames of the pair
+                    weight[first:first + inp, :, -1, 0, 0] = eye
+                module.bias.zero_()
+                module.requires_grad_(False)
+                continue
+            mask = torch.zeros_like(weight)
+            mask[:, :, -1] = 1
+            weight.mul_(mask)
+            hooks.append(weight.register_hook(lambda grad, mask=mask: grad * mask))
+    return hooks
+
+
 def vae_batch(config: TrainConfig, stage: int, step: int) -> torch.Tensor:
-    """[B, 3, F, crop, crop] random crops of random training clips."""
-    spec, scenes, clips = config.vae_stages[stage], world.training_scenes(), []
+    """[B, 3, 1, crop, crop] random crops of random training frames, each with the shape's
+    centre somewhere inside it (where the frame allows)."""
+    spec, scenes, crops = config.vae_stages[stage], world.training_scenes(), []
     for j in range(spec.batch):
         rng = world.scene_rng(config.seed * 7 + 1 + 10 * stage, step * spec.batch + j)
-        layout = world.place(random_scene(rng, scenes), config.size, config.size, spec.frames, rng)
-        frames = world.render(layout, spec.frames)
-        jitter = rng.integers(-(spec.crop // 3), spec.crop // 3 + 1, size=2)
+        layout = world.place(random_scene(rng, scenes), config.size, config.size, 1, rng)
+        frame = world.render(layout, 1)
+        jitter = rng.integers(-(spec.crop // 2), spec.crop // 2 + 1, size=2)
         x, y = (int(np.clip(c - spec.crop / 2 + j, 0, config.size - spec.crop)) for c, j in
                 zip((layout.x, layout.y), jitter))
-        clips.append(to_tensor(frames[:, y:y + spec.crop, x:x + spec.crop]))
-    return torch.stack(clips)
+        crops.append(to_tensor(frame[:, y:y + spec.crop, x:x + spec.crop]))
+    return torch.stack(crops)
 
 
 def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
@@ -187,10 +218,15 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
 
 
 def train_vae(config: TrainConfig, vae, work: pathlib.Path) -> list[float]:
-    """The stages in turn (1-frame images: the colours and shapes; 5-frame clips: one first
-    frame and one 4-frame chunk; 17 frames: the causal cache carrying chunks into the next)."""
+    """The stages in turn, on single frames (the VAE is frame-independent)."""
     ckpt_path = work / "vae.pt"
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_stages[0].lr, weight_decay=0.0)
+    with torch.no_grad():
+        for name, param in vae.named_parameters():
+            if param.dim() >= 4 and "conv_out" not in name:  # convolutions, attention and norm gains
+                param.mul_(config.vae_init_scale)
+    hooks = make_frame_independent(vae)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.vae_stages[0].lr, weight_decay=0.0)
     done, losses = 0, []
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False)
@@ -198,34 +234,23 @@ def train_vae(config: TrainConfig, vae, work: pathlib.Path) -> list[float]:
         optimizer.load_state_dict(ckpt["optimizer"])
         done, losses = ckpt["step"], ckpt["losses"]
         log(f"vae: resumed at step {done}")
-    else:
-        with torch.no_grad():
-            for name, param in vae.named_parameters():
-                if param.dim() >= 4 and "conv_out" not in name:  # convolutions, attention and norm gains
-                    param.mul_(config.vae_init_scale)
     vae.train()
     total, first = sum(s.steps for s in config.vae_stages), 0
     progress = Progress("vae", total, done)
     for stage, spec in enumerate(config.vae_stages):
-        for name, param in vae.named_parameters():
-            param.requires_grad_(not (spec.decoder_only and name.startswith(("encoder.", "quant_conv."))))
-        weights = torch.ones(spec.frames)
-        weights[0] = spec.first_frame_weight
-        weights = (weights / weights.mean())[None, None, :, None, None]  # [1, 1, F, 1, 1]
         for step in range(max(0, done - first), spec.steps):
             overall = first + step
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, spec.schedule_steps, spec.lr, spec.warmup_steps)
-            x = vae_batch(config, stage, step)  # [B, 3, F, h, w]
-            with torch.set_grad_enabled(not spec.decoder_only):
-                mean = vae.encode(x).latent_dist.mean  # [B, C, T, h, w]
+            x = vae_batch(config, stage, step)  # [B, 3, 1, h, w]
+            mean = vae.encode(x).latent_dist.mean  # [B, C, 1, h, w]
             noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + overall))
             recon = decode_unclamped(vae, mean + config.vae_latent_noise * mean.detach().std() * noise)
             error = recon - x
-            loss = (error.abs() * weights).mean() + (error.pow(2) * weights).mean()
+            loss = error.abs().mean() + error.pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             losses.append(loss.item())
             if (overall + 1) % 10 == 0 or overall + 1 == total:
@@ -234,8 +259,8 @@ def train_vae(config: TrainConfig, vae, work: pathlib.Path) -> list[float]:
                 save_checkpoint(ckpt_path, dict(model=vae.state_dict(), optimizer=optimizer.state_dict(),
                                                 step=overall + 1, losses=losses))
         first += spec.steps
-    for param in vae.parameters():
-        param.requires_grad_(True)
+    for hook in hooks:
+        hook.remove()
     vae.eval()
     return losses
 

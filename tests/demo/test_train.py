@@ -11,9 +11,8 @@ import pytest
 from sglang_diffusion.demo.train import CONFIG_PATH
 
 TINY = dict(
-    vae_stages=[dict(steps=2, schedule_steps=2, frames=5, batch=1, lr=1e-4, warmup_steps=1),
-                dict(steps=1, schedule_steps=1, frames=9, batch=1, lr=1e-4, warmup_steps=1, decoder_only=True,
-                     first_frame_weight=4.0)],
+    vae_stages=[dict(steps=2, schedule_steps=2, batch=2, crop=32, lr=1e-4, warmup_steps=1),
+                dict(steps=1, schedule_steps=1, batch=1, crop=128, lr=1e-4, warmup_steps=1)],
     vae_gate_clips=1, num_videos=2, num_images=2, dit_steps=2, dit_batch=2, dit_image_batch=2, dit_image_every=2,
     warmup_steps=1, checkpoint_every=1, eval_every=1, eval_prompts=1,
 )
@@ -67,3 +66,47 @@ def test_unclamped_decode_is_diffusers_decode_before_its_clamp():
         clamped = vae.decode(z).sample
     assert raw.shape == clamped.shape == (1, 3, 5, 8, 8) and raw.abs().max() > 1
     torch.testing.assert_close(raw.clamp(-1, 1), clamped)
+
+
+def test_a_frame_independent_vae_is_the_image_vae_on_every_other_frame_and_stays_so_in_training():
+    """Video = the image VAE on frames 0, 2, 4, ..., each decoded latent frame drawn twice; a
+    training step leaves the zeroed past taps at zero and the temporal resampling untouched."""
+    import diffusers
+    import torch
+
+    from sglang_diffusion.demo.train import decode_unclamped, make_frame_independent
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
+                                     temperal_downsample=[False, True], scale_factor_temporal=2,
+                                     scale_factor_spatial=4)
+    hooks = make_frame_independent(vae)
+    time_convs = {n: p.clone() for n, p in vae.named_parameters() if "time_conv" in n}
+    assert len(time_convs) == 4 and hooks
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+
+    def check():
+        vae.eval()
+        with torch.no_grad():
+            z = vae.encode(video).latent_dist.mean  # [1, 4, 5, 4, 4]
+            frames = video[:, :, 0::2].transpose(1, 2).flatten(0, 1)[:, :, None]  # 5 images
+            z_images = vae.encode(frames).latent_dist.mean  # [5, 4, 1, 4, 4]
+            torch.testing.assert_close(z[0].transpose(0, 1), z_images[:, :, 0], rtol=1e-4, atol=1e-5)
+            decoded, decoded_images = vae.decode(z).sample[0], vae.decode(z_images).sample[:, :, 0]
+        assert decoded.shape == (3, 9, 16, 16)
+        torch.testing.assert_close(decoded.transpose(0, 1), decoded_images[[0, 1, 1, 2, 2, 3, 3, 4, 4]],
+                                   rtol=1e-4, atol=1e-5)
+
+    check()
+    vae.train()
+    optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=1e-2)
+    clip = video[:, :, :5]
+    loss = (decode_unclamped(vae, vae.encode(clip).latent_dist.mean) - clip).abs().mean()
+    loss.backward()
+    optimizer.step()
+    for name, param in vae.named_parameters():
+        if "time_conv" in name:
+            assert torch.equal(param, time_convs[name]), name
+        elif param.dim() == 5 and param.shape[2] == 3:
+            assert param[:, :, :2].abs().max() == 0, name
+    check()
