@@ -13,7 +13,7 @@ from sglang_diffusion.demo.train import CONFIG_PATH
 TINY = dict(
     vae_stages=[dict(steps=2, schedule_steps=2, batch=2, crop=32, lr=1e-4, warmup_steps=1),
                 dict(steps=1, schedule_steps=1, batch=1, crop=128, lr=1e-4, warmup_steps=1)],
-    vae_gate_clips=1, num_videos=2, num_images=2, dit_steps=2, dit_batch=2, dit_image_batch=2, dit_image_every=2,
+    text_steps=2, text_batch=2, vae_gate_clips=1, num_videos=2, num_images=2, dit_steps=2, dit_batch=2, dit_image_batch=2, dit_image_every=2,
     warmup_steps=1, checkpoint_every=1, eval_every=1, eval_prompts=1,
 )
 
