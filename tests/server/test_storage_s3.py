@@ -41,9 +41,9 @@ def moto(tmp_path_factory):
     deadline = time.monotonic() + 60
     while True:
         try:
-            requests.get(endpoint, timeout=1)
+            requests.get(endpoint, timeout=5)
             break
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or its first answer is slow
             assert proc.poll() is None and time.monotonic() < deadline, "moto_server did not start"
             time.sleep(0.2)
     create_public_bucket(s3_client(endpoint))
