@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sglang_diffusion.demo.train import CONFIG_PATH
+from sglang_diffusion.demo.train import CONFIG_PATH, cooldown_lr_at
 
 TINY = dict(
     vae_stages=[dict(steps=2, schedule_steps=2, batch=2, crop=32, lr=1e-4, warmup_steps=1),
@@ -48,6 +48,15 @@ def test_tiny_training_writes_the_folder_and_resumes_to_the_same_weights(tmp_pat
 
     pipe = diffusers.WanPipeline.from_pretrained(out)
     assert pipe.tokenizer("A red circle!").input_ids[:2] == pipe.tokenizer("a red circle").input_ids[:2]
+
+
+def test_the_dit_rate_warms_up_holds_then_falls_to_zero_over_the_cooldown():
+    rates = [cooldown_lr_at(step, 100, 1.0, 10, 20) for step in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(r == 1.0 for r in rates[10:81]) and rates[81] < 1.0
+    assert rates[-1] == pytest.approx(1 / 20) and all(a > b for a, b in zip(rates[80:], rates[81:]))
+    # a run set to end later has the same rates up to the start of the shorter run's cooldown
+    assert [cooldown_lr_at(step, 150, 1.0, 10, 20) for step in range(81)] == rates[:81]
 
 
 def test_unclamped_decode_is_diffusers_decode_before_its_clamp():
