@@ -77,8 +77,12 @@ def test_installed_wheel_serves_the_web_page_from_its_own_copy(venv):
     assert result.stdout.startswith("True ") and str(venv) in result.stdout
 
 
-def test_wheel_carries_the_demo_training_config(wheel):
-    assert "sglang_diffusion/demo/train_config.json" in zipfile.ZipFile(wheel).namelist()
+def test_wheel_carries_the_demo_model_and_its_training_config(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    model = REPO / "sglang_diffusion" / "demo" / "model"
+    shipped = [f"sglang_diffusion/demo/model/{p.relative_to(model)}" for p in model.rglob("*") if p.is_file()]
+    assert any(name.endswith(".safetensors") for name in shipped)
+    assert "sglang_diffusion/demo/train_config.json" in names and set(shipped) <= set(names), set(shipped) - set(names)
 
 
 def test_installed_wheel_imports_the_triton_kernels_from_its_own_copy(venv):

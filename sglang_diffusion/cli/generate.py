@@ -30,18 +30,20 @@ def format_result(result: GenerationResult) -> str:
     return "\n".join(lines)
 
 
-DEMO_FAMILY = "wan2.1-t2v"
-
-
 def use_demo_model(server_args: ServerArgs, sampling: SamplingParams) -> tuple[ServerArgs, SamplingParams]:
-    """Without --model-path: the tiny random-weight demo model, built on first use and cached,
-    with the small sizes it is made for (where the user gave none)."""
-    from sglang_diffusion.testing import TINY_SAMPLING, cached_model
+    """No --model-path (or `--model-path demo`): the demo model shipped in the package
+    (sglang_diffusion.demo), with its demo-sized defaults where the user gave none. The log says
+    what it can draw, and once which words of the prompt it does not know."""
+    from sglang_diffusion.demo import demo_model, vocabulary_note
 
-    path = cached_model(DEMO_FAMILY, "tiny")
-    logger.warning("no --model-path given: using the built-in tiny %s demo model at %s "
-                   "(random weights: the output is noise, but every stage runs)", DEMO_FAMILY, path)
-    return dataclasses.replace(server_args, model_path=str(path)), sampling.resolve(TINY_SAMPLING[DEMO_FAMILY])
+    demo = demo_model()
+    given = "no --model-path given" if server_args.model_path is None else f"--model-path {server_args.model_path}"
+    logger.warning("%s: using %s (%s)", given, demo.description, demo.path)
+    prompts = sampling.prompt if isinstance(sampling.prompt, list) else [sampling.prompt or ""]
+    note = vocabulary_note(" ".join(prompts))
+    if note:
+        logger.warning(note)
+    return dataclasses.replace(server_args, model_path=str(demo.path)), sampling.resolve(demo.sampling)
 
 
 def run(argv: Sequence[str]) -> int:
@@ -51,7 +53,9 @@ def run(argv: Sequence[str]) -> int:
     configure_logging(server_args.log_level)
     if not sampling.prompt and sampling.prompt_path is None:
         raise ConfigError("prompt is required (--prompt, --prompt-path or the config key prompt)")
-    if server_args.model_path is None:
+    from sglang_diffusion.demo import is_demo_path  # after parsing: it imports numpy, `--help` need not
+
+    if is_demo_path(server_args.model_path):
         server_args, sampling = use_demo_model(server_args, sampling)
     settings = effective_settings(server_args.model_path, sampling)
     if settings:

@@ -37,7 +37,9 @@ def run(argv: Sequence[str]) -> int:
         raise ConfigError(f"{', '.join(given)}: given per request to the server, not at start-up")
     if isinstance(defaults.seed, list):
         raise ConfigError(f"seed: the server's default is one seed, got {defaults.seed}")
-    if not server_args.model_path:  # as `sglang generate`: the demo model, with its sizes as the defaults
+    from sglang_diffusion.demo import is_demo_path  # after parsing: it imports numpy, `--help` need not
+
+    if is_demo_path(server_args.model_path):  # as `sglang generate`: the demo model, its sizes the defaults
         server_args, defaults = use_demo_model(server_args, defaults)
     settings = effective_settings(server_args.model_path, defaults)
     if settings:

@@ -1,9 +1,11 @@
 """The embedded demo model: a small Wan2.1 text-to-video model trained here on synthetic
-scenes of one flat-coloured shape on a flat background, to be shipped inside the package
-(`MODEL_DIR`) as the default of `sglang generate` / `sglang serve`.
+scenes of one flat-coloured shape on a flat background, shipped inside the package
+(`MODEL_DIR`, a diffusers folder) as the default of `sglang generate` / `sglang serve`. This
+version draws the background and the object's colour; the object is a blob that does not yet
+take the prompt's shape or motion (issue 17).
 
     from sglang_diffusion.demo import demo_model
-    demo = demo_model()       # DemoModel(path, sampling, description); ModelLoadError until weights ship
+    demo = demo_model()       # DemoModel(path, sampling, description)
 
 `world.py` defines what it can draw, `folder.py` its diffusers folder, `train.py` how it is
 trained and `check.py` judges an output against its prompt.
@@ -28,7 +30,7 @@ DESCRIPTION = (
     f"colours {', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; "
     f"moving {', '.join(m for m in MOTIONS if m != 'none')} or still; "
     "e.g. \"a red circle moving right on a blue background\" (128x128, 17 frames at 8 fps; --num-frames 1 "
-    "for an image)"
+    "for an image); this version draws the colours, not yet the shapes or the motion"
 )
 
 

@@ -140,10 +140,10 @@ def test_serve_help_lists_server_options():
     assert proc.returncode == 0 and "--port" in proc.stdout and "30010" in proc.stdout
 
 
-def test_generate_without_model_path_uses_the_cached_demo_model(tmp_path):
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
-    proc = run_cli("generate", "--prompt", "A curious raccoon", "--output-path", tmp_path / "out", env=env)
+def test_generate_without_model_path_uses_the_shipped_demo_model_at_its_sizes(tmp_path):
+    proc = run_cli("generate", "--prompt", "a red circle moving right on a blue background", "--num-inference-steps",
+                   2, "--output-path", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
-    assert "demo model" in proc.stderr
+    assert "demo model" in proc.stderr and "sglang_diffusion/demo/model" in proc.stderr
     (video,) = (tmp_path / "out").glob("*.mp4")
-    assert iio.imread(video, plugin="pyav").shape[0] == 9
+    assert iio.imread(video, plugin="pyav").shape == (17, 128, 128, 3)
