@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
 from sglang_diffusion.errors import ConfigError
 
@@ -78,6 +77,8 @@ def parse_backend_config(text: Optional[str]) -> dict[str, Any]:
         path = Path(text).expanduser()
         if not path.is_file():
             raise ConfigError(f"{FLAG}: {text!r} is neither a file, a JSON object nor k=v pairs")
+        import yaml  # here: only a config file needs it
+
         try:
             content = path.read_text()
             data = json.loads(content) if path.suffix == ".json" else yaml.safe_load(content)

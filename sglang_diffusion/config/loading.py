@@ -16,7 +16,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from sglang_diffusion.config.cache import CacheDitParams, apply_cache_dit_mapping, cache_dit_params_from_env
 from sglang_diffusion.config.sampling_params import SamplingParams
@@ -68,6 +67,8 @@ def _parse_pairs_or_json(text: str, what: str) -> dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{what}: expected a JSON object")
         return value
+    import yaml  # here: its import is a measurable part of a generate's start-up
+
     out = {}
     for pair in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in pair:
@@ -194,6 +195,8 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         text = p.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config file {str(p)!r}: {e.strerror}") from None
+    import yaml
+
     try:
         if p.suffix.lower() == ".json":
             data = json.loads(text)

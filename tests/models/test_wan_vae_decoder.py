@@ -65,3 +65,43 @@ def test_only_the_wan21_decoder_is_native():
     assert supports({"_class_name": "AutoencoderKLWan", "is_residual": False})
     assert not supports({"_class_name": "AutoencoderKLWan", "is_residual": True})  # Wan 2.2 TI2V-5B
     assert not supports({"_class_name": "AutoencoderKLQwenImage"})
+
+
+@pytest.fixture(scope="module", params=["wan2.1", "temporal-last"])
+def frame_independent_folder(request, tmp_path_factory):
+    """A VAE whose causal convolutions give their past frames zero weight (trained frame by
+    frame, as the demo model's): random weights, those taps zeroed."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    ref = AutoencoderKLWan(**({**PATCHED, "patch_size": None, "in_channels": 3, "out_channels": 3,
+                               "scale_factor_spatial": 8} if request.param == "wan2.1" else TEMPORAL_LAST))
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+        for m in ref.modules():
+            if isinstance(m, WanCausalConv3d) and m.kernel_size[0] > 1:
+                m.weight[:, :, :-1] = 0
+    path = tmp_path_factory.mktemp("vae-per-frame")
+    ref.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_frame_independent_vae_decodes_frames_apart_as_diffusers(frame_independent_folder, fast):
+    ref = AutoencoderKLWan.from_pretrained(frame_independent_folder).eval()
+    ours = WanVAEDecoder.from_pretrained(frame_independent_folder)
+    assert ours.per_frame
+    assert all(m.kernel_size[0] == 1 for m in ours.modules() if isinstance(m, torch.nn.Conv3d))
+    if fast:
+        assert ours.use_cpu_fast_paths() > 0
+    # two videos of 11 latent frames: the first frame alone, then batches of 8 and 2
+    z = torch.randn(2, ref.config.z_dim, 11, 4, 6, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = ref.decode(z).sample
+        got = ours.decode(z).sample
+    assert got.shape == expected.shape
+    assert _rel(got, expected) <= 1e-5
+
+
+def test_a_vae_that_sees_past_frames_decodes_in_sequence(folder):
+    assert not WanVAEDecoder.from_pretrained(folder).per_frame

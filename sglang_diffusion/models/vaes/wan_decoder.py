@@ -10,6 +10,11 @@ after the first; pixels unpatched, clamped to [-1, 1]. The CPU fast paths of `wa
 channel RMS norm, oneDNN channels-last Conv3d with the padding inside the convolution) are
 this module's own forward passes.
 
+A VAE trained frame by frame (the demo model's: every causal convolution gives its past frames
+zero weight, `demo.train.make_frame_independent`) decodes each latent frame on its own: its
+convolutions lose their zero taps (a third of a 3x3x3 convolution's work) and the frames after
+the first decode as one batch (`per_frame`). The same numbers, float rounding apart.
+
 Tiling, slicing, the Wan 2.2 residual decoder (`is_residual`) and the encoder are diffusers'
 only: `supports(config, ...)` says when this one can stand in.
 """
@@ -30,6 +35,7 @@ from sglang_diffusion.models.dits.checkpoint import load_checkpoint
 from sglang_diffusion.models.vaes.wan import causal_conv_forward, channel_rms_forward
 
 CACHE_FRAMES = 2  # input frames a causal 3x3x3 convolution keeps from the chunk before
+FRAME_BATCH = 8  # latent frames a per-frame decoder decodes at once
 _DEFAULTS = {"base_dim": 96, "decoder_base_dim": None, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
              "attn_scales": [], "temperal_downsample": [False, True, True], "out_channels": 3, "patch_size": None,
              "is_residual": False, "scale_factor_temporal": 4, "scale_factor_spatial": 8}
@@ -69,17 +75,22 @@ class RMSNorm(nn.Module):
 
 class FrameCache:
     """Each causal convolution's input frames from the chunk before, by module: what the next
-    chunk's convolution sees before its own first frame."""
+    chunk's convolution sees before its own first frame. `keeps_past=False`: none (a per-frame
+    decoder's convolutions have no past taps)."""
 
-    def __init__(self):
+    def __init__(self, keeps_past: bool = True):
+        self.keeps_past = keeps_past
         self.frames: dict[nn.Module, torch.Tensor | None] = {}
         self.started: set[nn.Module] = set()  # temporal upsamplers past the first chunk
 
     def conv(self, conv: CausalConv3d, x: torch.Tensor) -> torch.Tensor:
+        if not self.keeps_past:
+            return conv(x)
         before = self.frames.get(conv)
         keep = x[:, :, -CACHE_FRAMES:].clone()
-        if keep.shape[2] < CACHE_FRAMES and before is not None:
-            keep = torch.cat([before[:, :, -1:].to(keep.device), keep], dim=2)
+        if keep.shape[2] < CACHE_FRAMES:
+            head = before[:, :, -1:].to(keep.device) if before is not None else torch.zeros_like(keep)
+            keep = torch.cat([head, keep], dim=2)
         out = conv(x, before)
         self.frames[conv] = keep
         return out
@@ -160,14 +171,8 @@ class Upsample(nn.Module):
         if conv not in cache.started:  # the video's first frame stays one frame
             cache.started.add(conv)
             return x
-        before = cache.frames.get(conv)
-        keep = x[:, :, -CACHE_FRAMES:].clone()
-        if keep.shape[2] < CACHE_FRAMES:
-            head = before[:, :, -1:].to(keep.device) if before is not None else torch.zeros_like(keep)
-            keep = torch.cat([head, keep], dim=2)
         b, c, t, h, w = x.shape
-        x = conv(x, before)  # [B, 2C, T, H, W]
-        cache.frames[conv] = keep
+        x = cache.conv(conv, x)  # [B, 2C, T, H, W]
         x = x.reshape(b, 2, c, t, h, w)
         return torch.stack((x[:, 0], x[:, 1]), 3).reshape(b, c, t * 2, h, w)
 
@@ -227,6 +232,7 @@ class WanVAEDecoder(nn.Module):
 
     use_tiling = use_slicing = False
     encoder = None
+    per_frame = False  # each latent frame decoded on its own (`drop_past_taps`)
 
     def __init__(self, config: dict):
         super().__init__()
@@ -245,7 +251,21 @@ class WanVAEDecoder(nn.Module):
             model = cls(config)
         state = {k: v for k, v in load_state_dict(folder).items() if k.startswith(("decoder.", "post_quant_conv."))}
         load_checkpoint(model, state, dtype=dtype, where=str(folder))
-        return model.eval().requires_grad_(False)
+        model.eval().requires_grad_(False)
+        model.per_frame = model.drop_past_taps()
+        return model
+
+    def drop_past_taps(self) -> bool:
+        """When every causal convolution gives its past frames zero weight, cut those taps (the
+        temporal kernel becomes 1); returns whether it did."""
+        convs = [m for m in self.modules() if isinstance(m, CausalConv3d) and m.kernel_size[0] > 1]
+        if not convs or any(conv.weight[:, :, :-1].any() for conv in convs):
+            return False
+        for conv in convs:
+            conv.weight = nn.Parameter(conv.weight[:, :, -1:].contiguous(), requires_grad=False)
+            conv.kernel_size = (1, *conv.kernel_size[1:])
+            conv._padding = (*conv._padding[:4], 0, 0)
+        return True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -259,8 +279,25 @@ class WanVAEDecoder(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, return_dict: bool = True):
-        cache = FrameCache()
         x = self.post_quant_conv(z)
-        frames = [self.decoder(x[:, :, i:i + 1], cache) for i in range(x.shape[2])]
+        if self.per_frame:
+            frames = self._decode_frames_apart(x)
+        else:
+            cache = FrameCache()
+            frames = [self.decoder(x[:, :, i:i + 1], cache) for i in range(x.shape[2])]
         video = unpatchify(torch.cat(frames, dim=2), self.config.patch_size).clamp(-1.0, 1.0)
         return DecoderOutput(video)
+
+    def _decode_frames_apart(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The first latent frame as the sequence starts it (one frame out), the others in
+        batches of FRAME_BATCH as frames past the first (the temporal upsamplers multiply them)."""
+        b, _, t, h, w = x.shape
+        frames = [self.decoder(x[:, :, :1], FrameCache(keeps_past=False))]
+        if t > 1:
+            later = FrameCache(keeps_past=False)
+            later.started.update(m.time_conv for m in self.modules() if isinstance(m, Upsample)
+                                 and hasattr(m, "time_conv"))
+            rest = x[:, :, 1:].transpose(1, 2).reshape(b * (t - 1), -1, 1, h, w)
+            out = torch.cat([self.decoder(chunk, later) for chunk in rest.split(FRAME_BATCH)])  # [B*(T-1), C, r, H', W']
+            frames.append(out.unflatten(0, (b, t - 1)).permute(0, 2, 1, 3, 4, 5).flatten(2, 3))
+        return frames

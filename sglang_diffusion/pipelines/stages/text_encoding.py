@@ -13,13 +13,17 @@ from sglang_diffusion.pipelines.stages.base import GenerationState, Stage
 
 
 def clean_prompt(text: str) -> str:
-    """ftfy (when installed) + HTML unescaping + whitespace collapsing, as diffusers' Wan pipelines."""
-    try:
-        import ftfy
+    """ftfy (when installed) + HTML unescaping + whitespace collapsing, as diffusers' Wan pipelines.
+    Printable ASCII without "&" skips ftfy, which leaves such text as it is (it mends non-ASCII
+    text, HTML entities, control characters and line breaks): its import and first call are a
+    tenth of a second of the demo generation's start-up."""
+    if not (text.isascii() and text.isprintable() and "&" not in text):
+        try:
+            import ftfy
 
-        text = ftfy.fix_text(text)
-    except ImportError:
-        pass
+            text = ftfy.fix_text(text)
+        except ImportError:
+            pass
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
 
