@@ -67,21 +67,26 @@ def test_only_the_wan21_decoder_is_native():
     assert not supports({"_class_name": "AutoencoderKLQwenImage"})
 
 
-@pytest.fixture(scope="module", params=["wan2.1", "temporal-last"])
+@pytest.fixture(scope="module", params=["wan2.1", "temporal-last", "wan2.1-pairs-alike", "temporal-last-pairs-alike"])
 def frame_independent_folder(request, tmp_path_factory):
     """A VAE whose causal convolutions give their past frames zero weight (trained frame by
-    frame, as the demo model's): random weights, those taps zeroed."""
+    frame, as the demo model's): random weights, those taps zeroed; "pairs-alike": the temporal
+    upsamplers' two output halves equal too (the demo's draws each latent frame twice)."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
     ref = AutoencoderKLWan(**({**PATCHED, "patch_size": None, "in_channels": 3, "out_channels": 3,
-                               "scale_factor_spatial": 8} if request.param == "wan2.1" else TEMPORAL_LAST))
+                               "scale_factor_spatial": 8} if request.param.startswith("wan2.1") else TEMPORAL_LAST))
     with torch.no_grad():
         for p in ref.parameters():
             p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
         for m in ref.modules():
             if isinstance(m, WanCausalConv3d) and m.kernel_size[0] > 1:
                 m.weight[:, :, :-1] = 0
-    path = tmp_path_factory.mktemp("vae-per-frame")
+            if request.param.endswith("pairs-alike") and hasattr(m, "time_conv"):
+                half = m.time_conv.out_channels // 2
+                m.time_conv.weight[half:] = m.time_conv.weight[:half]
+                m.time_conv.bias[half:] = m.time_conv.bias[:half]
+    path = tmp_path_factory.mktemp("pairs-alike" if request.param.endswith("pairs-alike") else "per-frame")
     ref.save_pretrained(path)
     return path
 
@@ -91,11 +96,12 @@ def test_a_frame_independent_vae_decodes_frames_apart_as_diffusers(frame_indepen
     ref = AutoencoderKLWan.from_pretrained(frame_independent_folder).eval()
     ours = WanVAEDecoder.from_pretrained(frame_independent_folder)
     assert ours.per_frame
+    assert ours.repeats_frames == frame_independent_folder.name.startswith("pairs-alike")
     assert all(m.kernel_size[0] == 1 for m in ours.modules() if isinstance(m, torch.nn.Conv3d))
     if fast:
         assert ours.use_cpu_fast_paths() > 0
-    # two videos of 11 latent frames: the first frame alone, then batches of 8 and 2
-    z = torch.randn(2, ref.config.z_dim, 11, 4, 6, generator=torch.Generator().manual_seed(0))
+    # two videos of 6 latent frames: each first frame alone, then the 10 later ones in batches of 8 and 2
+    z = torch.randn(2, ref.config.z_dim, 6, 4, 6, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = ref.decode(z).sample
         got = ours.decode(z).sample
@@ -104,4 +110,5 @@ def test_a_frame_independent_vae_decodes_frames_apart_as_diffusers(frame_indepen
 
 
 def test_a_vae_that_sees_past_frames_decodes_in_sequence(folder):
-    assert not WanVAEDecoder.from_pretrained(folder).per_frame
+    ours = WanVAEDecoder.from_pretrained(folder)
+    assert not ours.per_frame and not ours.repeats_frames

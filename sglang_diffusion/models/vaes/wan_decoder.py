@@ -13,7 +13,10 @@ this module's own forward passes.
 A VAE trained frame by frame (the demo model's: every causal convolution gives its past frames
 zero weight, `demo.train.make_frame_independent`) decodes each latent frame on its own: its
 convolutions lose their zero taps (a third of a 3x3x3 convolution's work) and the frames after
-the first decode as one batch (`per_frame`). The same numbers, float rounding apart.
+the first decode as one batch (`per_frame`). When, besides, each temporal upsampler makes the
+two frames of a pair alike (equal halves of its `time_conv`: the demo's draws each latent frame
+twice), each pair is drawn once and repeated (`repeats_frames`). The same numbers, float
+rounding apart.
 
 Tiling, slicing, the Wan 2.2 residual decoder (`is_residual`) and the encoder are diffusers'
 only: `supports(config, ...)` says when this one can stand in.
@@ -76,10 +79,11 @@ class RMSNorm(nn.Module):
 class FrameCache:
     """Each causal convolution's input frames from the chunk before, by module: what the next
     chunk's convolution sees before its own first frame. `keeps_past=False`: none (a per-frame
-    decoder's convolutions have no past taps)."""
+    decoder's convolutions have no past taps). `pairs_once`: the temporal upsamplers draw one
+    frame of each pair (the pair's frames are alike; the caller repeats them)."""
 
-    def __init__(self, keeps_past: bool = True):
-        self.keeps_past = keeps_past
+    def __init__(self, keeps_past: bool = True, pairs_once: bool = False):
+        self.keeps_past, self.pairs_once = keeps_past, pairs_once
         self.frames: dict[nn.Module, torch.Tensor | None] = {}
         self.started: set[nn.Module] = set()  # temporal upsamplers past the first chunk
 
@@ -173,6 +177,8 @@ class Upsample(nn.Module):
             return x
         b, c, t, h, w = x.shape
         x = cache.conv(conv, x)  # [B, 2C, T, H, W]
+        if cache.pairs_once:
+            return x[:, :c]
         x = x.reshape(b, 2, c, t, h, w)
         return torch.stack((x[:, 0], x[:, 1]), 3).reshape(b, c, t * 2, h, w)
 
@@ -233,6 +239,7 @@ class WanVAEDecoder(nn.Module):
     use_tiling = use_slicing = False
     encoder = None
     per_frame = False  # each latent frame decoded on its own (`drop_past_taps`)
+    repeats_frames = False  # and each pair of frames drawn once (`pairs_alike`)
 
     def __init__(self, config: dict):
         super().__init__()
@@ -253,7 +260,18 @@ class WanVAEDecoder(nn.Module):
         load_checkpoint(model, state, dtype=dtype, where=str(folder))
         model.eval().requires_grad_(False)
         model.per_frame = model.drop_past_taps()
+        model.repeats_frames = model.per_frame and model.pairs_alike()
         return model
+
+    def _temporal_upsamplers(self) -> list[CausalConv3d]:
+        return [m.time_conv for m in self.modules() if isinstance(m, Upsample) and hasattr(m, "time_conv")]
+
+    def pairs_alike(self) -> bool:
+        """Whether every temporal upsampler draws the two frames of a pair alike: its
+        `time_conv`'s output halves (the pair's frames) have equal weights and biases."""
+        convs = self._temporal_upsamplers()
+        return bool(convs) and all(torch.equal(*conv.weight.chunk(2)) and torch.equal(*conv.bias.chunk(2))
+                                   for conv in convs)
 
     def drop_past_taps(self) -> bool:
         """When every causal convolution gives its past frames zero weight, cut those taps (the
@@ -294,10 +312,12 @@ class WanVAEDecoder(nn.Module):
         b, _, t, h, w = x.shape
         frames = [self.decoder(x[:, :, :1], FrameCache(keeps_past=False))]
         if t > 1:
-            later = FrameCache(keeps_past=False)
-            later.started.update(m.time_conv for m in self.modules() if isinstance(m, Upsample)
-                                 and hasattr(m, "time_conv"))
+            upsamplers = self._temporal_upsamplers()
+            later = FrameCache(keeps_past=False, pairs_once=self.repeats_frames)
+            later.started.update(upsamplers)
             rest = x[:, :, 1:].transpose(1, 2).reshape(b * (t - 1), -1, 1, h, w)
             out = torch.cat([self.decoder(chunk, later) for chunk in rest.split(FRAME_BATCH)])  # [B*(T-1), C, r, H', W']
+            if self.repeats_frames:
+                out = out.repeat_interleave(2 ** len(upsamplers), dim=2)
             frames.append(out.unflatten(0, (b, t - 1)).permute(0, 2, 1, 3, 4, 5).flatten(2, 3))
         return frames
