@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-
 from sglang_diffusion.errors import ConfigError
 
 FLAG = "attention_backend_config"

@@ -4,6 +4,7 @@ they fit), write the outputs, print where they went."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 from typing import Sequence
 
@@ -60,8 +61,6 @@ def run(argv: Sequence[str]) -> int:
     settings = effective_settings(server_args.model_path, sampling)
     if settings:
         logger.info("will generate: %s", settings)
-    import gc
-
     from sglang_diffusion.runtime.engine import Engine
 
     with Engine(server_args) as engine:

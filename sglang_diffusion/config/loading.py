@@ -16,7 +16,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-
 from sglang_diffusion.config.cache import CacheDitParams, apply_cache_dit_mapping, cache_dit_params_from_env
 from sglang_diffusion.config.sampling_params import SamplingParams
 from sglang_diffusion.config.server_args import ServerArgs, VaeConfig
