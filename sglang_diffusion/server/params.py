@@ -141,12 +141,15 @@ class ParamsBuilder:
             raise APIError(400, str(e), code="invalid_value") from None
 
     def video_frames(self, req: VideoCreateRequest) -> tuple[int | None, int]:
-        """(num_frames, fps): num_frames wins over seconds; None leaves it to the model."""
+        """(num_frames, fps): num_frames wins over seconds; neither: the server's default, else the
+        family's (None when there is none: the model's own)."""
         fps = req.fps or self.default("fps") or GENERIC_VIDEO_FPS
         frames = req.num_frames
         if frames is None and req.seconds is not None:
             frames = max(1, round(req.seconds * fps))
-        if frames is not None and frames > self.args.max_num_frames:
+        if frames is None:
+            return self.default("num_frames"), fps
+        if frames > self.args.max_num_frames:
             raise APIError(400, f"{frames} frames is over the server's limit of {self.args.max_num_frames} "
                            "(max_num_frames)", param="num_frames" if req.num_frames else "seconds",
                            code="invalid_value")

@@ -167,9 +167,8 @@ async def create_video(request: Request) -> dict:
     try:
         params = dataclasses.replace(params, image_path=image_path)
         width, height = params.width or state.params.default("width"), params.height or state.params.default("height")
-        frames = num_frames or state.params.default("num_frames")
         job = VideoJob(id=job_id, model=state.params.served_name(body.model), prompt=body.prompt,
-                       size=f"{width}x{height}" if width and height else "auto", seconds=_seconds(frames, fps),
+                       size=f"{width}x{height}" if width and height else "auto", seconds=_seconds(num_frames, fps),
                        params={k: v for k, v in params.explicit().items()
                                if k not in ("output_path", "image_path", "output_file_name", "prompt")})
         state.jobs.add(job)

@@ -57,6 +57,18 @@ def test_serve_without_model_path_answers_the_readme_curl_lines(serve, tmp_path)
     frames = iio.imread(tmp_path / "video.mp4", plugin="pyav")  # [F, H, W, 3]
     assert frames.ndim == 4 and frames.shape[0] > 1
 
+    # a request that leaves the length out gets the demo's 17 frames, as `sglang generate` does
+    body = json.dumps({"prompt": "a red circle moving right on a blue background"})
+    job = json.loads(curl(f"curl -s localhost:30010/v1/videos -H 'Content-Type: application/json' -d '{body}'",
+                          server, tmp_path))
+    assert job["seconds"] == "2.125", job
+    deadline = time.monotonic() + 120
+    while (status := json.loads(curl(poll, server, tmp_path, video=job["id"])))["status"] != "completed":
+        assert status["status"] in ("queued", "in_progress") and time.monotonic() < deadline, status
+        time.sleep(0.5)
+    curl(readme_curl("/content -L -o video.mp4"), server, tmp_path, video=job["id"])
+    assert iio.imread(tmp_path / "video.mp4", plugin="pyav").shape[0] == 17
+
     log = server.log()
     assert "no --model-path given" in log and "defaults of every request: WanPipeline" in log
     assert re.search(r"generating: .*, \d+ steps, guidance", log)
