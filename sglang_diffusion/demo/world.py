@@ -127,8 +127,13 @@ def held_out_scenes() -> list[Scene]:
     return [s for s in all_scenes() if held_out(s)]
 
 
-def place(scene: Scene, width: int, height: int, num_frames: int, rng: np.random.Generator) -> Layout:
-    """A random size and start position for `scene` whose whole path stays in the frame."""
+def place(scene: Scene, width: int, height: int, num_frames: int, rng: np.random.Generator,
+          jitter: float | None = None) -> Layout:
+    """A random size and start position for `scene` whose whole path stays in the frame.
+
+    With `jitter`, the path's midpoint lies within `jitter` pixels (at 128x128, scaled with the
+    frame) of the frame's centre on each axis, as far as the frame allows: the centred scenes the
+    DiT trains on, so that what a prompt asks for decides where the shape is in every frame."""
     scale = min(width, height) / 128
     half = rng.uniform(*HALF_SIZE) * scale
     dx, dy = velocity(scene.motion, scale)
@@ -137,6 +142,10 @@ def place(scene: Scene, width: int, height: int, num_frames: int, rng: np.random
     lo_y, hi_y = MARGIN + half + max(0.0, -travel_y), height - MARGIN - half - max(0.0, travel_y)
     if lo_x > hi_x or lo_y > hi_y:
         raise InvalidRequestError(f"a {width}x{height} frame is too small for {num_frames} frames of motion")
+    if jitter is not None:  # the ranges above are centred on the start that centres the path
+        spread = jitter * scale
+        lo_x, hi_x = max(lo_x, (width - travel_x) / 2 - spread), min(hi_x, (width - travel_x) / 2 + spread)
+        lo_y, hi_y = max(lo_y, (height - travel_y) / 2 - spread), min(hi_y, (height - travel_y) / 2 + spread)
     return Layout(scene, width, height, rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y), half)
 
 

@@ -63,6 +63,26 @@ def test_rendering_is_a_pure_function_of_the_seed():
     assert not np.array_equal(frames_of(scene, seed=3), frames_of(scene, seed=4))
 
 
+@pytest.mark.parametrize("size", [128, 256])
+def test_centred_placement_puts_every_paths_midpoint_near_the_centre_and_keeps_it_in_frame(size):
+    scale, jitter = size / 128, 8.0
+    for i, scene in enumerate(world.all_scenes()[::7]):
+        rng = world.scene_rng(1, i)
+        free, centred = world.place(scene, size, size, 17, rng), world.place(scene, size, size, 17, rng, jitter=jitter)
+        dx, dy = world.velocity(scene.motion, scale)
+        for layout in (free, centred):  # the whole path inside the frame, the margin kept
+            for x, y in ((layout.x, layout.y), (layout.x + 16 * dx, layout.y + 16 * dy)):
+                assert world.MARGIN <= min(x, y) - layout.half and max(x, y) + layout.half <= size - world.MARGIN
+        mid_x, mid_y = centred.x + 8 * dx, centred.y + 8 * dy
+        assert abs(mid_x - size / 2) <= jitter * scale and abs(mid_y - size / 2) <= jitter * scale, scene
+    # Free placement does go far from the centre; the centred one is still random within its square.
+    rng = world.scene_rng(2, 0)
+    scene = world.Scene("red", "circle", "none", "blue")
+    free = [world.place(scene, 128, 128, 17, rng).x for _ in range(200)]
+    centred = [world.place(scene, 128, 128, 17, rng, jitter=jitter).x for _ in range(200)]
+    assert max(abs(x - 64) for x in free) > 30 and 4 < np.ptp(centred) <= 2 * jitter
+
+
 def test_checker_scores_the_generators_frames_100_percent():
     # Every 19th scene (45, every colour, shape, motion and background) as a video and as an image.
     for i, scene in enumerate(world.all_scenes()[::19]):
