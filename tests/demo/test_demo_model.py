@@ -2,8 +2,9 @@
 colour the checker finds right (random weights draw noise, which it cannot name), native =
 `--backend diffusers` on it, and `sglang generate` without --model-path using it.
 
-Shape, motion and staying in frame are not asserted: this version of the model does not yet draw
-them (issue 17; benchmarks/results/demo_quality-*shipped* has its scores on 120 prompts)."""
+Shape and staying in frame are not asserted: this version of the model draws them on 69% and 93%
+of the benchmark's prompts (issue 17; benchmarks/results/demo_quality-*run8* has its scores on 120
+prompts)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,20 @@ from sglang_diffusion.pipelines.registry import build_pipeline
 from sglang_diffusion.platform import Platform
 from tests.compare import psnr
 
-LEARNED = ("background", "colour")  # the properties this version draws
+LEARNED = ("background", "colour", "motion")  # the properties this version draws
+
+
+def learned_right(verdict) -> bool:
+    """Whether the checker finds every learned property right (an image is judged without motion)."""
+    correct = verdict.correct()
+    return all(correct[k] for k in LEARNED if k in correct)
 
 # Training scenes and held-out ones (world.held_out), videos and an image.
 PROMPTS = [
     ("a red circle moving right on a blue background", 17),
     ("a yellow triangle moving up on a black background", 17),
-    ("a white square on a green background", 17),
+    ("a white square moving left on a green background", 17),
+    ("a green triangle on a red background", 17),
     ("an orange circle on a purple background", 1),
 ]
 
@@ -69,11 +77,11 @@ def test_model_path_demo_names_the_shipped_folder():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt,num_frames", PROMPTS)
-def test_generations_have_the_prompts_colours(native, prompt, num_frames):
+def test_generations_have_the_prompts_colours_and_motion(native, prompt, num_frames):
     frames = generate(native, prompt, num_frames)
     assert frames.shape == (num_frames, 128, 128, 3)
     verdict = judge(frames, prompt)
-    assert all(verdict.correct()[k] for k in LEARNED), verdict
+    assert learned_right(verdict), verdict
 
 
 @pytest.mark.slow
@@ -88,7 +96,7 @@ def test_native_matches_diffusers_on_the_demo_model(native):
                output_type="np", generator=torch.Generator("cpu").manual_seed(3)).frames[0]
     theirs = (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
     assert psnr(theirs, ours) >= 40.0
-    assert all(judge(theirs, prompt).correct()[k] for k in LEARNED)
+    assert learned_right(judge(theirs, prompt))
 
 
 @pytest.mark.slow
@@ -106,4 +114,4 @@ def test_sglang_generate_without_model_path_draws_the_prompt_and_names_the_demo(
     frames = iio.imread(video, plugin="pyav")  # [F, H, W, 3]
     assert frames.shape == (17, 128, 128, 3)
     verdict = judge(frames, prompt)
-    assert all(verdict.correct()[k] for k in LEARNED), verdict
+    assert learned_right(verdict), verdict
