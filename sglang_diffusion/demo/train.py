@@ -46,9 +46,10 @@ after a stop):
    s noise at timestep 1000 s, the target noise - x0; the prompt dropped to "" 10% of the time
    for classifier-free guidance. Held-out scenes (`world.held_out`) are never drawn. The
    learning rate is constant after its warm-up until the cool-down (`cooldown_lr_at`), so until
-   then a run stopped at step n has the weights of a run configured to end later. Every `eval_every` steps the current weights are saved as a
-   folder and our own pipeline generates `eval_prompts` fixed prompts (a third held out), which
-   the checker scores (`eval` lines of the log).
+   then a run stopped at step n has the weights of a run configured to end later. Every
+   `eval_every` steps the current weights are saved as a folder and our own pipeline generates
+   `eval_prompts` fixed prompts (a third held out), which the checker scores (`eval` lines of
+   the log).
 6. `save`: every trained component saved over the folder, the loss curve as loss_curve.png and
    what was done in training.json.
 
@@ -169,6 +170,29 @@ def save_checkpoint(path: pathlib.Path, state: dict) -> None:
     tmp.replace(path)
 
 
+class PhaseClock:
+    """Seconds spent in each phase, kept in `path` (timings.json). A phase that checkpoints calls
+    `mark` after each checkpoint, so that a run stopped and resumed counts the time of every
+    process up to its last checkpoint (the steps redone after a stop count once)."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self.seconds = json.loads(path.read_text()) if path.exists() else {}
+        self.phase, self.t0, self.before = None, 0.0, 0.0
+
+    def run(self, phase: str, fn):
+        self.phase, self.t0, self.before = phase, time.time(), self.seconds.get(phase, 0.0)
+        result = fn()
+        self.mark()
+        self.phase = None
+        return result
+
+    def mark(self) -> None:
+        if self.phase is not None:
+            self.seconds[self.phase] = self.before + time.time() - self.t0
+            self.path.write_text(json.dumps(self.seconds, indent=2))
+
+
 class Progress:
     def __init__(self, phase: str, total: int, start: int):
         self.phase, self.total, self.start, self.t0 = phase, total, start, time.time()
@@ -240,8 +264,9 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(frames, dim=2)
 
 
-def train_vae(config: TrainConfig, vae, work: pathlib.Path) -> list[float]:
-    """The stages in turn, on single frames (the VAE is frame-independent)."""
+def train_vae(config: TrainConfig, vae, work: pathlib.Path, on_checkpoint=None) -> list[float]:
+    """The stages in turn, on single frames (the VAE is frame-independent); `on_checkpoint()`
+    after each checkpoint."""
     ckpt_path = work / "vae.pt"
     with torch.no_grad():
         for name, param in vae.named_parameters():
@@ -281,6 +306,8 @@ def train_vae(config: TrainConfig, vae, work: pathlib.Path) -> list[float]:
             if (overall + 1) % config.checkpoint_every == 0 or overall + 1 == total:
                 save_checkpoint(ckpt_path, dict(model=vae.state_dict(), optimizer=optimizer.state_dict(),
                                                 step=overall + 1, losses=losses))
+                if on_checkpoint is not None:
+                    on_checkpoint()
         first += spec.steps
     for hook in hooks:
         hook.remove()
@@ -517,8 +544,9 @@ def save_folder(init: pathlib.Path, output_dir: pathlib.Path, vae, data: dict, t
 
 
 def train_dit(config: TrainConfig, transformer, text_encoder, tokenizer, data: dict, work: pathlib.Path,
-              eval_folder=None):
-    """`eval_folder(path)` writes the current weights as a folder at `path` (for the evaluation)."""
+              eval_folder=None, on_checkpoint=None):
+    """`eval_folder(path)` writes the current weights as a folder at `path` (for the evaluation);
+    `on_checkpoint()` after each checkpoint."""
     ckpt_path = work / "dit.pt"
     params = [*transformer.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW([dict(params=list(transformer.parameters()), lr_scale=1.0),
@@ -569,6 +597,8 @@ def train_dit(config: TrainConfig, transformer, text_encoder, tokenizer, data: d
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.dit_steps:
             save_checkpoint(ckpt_path, dict(transformer=transformer.state_dict(), optimizer=optimizer.state_dict(),
                                             text_encoder=text_encoder.state_dict(), step=step + 1, losses=losses))
+            if on_checkpoint is not None:
+                on_checkpoint()
         if eval_folder is not None and (step + 1) % config.eval_every == 0 and step + 1 < config.dit_steps:
             t0 = time.time()
             eval_folder(work / "eval-model")
@@ -618,14 +648,8 @@ def train(config: TrainConfig, output_dir: pathlib.Path, work: pathlib.Path) -> 
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     work.mkdir(parents=True, exist_ok=True)
-    timings = json.loads((work / "timings.json").read_text()) if (work / "timings.json").exists() else {}
-
-    def timed(phase, fn):
-        t0 = time.time()
-        result = fn()
-        timings[phase] = timings.get(phase, 0.0) + time.time() - t0
-        (work / "timings.json").write_text(json.dumps(timings, indent=2))
-        return result
+    clock = PhaseClock(work / "timings.json")
+    timed, timings = clock.run, clock.seconds
 
     init = work / "init"
     if not (init / "model_index.json").exists():
@@ -634,7 +658,7 @@ def train(config: TrainConfig, output_dir: pathlib.Path, work: pathlib.Path) -> 
     scenes = world.training_scenes()
     log(f"training on {len(scenes)} of {len(world.all_scenes())} scenes ({len(world.held_out_scenes())} held out)")
     vae = diffusers.AutoencoderKLWan.from_pretrained(init / "vae")
-    vae_losses = timed("vae", lambda: train_vae(config, vae, work))
+    vae_losses = timed("vae", lambda: train_vae(config, vae, work, clock.mark))
     gate = timed("vae_gate", lambda: vae_gate(config, vae, work))
     data = timed("latents", lambda: encode_latents(config, vae, work, scenes))
     transformer = diffusers.WanTransformer3DModel.from_pretrained(init / "transformer")
@@ -643,7 +667,8 @@ def train(config: TrainConfig, output_dir: pathlib.Path, work: pathlib.Path) -> 
     text_losses = timed("text", lambda: train_text(config, text_encoder, tokenizer, work))
     dit_losses = timed("dit", lambda: train_dit(
         config, transformer, text_encoder, tokenizer, data, work,
-        eval_folder=lambda path: save_folder(init, path, vae, data, transformer, text_encoder)))
+        eval_folder=lambda path: save_folder(init, path, vae, data, transformer, text_encoder),
+        on_checkpoint=clock.mark))
 
     staging = output_dir.with_name(output_dir.name + ".partial")
     save_folder(init, staging, vae, data, transformer, text_encoder)

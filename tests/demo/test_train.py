@@ -119,3 +119,26 @@ def test_a_frame_independent_vae_is_the_image_vae_on_every_other_frame_and_stays
         elif param.dim() == 5 and param.shape[2] == 3:
             assert param[:, :, :2].abs().max() == 0, name
     check()
+
+
+def test_phase_time_counts_every_run_up_to_its_last_checkpoint(tmp_path):
+    import time
+
+    from sglang_diffusion.demo.train import PhaseClock
+
+    path = tmp_path / "timings.json"
+    clock = PhaseClock(path)
+
+    def stopped_after_a_checkpoint():
+        time.sleep(0.05)
+        clock.mark()  # a checkpoint, then the process is killed before the phase ends
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        clock.run("dit", stopped_after_a_checkpoint)
+    first = json.loads(path.read_text())["dit"]
+    assert first >= 0.05
+    resumed = PhaseClock(path)  # the next process
+    resumed.run("dit", lambda: time.sleep(0.05))
+    assert json.loads(path.read_text())["dit"] >= first + 0.05
+    assert resumed.seconds["dit"] == json.loads(path.read_text())["dit"]
