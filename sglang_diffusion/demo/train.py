@@ -264,7 +264,7 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(frames, dim=2)
 
 
-def train_vae(config: TrainConfig, vae, work: pathlib.Path, on_checkpoint=None) -> list[float]:
+def train_vae(config: TrainConfig, vae, work: pathlib.Path, on_checkpoint=lambda: None) -> list[float]:
     """The stages in turn, on single frames (the VAE is frame-independent); `on_checkpoint()`
     after each checkpoint."""
     ckpt_path = work / "vae.pt"
@@ -306,8 +306,7 @@ def train_vae(config: TrainConfig, vae, work: pathlib.Path, on_checkpoint=None) 
             if (overall + 1) % config.checkpoint_every == 0 or overall + 1 == total:
                 save_checkpoint(ckpt_path, dict(model=vae.state_dict(), optimizer=optimizer.state_dict(),
                                                 step=overall + 1, losses=losses))
-                if on_checkpoint is not None:
-                    on_checkpoint()
+                on_checkpoint()
         first += spec.steps
     for hook in hooks:
         hook.remove()
@@ -544,7 +543,7 @@ def save_folder(init: pathlib.Path, output_dir: pathlib.Path, vae, data: dict, t
 
 
 def train_dit(config: TrainConfig, transformer, text_encoder, tokenizer, data: dict, work: pathlib.Path,
-              eval_folder=None, on_checkpoint=None):
+              eval_folder=None, on_checkpoint=lambda: None):
     """`eval_folder(path)` writes the current weights as a folder at `path` (for the evaluation);
     `on_checkpoint()` after each checkpoint."""
     ckpt_path = work / "dit.pt"
@@ -597,8 +596,7 @@ def train_dit(config: TrainConfig, transformer, text_encoder, tokenizer, data: d
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.dit_steps:
             save_checkpoint(ckpt_path, dict(transformer=transformer.state_dict(), optimizer=optimizer.state_dict(),
                                             text_encoder=text_encoder.state_dict(), step=step + 1, losses=losses))
-            if on_checkpoint is not None:
-                on_checkpoint()
+            on_checkpoint()
         if eval_folder is not None and (step + 1) % config.eval_every == 0 and step + 1 < config.dit_steps:
             t0 = time.time()
             eval_folder(work / "eval-model")
