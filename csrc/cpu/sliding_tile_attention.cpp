@@ -13,15 +13,19 @@
 
 namespace sglang_diffusion::cpu {
 
+SGLD_CPU_ISA_BUILDS(sliding_tile_query_width)
 SGLD_CPU_ISA_BUILDS(sliding_tile_attention_items)
 
 void sliding_tile_attention(const SlidingTileAttentionParams& p, Isa isa) {
-  // A group in as few blocks as kAttnBlockQ allows, each a multiple of the micro-tile width
-  // kNR but the last: a 360-token tile is 128 + 128 + 104 (112 computed), a 200-token one
-  // 112 + 88 (96), so padding costs at most kNR - 1 queries per tile.
-  const auto round_up = [](int64_t n) { return (n + attn::kNR - 1) / attn::kNR * attn::kNR; };
+  // A group in as few blocks as kAttnBlockQ allows, each a multiple of the chosen build's
+  // micro-tile width but the last: with width 16, a 360-token tile is 128 + 128 + 104 (112
+  // computed), a 200-token one 112 + 88 (96), so padding costs at most width - 1 queries per
+  // tile. The width is the build's, not this portable unit's: AVX-512 computes 32 queries at a
+  // time and its scratch must hold the rounded blocks.
+  const int64_t width = SGLD_CPU_BUILD(sliding_tile_query_width, isa)();
+  const auto round_up = [width](int64_t n) { return (n + width - 1) / width * width; };
   std::vector<QueryBlock> blocks;
-  int64_t block_q = attn::kNR;
+  int64_t block_q = width;
   for (int64_t g = 0; g < p.groups; ++g) {
     const int64_t start = p.q_groups[2 * g], end = p.q_groups[2 * g + 1];
     const int64_t n = (end - start + kAttnBlockQ - 1) / kAttnBlockQ;

@@ -46,8 +46,12 @@ void items_impl(const SlidingTileAttentionParams& sp, const QueryBlock* blocks, 
 
 }  // namespace sta
 
+// The width this build computes query blocks in (its micro-tile width kNR: 16 on AVX2 and the
+// portable build, 32 on AVX-512): the entry point cuts the groups in multiples of it.
+int64_t sliding_tile_query_width() { return attn::kNR; }
+
 // Work items [begin, end) of batch * heads * num_blocks, one thread's share; block_q: the
-// longest block, rounded up to kNR.
+// longest block, a multiple of sliding_tile_query_width().
 void sliding_tile_attention_items(const SlidingTileAttentionParams& sp, const QueryBlock* blocks,
                                   int64_t num_blocks, int64_t block_q, int64_t begin, int64_t end) {
   dispatch_dtype(sp.attn.dtype, [&](auto tag) {
