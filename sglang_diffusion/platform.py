@@ -33,9 +33,14 @@ class Platform:
 
     @property
     def default_precision(self) -> str:
-        """bf16 on a GPU; on a CPU bf16 where measured clearly faster than fp32, else fp32."""
+        """bf16 on a GPU; on a CPU what SGLD_CPU_PRECISION names, else bf16 where measured
+        clearly faster than fp32, else fp32."""
         if not self.is_cpu:
             return "bf16"
+        forced = precision.forced_default()
+        if forced is not None:
+            logger.info("default precision on the CPU: %s (set by %s)", forced, precision.FORCE_ENV)
+            return forced
         chosen, reason = precision.default_choice(precision.cpu_rates())
         logger.info("default precision on the CPU: %s (%s)", chosen, reason)
         return chosen

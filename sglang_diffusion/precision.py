@@ -13,6 +13,9 @@ A precision's speedup is the slower of its two ratios to fp32 (a DiT needs both 
   slower than fp32), else in fp32; the reason gives the measured rates either way.
 - ``default_choice``: the DiT's (and text encoders') default is bf16 where it is clearly faster
   (speedup at least ``CLEARLY_FASTER``), else fp32.
+- ``forced_default``: ``SGLD_CPU_PRECISION=fp32|bf16`` sets that default instead, without
+  measuring (a deployment that wants the same numbers on every CPU; the test suite, whose
+  comparisons with diffusers are exact in fp32 only).
 
 Accuracy is the kernels' business: every op is tested against its fp32 reference in bf16.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -31,11 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from sglang_diffusion import tuning_cache
+from sglang_diffusion.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = "precision_rates.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FORCE_ENV = "SGLD_CPU_PRECISION"
 FAST = 1.0
 CLEARLY_FASTER = 1.25
 MATMUL_N = 256  # [N, N] @ [N, N]: 34 MFLOP, under a ms in fp32
@@ -149,3 +155,13 @@ def default_choice(rates: Rates) -> tuple[str, str]:
     if speedup is not None and speedup >= CLEARLY_FASTER:
         return "bf16", f"bf16 is clearly faster than fp32 here, {rates.summary('bf16')}"
     return "fp32", f"bf16 is not {CLEARLY_FASTER}x fp32 here, {rates.summary('bf16')}"
+
+
+def forced_default() -> Optional[str]:
+    """The CPU default precision ``SGLD_CPU_PRECISION`` names ("fp32" or "bf16"), None when unset."""
+    value = os.environ.get(FORCE_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in ("fp32", "bf16"):
+        raise ConfigError(f"{FORCE_ENV}={value!r}: the CPU default precision is fp32 or bf16 (unset: measured)")
+    return value

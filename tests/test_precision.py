@@ -17,6 +17,12 @@ SLIGHTLY_FASTER = precision.Rates({"matmul": {"fp32": 100.0, "bf16": 110.0}, "at
 CPU = Platform(torch.device("cpu"))
 
 
+@pytest.fixture(autouse=True)
+def measured_default(monkeypatch):
+    """The measured policy, not the suite's pinned fp32 default (tests/conftest.py)."""
+    monkeypatch.delenv(precision.FORCE_ENV, raising=False)
+
+
 @pytest.fixture
 def rates(monkeypatch):
     def use(r: precision.Rates):
@@ -51,6 +57,23 @@ def test_slightly_faster_bf16_runs_when_asked_but_is_not_the_default(rates):
     rates(SLIGHTLY_FASTER)  # 1.1x: the slower kernel's ratio counts
     assert CPU.usable_dtype(torch.bfloat16, "transformer") == torch.bfloat16
     assert CPU.default_precision == "fp32"
+
+
+@pytest.mark.parametrize("value", ["fp32", "bf16", " BF16 "])
+def test_the_environment_sets_the_default_without_measuring(monkeypatch, caplog, value):
+    monkeypatch.setattr(precision, "cpu_rates", lambda cache_dir=None: pytest.fail("measured"))
+    monkeypatch.setenv(precision.FORCE_ENV, value)
+    with caplog.at_level(logging.INFO, logger="sglang_diffusion.platform"):
+        assert CPU.default_precision == value.strip().lower()
+    assert f"default precision on the CPU: {value.strip().lower()} (set by SGLD_CPU_PRECISION)" in caplog.text
+
+
+def test_a_bad_environment_value_names_the_variable_and_the_choices(monkeypatch):
+    from sglang_diffusion.errors import ConfigError
+
+    monkeypatch.setenv(precision.FORCE_ENV, "fp8")
+    with pytest.raises(ConfigError, match=r"SGLD_CPU_PRECISION='fp8': the CPU default precision is fp32 or bf16"):
+        CPU.default_precision
 
 
 def test_unmeasured_fp16_runs_as_fp32_and_says_why(rates, caplog):

@@ -9,6 +9,7 @@ take is an error when the user set it, and is left out when it only came from de
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import sys
@@ -59,6 +60,25 @@ def _stage_of(component: str) -> str | None:
     if component == "image_encoder":
         return "image_encoding"
     return None
+
+
+def _take_inputs_in_own_dtype(module: torch.nn.Module, method: str) -> None:
+    """Makes ``module.method`` cast its floating-point tensor arguments to the module's dtype.
+
+    diffusers' pipelines assume one dtype for every component: FluxPipeline hands the latents,
+    in the transformer's dtype, to ``vae.decode`` as they are. Our precision options are per
+    component (a CPU where bf16 pays runs the DiT in bf16 and the VAE in fp32 by default), so
+    the VAE takes what it is given in its own dtype, as diffusers' Wan pipelines do themselves."""
+    original = getattr(module, method)
+
+    def cast(value):
+        return value.to(module.dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    @functools.wraps(original)
+    def in_own_dtype(*args, **kwargs):
+        return original(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
+
+    setattr(module, method, in_own_dtype)
 
 
 class DiffusersBackendPipeline:
@@ -159,6 +179,9 @@ class DiffusersBackendPipeline:
 
     def _configure_vae(self, vae) -> None:
         cfg = self.args.vae_config
+        for method in ("encode", "decode"):
+            if hasattr(vae, method):
+                _take_inputs_in_own_dtype(vae, method)
         if self.args.vae_tiling:
             enable_vae_tiling(vae, cfg)
         if self.args.vae_slicing:
